@@ -1,0 +1,46 @@
+"""Shared fixtures: the real bundled model (loaded once per session) and a tiny random model that
+uses the bundled tokenizer, for fast end-to-end tests of the CLI and the app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from tr.model import BUNDLED, LoadedModel, load_model, resolve
+
+SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "spec_bench" / "question.jsonl"
+
+
+@pytest.fixture(scope="session")
+def real_lm() -> LoadedModel:
+    return load_model(BUNDLED)
+
+
+def make_tiny_model_dir(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer random Llama with the bundled tokenizer, saved like any local model folder."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve(BUNDLED))
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def spec_bench_questions() -> list[dict]:
+    if not SPEC_BENCH.is_file():
+        pytest.skip(f"Spec-Bench questions not found at {SPEC_BENCH} (the repo's ../shared is absent)")
+    return [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]

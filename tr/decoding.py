@@ -1,0 +1,260 @@
+"""Plain autoregressive decoding and Token Recycling, as iterators of step records.
+
+Both share one machinery: a `PreallocatedCache`, `forward` (one model call over new tokens with
+explicit positions and, for trees, an explicit attention mask) and `Clock` (forward time vs. the rest,
+synchronised on CUDA). A step of Token Recycling:
+
+1. draft: fill the template breadth-first from the adjacency matrix, rooted at the last committed token;
+2. verify: one forward pass over the tree with tree attention;
+3. accept: the longest root path whose every token is the model's own choice at its parent, plus
+   the model's choice after it (the bonus token, always correct);
+4. recycle: overwrite the row of every token in the pass with its new top-k.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .kv_cache import PreallocatedCache
+from .matrix import AdjacencyMatrix, RowWrite
+from .sampling import GREEDY, Sampling, choose
+from .trees import DraftTree
+
+
+@dataclass
+class Step:
+    """What one forward pass did. Step 0 is the prefill over the prompt."""
+
+    index: int
+    tokens: list[int]  # emitted by this step, in order
+    tree_tokens: list[int] = field(default_factory=list)  # node 0 is the root (last committed token)
+    tree_parents: list[int] = field(default_factory=list)
+    tree_depths: list[int] = field(default_factory=list)
+    tree_ranks: list[int] = field(default_factory=list)  # candidate rank in the parent's row
+    choices: list[int] = field(default_factory=list)  # the model's token after each node (-1: not drawn)
+    accepted: list[int] = field(default_factory=list)  # node indices of the accepted path, root first
+    rows_written: list[RowWrite] = field(default_factory=list)
+    forward_s: float = 0.0
+    overhead_s: float = 0.0
+    total_tokens: int = 0  # running totals, prefill included
+    total_forward_s: float = 0.0
+    total_overhead_s: float = 0.0
+    finished: bool = False
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.total_forward_s + self.total_overhead_s
+
+    @property
+    def accepted_drafts(self) -> int:
+        return max(len(self.accepted) - 1, 0)
+
+
+class Clock:
+    """Splits a step's wall time into forward pass and everything else; syncs so CUDA time is real."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.forward_s = 0.0
+        self.start = self.now()
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def timed_forward(self, *args, **kwargs) -> torch.Tensor:
+        begin = self.now()
+        logits = forward(*args, **kwargs)
+        self.forward_s += self.now() - begin
+        return logits
+
+    def split(self) -> tuple[float, float]:
+        """(forward, overhead) seconds since the last split."""
+        end = self.now()
+        forward_s, overhead_s = self.forward_s, end - self.start - self.forward_s
+        self.start, self.forward_s = end, 0.0
+        return forward_s, overhead_s
+
+
+def forward(
+    model: torch.nn.Module,
+    cache: PreallocatedCache,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    last_only: bool = False,
+) -> torch.Tensor:
+    """Logits (n, vocab) for `ids` at `positions`, appending their keys and values to the cache."""
+    out = model(
+        input_ids=ids[None],
+        position_ids=positions[None],
+        attention_mask=mask,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1 if last_only else 0,
+    )
+    return out.logits[0]
+
+
+def _clip(tokens: list[int], room: int, eos: set[int]) -> tuple[list[int], bool]:
+    """Cut emitted tokens after the first EOS and to the room left; say whether decoding is over."""
+    for i, token in enumerate(tokens[:room]):
+        if token in eos:
+            return tokens[: i + 1], True
+    return tokens[:room], len(tokens) >= room
+
+
+class _Totals:
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.forward_s = 0.0
+        self.overhead_s = 0.0
+
+    def record(self, step: Step, clock: Clock) -> Step:
+        step.forward_s, step.overhead_s = clock.split()
+        self.tokens += len(step.tokens)
+        self.forward_s += step.forward_s
+        self.overhead_s += step.overhead_s
+        step.total_tokens, step.total_forward_s, step.total_overhead_s = self.tokens, self.forward_s, self.overhead_s
+        return step
+
+
+def _check_request(prompt_ids: Sequence[int], max_new_tokens: int, vocab_size: int) -> torch.Tensor:
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    ids = torch.as_tensor(list(prompt_ids), dtype=torch.long)
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+        raise ValueError(f"prompt token ids must lie in 0..{vocab_size - 1}")
+    return ids
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _vocab_size(model: torch.nn.Module) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def autoregressive(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    sampling: Sampling = GREEDY,
+    eos_ids: Sequence[int] = (),
+) -> Iterator[Step]:
+    """Plain decoding, one token per forward pass: the baseline."""
+    device = _device(model)
+    ids = _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(device)
+    eos, generator, totals = set(eos_ids), sampling.generator(device), _Totals()
+    cache = PreallocatedCache(len(ids) + max_new_tokens)
+    with torch.inference_mode():
+        clock = Clock(device)
+        logits = clock.timed_forward(model, cache, ids, torch.arange(len(ids), device=device), last_only=True)
+        token = choose(logits[-1], sampling, generator)
+        emitted, finished = _clip([int(token)], max_new_tokens, eos)
+        yield totals.record(Step(0, emitted, finished=finished), clock)
+        index = 0
+        while not finished:
+            index += 1
+            position = torch.tensor([cache.length], device=device)
+            logits = clock.timed_forward(model, cache, token.view(1), position)
+            token = choose(logits[-1], sampling, generator)
+            emitted, finished = _clip([int(token)], max_new_tokens - totals.tokens, eos)
+            yield totals.record(Step(index, emitted, accepted=[0], finished=finished), clock)
+
+
+def _greedy_path(tree: DraftTree, tokens: torch.Tensor, logits: torch.Tensor) -> tuple[list[int], list[int], int]:
+    """(accepted node indices, model choices per node, bonus token), all vectorised."""
+    choices = logits.argmax(-1)
+    correct = tokens == choices[tree.parents.clamp(min=0)]
+    correct[0] = True
+    ok = ~(tree.ancestors & ~correct).any(1)
+    best = int(torch.argmax(ok * (tree.depths + 1)))  # first of the deepest fully correct nodes
+    path = tree.ancestors[best].nonzero().flatten()
+    choice_list = choices.tolist()
+    return path.tolist(), choice_list, choice_list[best]
+
+
+def _sampled_path(
+    tree: DraftTree, children: list[list[int]], tokens: list[int], logits: torch.Tensor,
+    sampling: Sampling, generator: torch.Generator | None,
+) -> tuple[list[int], list[int], int]:
+    """Walk down the tree drawing from the model at each node; stop at the first draw no child carries."""
+    node, path, choices = 0, [0], [-1] * tree.size
+    while True:
+        drawn = int(choose(logits[node], sampling, generator))
+        choices[node] = drawn
+        child = next((c for c in children[node] if tokens[c] == drawn), None)
+        if child is None:
+            return path, choices, drawn
+        node = child
+        path.append(node)
+
+
+def token_recycling(
+    model: torch.nn.Module,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    matrix: AdjacencyMatrix,
+    tree: DraftTree,
+    sampling: Sampling = GREEDY,
+    eos_ids: Sequence[int] = (),
+    seed_from_prompt: bool = False,
+) -> Iterator[Step]:
+    """Token Recycling. `matrix` is read and updated in place (keep it for a hot start).
+
+    With `seed_from_prompt`, the prefill's logits (computed anyway) also write the rows of the prompt
+    tokens before the first draft.
+    """
+    device = _device(model)
+    ids = _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(device)
+    if matrix.vocab_size != _vocab_size(model):
+        raise ValueError(f"matrix has {matrix.vocab_size} rows but the model has {_vocab_size(model)} logits")
+    if tree.parents.device != device:
+        raise ValueError(f"tree buffers are on {tree.parents.device}, the model on {device}")
+    eos, generator, totals = set(eos_ids), sampling.generator(device), _Totals()
+    cache = PreallocatedCache(len(ids) + max_new_tokens + tree.size)
+    parents = tree.parents.tolist()
+    children: list[list[int]] = [[] for _ in parents]
+    for node, parent in enumerate(parents[1:], start=1):
+        children[parent].append(node)
+    step_info = dict(tree_parents=parents, tree_depths=tree.depths.tolist(), tree_ranks=tree.ranks.tolist())
+    with torch.inference_mode():
+        dtype = next(model.parameters()).dtype
+        tree_bias = torch.zeros(tree.size, tree.size, dtype=dtype, device=device)
+        tree_bias.masked_fill_(~tree.ancestors, torch.finfo(dtype).min)
+        clock = Clock(device)
+        logits = clock.timed_forward(
+            model, cache, ids, torch.arange(len(ids), device=device), last_only=not seed_from_prompt
+        )
+        rows = matrix.write(ids, logits) if seed_from_prompt else []
+        root = choose(logits[-1], sampling, generator)
+        emitted, finished = _clip([int(root)], max_new_tokens, eos)
+        yield totals.record(Step(0, emitted, rows_written=rows, finished=finished), clock)
+        index = 0
+        while not finished:
+            index += 1
+            start = cache.length
+            tokens = tree.fill(root, matrix.table)
+            mask = torch.cat([tree_bias.new_zeros(tree.size, start), tree_bias], dim=1)[None, None]
+            logits = clock.timed_forward(model, cache, tokens, tree.depths + start, mask)
+            token_list = tokens.tolist()
+            if sampling.greedy:
+                path, choices, bonus = _greedy_path(tree, tokens, logits)
+            else:
+                path, choices, bonus = _sampled_path(tree, children, token_list, logits, sampling, generator)
+            cache.keep(start, torch.tensor(path, device=device))
+            rows = matrix.write(tokens, logits)
+            root = torch.tensor(bonus, device=device)
+            emitted, finished = _clip([token_list[i] for i in path[1:]] + [bonus], max_new_tokens - totals.tokens, eos)
+            step = Step(index, emitted, token_list, choices=choices, accepted=path, rows_written=rows,
+                        finished=finished, **step_info)
+            yield totals.record(step, clock)

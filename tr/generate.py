@@ -1,0 +1,102 @@
+"""Text in, text out: the decoders behind one call, plus summary statistics from step records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .decoding import Step, autoregressive, token_recycling
+from .matrix import AdjacencyMatrix
+from .model import LoadedModel
+from .sampling import GREEDY, Sampling
+from .trees import DEFAULT_TEMPLATE, DraftTree, load_template
+
+METHODS = ("ar", "tr")
+START_MODES = ("hot", "cold", "seeded")  # keep the matrix / clear it first / keep it and seed from the prompt
+MAX_NEW_TOKENS = 4096
+
+
+@dataclass
+class Stats:
+    tokens: int
+    steps: int  # decoding forward passes after the prefill
+    mat: float  # mean tokens emitted per decoding step
+    forward_s: float
+    overhead_s: float
+    prefill_s: float
+
+    @property
+    def seconds(self) -> float:
+        return self.forward_s + self.overhead_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def summarize(steps: list[Step]) -> Stats:
+    decode = steps[1:]
+    last = steps[-1]
+    decoded = sum(len(s.tokens) for s in decode)
+    return Stats(
+        tokens=last.total_tokens,
+        steps=len(decode),
+        mat=decoded / len(decode) if decode else 0.0,
+        forward_s=last.total_forward_s,
+        overhead_s=last.total_overhead_s,
+        prefill_s=steps[0].forward_s + steps[0].overhead_s,
+    )
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    steps: list[Step] = field(repr=False)
+    stats: Stats
+
+
+def check_request(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -> None:
+    """Reject requests the model cannot serve, with a message a user can act on."""
+    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens!r}")
+    room = lm.max_length - max_new_tokens
+    if len(prompt_ids) > room:
+        raise ValueError(
+            f"the prompt is too long: {len(prompt_ids)} tokens, but this model fits {lm.max_length} positions "
+            f"and {max_new_tokens} are reserved for new tokens"
+        )
+
+
+def decode_steps(
+    lm: LoadedModel,
+    prompt_ids: list[int],
+    method: str = "tr",
+    max_new_tokens: int = 128,
+    sampling: Sampling = GREEDY,
+    matrix: AdjacencyMatrix | None = None,
+    tree: DraftTree | None = None,
+    start: str = "hot",
+) -> Iterator[Step]:
+    """Step records of one method on one prompt; `matrix` persists across calls unless `start` is cold."""
+    check_request(lm, prompt_ids, max_new_tokens)
+    if method == "ar":
+        return autoregressive(lm.model, prompt_ids, max_new_tokens, sampling, lm.eos_ids)
+    if method != "tr":
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if start not in START_MODES:
+        raise ValueError(f"unknown start mode {start!r}: use one of {', '.join(START_MODES)}")
+    matrix = matrix or AdjacencyMatrix(lm.vocab_size, device=lm.device)
+    tree = tree or DraftTree.from_paths(load_template(DEFAULT_TEMPLATE, matrix.k), lm.device)
+    if start == "cold":
+        matrix.reset()
+    return token_recycling(
+        lm.model, prompt_ids, max_new_tokens, matrix, tree, sampling, lm.eos_ids, seed_from_prompt=start == "seeded"
+    )
+
+
+def generate(lm: LoadedModel, prompt: str, method: str = "tr", **options) -> Generation:
+    """Decode a text prompt (chat template applied); options as for `decode_steps`."""
+    steps = list(decode_steps(lm, lm.encode(prompt), method, **options))
+    ids = [t for s in steps for t in s.tokens]
+    return Generation(lm.decode(ids), ids, steps, summarize(steps))

@@ -1,0 +1,75 @@
+"""The adjacency matrix: for each token, the top-k tokens the model last predicted after it.
+
+Rows are overwritten, never averaged: the matrix always holds the most recent "trash" candidates,
+which is what the paper recycles. It lives on the model's device and persists across calls (hot
+start) until `reset`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MAX_K = 32
+
+
+@dataclass
+class RowWrite:
+    """One row overwritten during a step: the candidates before and after."""
+
+    token: int
+    old: list[int]
+    new: list[int]
+    was_filled: bool
+
+
+class AdjacencyMatrix:
+    def __init__(self, vocab_size: int, k: int = 8, device: torch.device | str = "cpu"):
+        if not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        if vocab_size < k:
+            raise ValueError(f"k={k} exceeds the vocabulary size {vocab_size}")
+        self.k = k
+        self.vocab_size = vocab_size
+        # A cold row drafts token 0 everywhere: harmless, verification rejects what the model disagrees with.
+        self.table = torch.zeros(vocab_size, k, dtype=torch.long, device=device)
+        self.filled = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+
+    def reset(self) -> None:
+        self.table.zero_()
+        self.filled.zero_()
+
+    @property
+    def rows_filled(self) -> int:
+        return int(self.filled.sum())
+
+    @property
+    def nbytes(self) -> int:
+        return self.table.numel() * self.table.element_size() + self.filled.numel()
+
+    def row(self, token: int) -> list[int] | None:
+        """The current candidates of `token`, or None while its row has never been written."""
+        if not 0 <= token < self.vocab_size:
+            raise ValueError(f"token id {token} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return self.table[token].tolist() if bool(self.filled[token]) else None
+
+    def write(self, tokens: torch.Tensor, logits: torch.Tensor) -> list[RowWrite]:
+        """Overwrite the row of each token with the top-k of the logits at its position.
+
+        A token that occurs several times keeps its last occurrence (deepest in the tree), so the
+        result does not depend on how a device orders duplicate writes.
+        """
+        token_list = tokens.tolist()
+        last = {token: i for i, token in enumerate(token_list)}
+        index = torch.tensor(list(last.values()), device=tokens.device)
+        unique = tokens[index]
+        new = logits[index].topk(self.k, dim=-1).indices
+        old = self.table[unique]
+        was_filled = self.filled[unique]
+        self.table[unique] = new
+        self.filled[unique] = True
+        return [
+            RowWrite(token, o, n, f)
+            for token, o, n, f in zip(last, old.tolist(), new.tolist(), was_filled.tolist())
+        ]

