@@ -1,0 +1,16 @@
+"""Figures and HTML built from decoding step records (`tr.decoding.Step`): the draft tree of a step,
+the matrix rows it rewrote, charts over whole runs and the generated text banded by step.
+
+Pure functions of their inputs: no model, no UI framework; plotly and networkx only.
+"""
+
+from .charts import accepted_histogram, mat_over_steps, speedup_over_steps, tokens_vs_time
+from .matrix import matrix_summary, row_lookup_html, rows_table_html
+from .style import empty_figure
+from .text import banded_html, plain_html
+from .tree import tree_figure
+
+__all__ = [
+    "accepted_histogram", "banded_html", "empty_figure", "mat_over_steps", "matrix_summary", "plain_html",
+    "row_lookup_html", "rows_table_html", "speedup_over_steps", "tokens_vs_time", "tree_figure",
+]

@@ -1,0 +1,100 @@
+"""The adjacency matrix as HTML: the rows one step overwrote, a single row looked up, a size summary.
+
+Every row a step writes replaces the token's k candidates with the model's latest top-k at that
+token. The table shows the new candidates and marks the ones that were not in the old row, which is
+how much the matrix "learned" in that step. All token text goes through `html.escape`.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+
+from tr.decoding import Step
+from tr.matrix import RowWrite
+
+TABLE_STYLE = "border-collapse:collapse;font-size:13px;font-family:ui-monospace,Menlo,Consolas,monospace"
+CELL_STYLE = "border:1px solid #e5e7eb;padding:2px 6px;white-space:pre;color:#111827"
+HEAD_STYLE = CELL_STYLE + ";background:#f3f4f6;font-weight:600"
+CHANGED_STYLE = CELL_STYLE + ";background:#fde68a;font-weight:600"
+ROOT_STYLE = CELL_STYLE + ";background:#bbf7d0;font-weight:600"
+NOTE_STYLE = "font-size:13px;color:#4b5563;margin:4px 0"
+
+
+def _cell(text: str, style: str = CELL_STYLE, cls: str = "", tag: str = "td", title: str = "") -> str:
+    attrs = f' class="{cls}"' if cls else ""
+    attrs += f' title="{html.escape(title)}"' if title else ""
+    return f'<{tag}{attrs} style="{style}">{html.escape(text)}</{tag}>'
+
+
+def _header(k: int) -> str:
+    return "<thead><tr>" + _cell("token", HEAD_STYLE, tag="th") + "".join(
+        _cell(f"#{rank}", HEAD_STYLE, tag="th", title=f"candidate rank {rank}") for rank in range(k)) + "</tr></thead>"
+
+
+def changed_candidates(write: RowWrite) -> set[int]:
+    """The new candidates the old row did not hold (all of them for a row written the first time)."""
+    return set(write.new) if not write.was_filled else set(write.new) - set(write.old)
+
+
+def ordered_writes(step: Step) -> list[RowWrite]:
+    """The step's row writes with the root's row first: it is the row that drafted the first layer."""
+    root = step.tree_tokens[0] if step.tree_tokens else None
+    return sorted(step.rows_written, key=lambda w: w.token != root)  # stable: the rest keep their order
+
+
+def _row(write: RowWrite, token_text: Callable[[int], str], is_root: bool) -> str:
+    changed = changed_candidates(write)
+    label = token_text(write.token) + ("  (root)" if is_root else "")
+    head = _cell(label, ROOT_STYLE if is_root else HEAD_STYLE, "root" if is_root else "", "th",
+                 "root: this row drafted the tree's first layer" if is_root else f"token id {write.token}")
+    cells = [
+        _cell(token_text(c), CHANGED_STYLE, "changed", title=f"id {c}, new in this row") if c in changed
+        else _cell(token_text(c), title=f"id {c}, already in the old row")
+        for c in write.new
+    ]
+    return f"<tr>{head}{''.join(cells)}</tr>"
+
+
+def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int = 40) -> str:
+    """An HTML table of the rows `step` overwrote: token, then its k new candidates, new ones marked."""
+    writes = ordered_writes(step)
+    if not writes:
+        return f'<p style="{NOTE_STYLE}">Step {step.index} wrote no rows of the adjacency matrix.</p>'
+    root = step.tree_tokens[0] if step.tree_tokens else None
+    k = len(writes[0].new)
+    shown = writes[:max_rows]
+    changed = sum(len(changed_candidates(w)) for w in writes)
+    note = (f"Step {step.index} overwrote {len(writes):,} rows ({changed:,} of {len(writes) * k:,} candidates new"
+            f", <span style=\"{CHANGED_STYLE}\">highlighted</span>)")
+    if len(writes) > max_rows:
+        note += f"; showing the first {max_rows:,}"
+    body = "".join(_row(w, token_text, w.token == root) for w in shown)
+    return (f'<div class="tr-rows"><p style="{NOTE_STYLE}">{note}.</p>'
+            f'<table style="{TABLE_STYLE}">{_header(k)}<tbody>{body}</tbody></table></div>')
+
+
+def row_lookup_html(token: int, candidates: list[int] | None, token_text: Callable[[int], str]) -> str:
+    """One row of the matrix: the token's candidates by rank, or a note that it was never written."""
+    name = html.escape(token_text(token))
+    if candidates is None:
+        return (f'<p style="{NOTE_STYLE}">The row of <code>{name}</code> (id {token}) has not been written yet: '
+                "a tree rooted here would draft token id 0 everywhere.</p>")
+    cells = _cell(token_text(token), HEAD_STYLE, tag="th") + "".join(
+        _cell(token_text(c), title=f"id {c}") for c in candidates)
+    return (f'<div class="tr-row"><p style="{NOTE_STYLE}">Candidates after <code>{name}</code> (id {token}), '
+            f'best first:</p><table style="{TABLE_STYLE}">{_header(len(candidates))}'
+            f"<tbody><tr>{cells}</tr></tbody></table></div>")
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def matrix_summary(rows_filled: int, vocab_size: int, nbytes: int) -> str:
+    """E.g. "1,234 of 49,152 rows filled · 3.1 MB"."""
+    return f"{rows_filled:,} of {vocab_size:,} rows filled · {human_bytes(nbytes)}"

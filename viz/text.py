@@ -1,0 +1,75 @@
+"""The generated text as HTML, with each forward pass's tokens on one coloured band.
+
+A band holds the tokens one step emitted together (accepted drafts plus the bonus token), so long
+bands are where the recycled drafts paid off. Text is decoded incrementally with a little context so
+a step's share reads exactly as it does inside the whole text (spaces a tokenizer only renders after
+a previous token, characters split across tokens), without re-decoding the whole output per step.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+
+from tr.decoding import Step
+
+# Light enough for dark text, distinct enough that neighbouring bands never look alike.
+PASTELS = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#e5e7eb")
+CONTAINER_STYLE = ("white-space:pre-wrap;word-break:break-word;line-height:1.7;font-size:15px;"
+                   "padding:8px 10px;border:1px solid #e5e7eb;border-radius:8px;min-height:3em")
+BAND_STYLE = "background:{color};color:#111827;border-radius:3px;padding:1px 0"
+LEGEND_STYLE = "font-size:12px;color:#6b7280;margin:0 0 4px 0"
+CONTEXT_TOKENS = 4  # tokens decoded before a piece so it renders as it does mid-text
+INCOMPLETE = "\ufffd"  # what a byte-level tokenizer decodes half a UTF-8 character to
+
+
+def step_pieces(steps: list[Step], decode: Callable[[list[int]], str]) -> list[str]:
+    """The text each step added; joined, they equal `decode` of all tokens.
+
+    A step whose tokens end inside a multi-byte character adds nothing; its tokens are carried into
+    the next step's piece so no band ever shows a broken character.
+    """
+    ids: list[int] = []
+    pieces: list[str] = []
+    start = 0  # first token whose text is in no piece yet
+    for n, step in enumerate(steps):
+        ids.extend(step.tokens)
+        left = max(start - CONTEXT_TOKENS, 0)
+        before = decode(ids[left:start]) if start > left else ""
+        text = decode(ids[left:])
+        if text.endswith(INCOMPLETE) and n < len(steps) - 1:
+            pieces.append("")
+            continue
+        # Context that itself decodes differently once followed by more tokens: fall back to no context.
+        pieces.append(text[len(before):] if text.startswith(before) else decode(ids[start:]))
+        start = len(ids)
+    return pieces
+
+
+def _container(body: str, legend: str = "") -> str:
+    legend_html = f'<p style="{LEGEND_STYLE}">{legend}</p>' if legend else ""
+    return f'<div class="tr-output">{legend_html}<div style="{CONTAINER_STYLE}">{body}</div></div>'
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def banded_html(steps: list[Step], decode: Callable[[list[int]], str]) -> str:
+    """The output with one pastel band per forward pass; hover a band for its step and token count."""
+    bands = []
+    for step, piece in zip(steps, step_pieces(steps, decode)):
+        if not piece:
+            continue
+        style = BAND_STYLE.format(color=PASTELS[step.index % len(PASTELS)])
+        title = f"step {step.index}: {_plural(len(step.tokens), 'token')}"
+        bands.append(f'<span class="tr-band" style="{style}" title="{title}">{html.escape(piece)}</span>')
+    legend = ("Each coloured band is one forward pass: the tokens it emitted together "
+              "(accepted drafts plus one bonus token; step 0 is the prefill). Hover a band for details.")
+    return _container("".join(bands), legend)
+
+
+def plain_html(steps: list[Step], decode: Callable[[list[int]], str]) -> str:
+    """The output in the same box as `banded_html`, without bands (for the baseline)."""
+    text = decode([t for step in steps for t in step.tokens]) if steps else ""
+    return _container(html.escape(text), "One token per forward pass.")
