@@ -1,0 +1,191 @@
+"""The benchmark CLI: end to end on the tiny random model, the table arithmetic, and bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tr import bench
+from tr.generate import decode_steps
+from tr.model import load_model
+
+PROMPTS = [
+    {"question_id": 1, "category": "alpha", "turns": ["Write a haiku about rain.", "Now another."]},
+    {"question_id": 2, "category": "beta", "turns": ["Translate into French: good morning."]},
+    {"question_id": 3, "category": "alpha", "turns": ["List three prime numbers."]},
+    {"question_id": 4, "category": "alpha", "turns": ["This one is past --per-category 2."]},
+]
+FIELDS = {
+    "question_id", "category", "method", "tokens", "seconds", "tokens_per_s", "steps", "mat", "forward_s",
+    "overhead_s", "identical_to_ar", "first_divergence", "output_ids",
+}
+MAX_NEW = 12
+
+
+def write_prompts(path: Path, records: list[dict] = PROMPTS) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = bench.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_model_dir, tmp_path_factory):
+    """One CLI run of all four methods on three prompts; (exit code, stdout, JSON document)."""
+    folder = tmp_path_factory.mktemp("bench")
+    prompts = write_prompts(folder / "prompts.jsonl")
+    out = folder / "results.json"
+    code, stdout, _ = run_main([
+        "--model", str(tiny_model_dir), "--prompts", str(prompts), "--per-category", "2",
+        "--max-new-tokens", str(MAX_NEW), "--methods", "ar,hf,pld,tr", "--template", "small-16",
+        "--out", str(out),
+    ])
+    assert code == 0
+    return code, stdout, json.loads(out.read_text())
+
+
+def test_cli_writes_every_figure(cli_run):
+    _, stdout, doc = cli_run
+    results = doc["results"]
+    # First two alpha prompts in file order, the one beta prompt; four methods each.
+    assert [(r["question_id"], r["method"]) for r in results] == [
+        (q, m) for q in (1, 2, 3) for m in ("ar", "hf", "pld", "tr")
+    ]
+    for row in results:
+        assert set(row) >= FIELDS
+        assert row["tokens"] == len(row["output_ids"]) > 0
+        assert row["seconds"] > 0 and row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"])
+    by_method = {m: [r for r in results if r["method"] == m] for m in ("ar", "hf", "pld", "tr")}
+    assert all(r["mat"] == 1.0 and r["steps"] == r["tokens"] - 1 for r in by_method["ar"])
+    assert all(r["mat"] is not None and r["steps"] >= 1 and r["forward_s"] > 0 for r in by_method["tr"])
+    # transformers does not expose its steps: nothing is made up for hf and pld.
+    assert all(r[key] is None for m in ("hf", "pld") for r in by_method[m]
+               for key in ("steps", "mat", "forward_s", "overhead_s"))
+    assert doc["settings"]["methods"] == ["ar", "hf", "pld", "tr"]
+    assert doc["settings"]["max_new_tokens"] == MAX_NEW and doc["settings"]["k"] == 8
+    assert doc["machine"]["device"] == "cpu" and doc["machine"]["dtype"] == "float32"
+    assert doc["machine"]["threads"] >= 1 and doc["machine"]["torch"]
+    assert "machine:" in stdout and "overall" in stdout and "dtype float32" in stdout
+
+
+def test_all_methods_reproduce_ar_exactly(cli_run, tiny_model_dir):
+    _, _, doc = cli_run
+    for row in doc["results"]:
+        assert row["identical_to_ar"] is True, row
+        assert row["first_divergence"] is None
+    # The ar reference is the project's own greedy decoder, not something the benchmark made up.
+    lm = load_model(str(tiny_model_dir))
+    ar = next(r for r in doc["results"] if r["method"] == "ar" and r["question_id"] == 2)
+    steps = decode_steps(lm, lm.encode(PROMPTS[1]["turns"][0]), "ar", MAX_NEW)
+    assert ar["output_ids"] == [t for s in steps for t in s.tokens]
+
+
+def test_table_speedup_is_the_hand_computation(cli_run):
+    _, stdout, doc = cli_run
+    results = doc["results"]
+    lines = stdout.splitlines()
+    for category in ("alpha", "beta", "overall"):
+        rows = [r for r in results if category == "overall" or r["category"] == category]
+        speed = {m: sum(r["tokens"] for r in rows if r["method"] == m) / sum(r["seconds"] for r in rows
+                 if r["method"] == m) for m in ("ar", "hf", "pld", "tr")}
+        baseline = max(speed["ar"], speed["hf"])
+        for method in ("ar", "hf", "pld", "tr"):
+            row = next(t for t in doc["table"] if t["category"] == category and t["method"] == method)
+            assert row["speedup"] == pytest.approx(speed[method] / baseline)
+            assert row["tokens_per_s"] == pytest.approx(speed[method])
+            printed = next(line.split() for line in lines if line.split()[:2] == [category, method])
+            assert printed[6] == f"{speed[method] / baseline:.2f}x"
+            assert printed[7] == "yes"
+    # The table in the JSON is what summarize_table makes of the per-prompt rows.
+    assert bench.summarize_table(results) == doc["table"]
+
+
+def test_summarize_table_on_hand_made_rows():
+    def row(qid, category, method, tokens, seconds, steps=None, mat=None, forward=None, overhead=None, same=True):
+        return dict(question_id=qid, category=category, method=method, tokens=tokens, seconds=seconds,
+                    tokens_per_s=tokens / seconds, steps=steps, mat=mat, forward_s=forward, overhead_s=overhead,
+                    identical_to_ar=same, first_divergence=None, output_ids=[])
+
+    results = [
+        row(1, "c1", "ar", 10, 2.0, steps=9, mat=1.0, forward=1.8, overhead=0.2),
+        row(1, "c1", "hf", 10, 1.0),
+        row(1, "c1", "tr", 10, 0.5, steps=3, mat=3.0, forward=0.4, overhead=0.1),
+        row(2, "c2", "ar", 20, 1.0, steps=19, mat=1.0, forward=0.9, overhead=0.1),
+        row(2, "c2", "hf", 20, 2.0),
+        row(2, "c2", "tr", 30, 1.0, steps=5, mat=5.8, forward=0.8, overhead=0.2, same=False),
+    ]
+    table = {(t["category"], t["method"]): t for t in bench.summarize_table(results)}
+    # c1: hf (10 tok/s) beats ar (5 tok/s); tr does 20 tok/s.
+    assert table["c1", "tr"]["baseline"] == "hf" and table["c1", "tr"]["speedup"] == pytest.approx(2.0)
+    assert table["c1", "ar"]["speedup"] == pytest.approx(0.5)
+    # c2: ar (20 tok/s) beats hf (10 tok/s); tr does 30 tok/s.
+    assert table["c2", "tr"]["baseline"] == "ar" and table["c2", "tr"]["speedup"] == pytest.approx(1.5)
+    # overall pools prompts: ar 30/3 = 10, hf 30/3 = 10, tr 40/1.5.
+    assert table["overall", "tr"]["speedup"] == pytest.approx(40 / 1.5 / 10)
+    assert table["overall", "tr"]["mat"] == pytest.approx((9 + 29) / 8)  # decoded tokens / steps
+    assert table["overall", "tr"]["overhead_pct"] == pytest.approx(100 * 0.3 / 1.2)
+    assert table["overall", "hf"]["mat"] is None and table["overall", "hf"]["steps"] is None
+    assert bench.identical_text(table["overall", "tr"]) == "1 of 2"
+    assert bench.identical_text(table["c1", "tr"]) == "yes"
+
+
+def test_first_divergence_and_eos_cut():
+    assert bench.first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert bench.first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert bench.first_divergence([1, 2], [1, 2, 3]) == 2
+    assert bench.cut_at_eos([4, 2, 9, 2], [2]) == [4, 2]
+    assert bench.cut_at_eos([4, 5], [2]) == [4, 5]
+
+
+def test_load_questions_keeps_file_order_per_category(tmp_path, monkeypatch):
+    path = write_prompts(tmp_path / "p.jsonl")
+    assert [q["question_id"] for q in bench.load_questions(path, 1)] == [1, 2]
+    assert [q["question_id"] for q in bench.load_questions(path)] == [1, 2, 3, 4]
+    assert bench.load_questions(path)[0]["prompt"] == "Write a haiku about rain."  # first turn only
+    monkeypatch.chdir(tmp_path)  # the default file is found through the package, from any cwd
+    assert len(bench.load_questions(bench.DEFAULT_PROMPTS)) >= 7
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--prompts", "{tmp}/missing.jsonl"], "cannot read prompts file"),
+    (["--methods", "ar,beam"], "unknown method 'beam'"),
+    (["--methods", " , "], "no methods"),
+    (["--template", "no-such-tree"], "unknown tree template"),
+    (["--template", "[[5]]", "--k", "4"], "rank outside"),
+    (["--k", "0"], "--k must be from 1"),
+    (["--k", "33"], "--k must be from 1"),
+    (["--k", "eight"], "invalid int value"),
+    (["--model", "{tmp}/no-such-model"], "could not load model"),
+    (["--dtype", "float8"], "invalid choice"),
+    (["--per-category", "0"], "--per-category must be at least 1"),
+    (["--prompts", "{tmp}/bad.jsonl"], "not valid JSON"),
+    (["--out", "{tmp}/no/such/folder/r.json"], "does not exist"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be from 1"),
+    (["--pld-tokens", "0"], "--pld-tokens must be at least 1"),
+    (["--start", "lukewarm"], "invalid choice"),
+    # Found only once the model is loaded (its position limit): still one error line, after the load bars.
+    (["--model", "{tiny}", "--prompts", "{tmp}/long.jsonl"], "the prompt is too long"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, tiny_model_dir):
+    (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "category": "x", "turns": ["hi"]}\n{oops\n')
+    write_prompts(tmp_path / "long.jsonl", [{"question_id": 1, "category": "x", "turns": ["word " * 3000]}])
+    argv = [a.format(tmp=tmp_path, tiny=tiny_model_dir) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "r.json")]
+    code, stdout, stderr = run_main(argv)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert needle in lines[-1] and lines[-1].startswith("tr.bench: error: ")
+    assert "Traceback" not in stderr
+    if "{tiny}" not in args:  # everything else is caught before the model load prints anything
+        assert len(lines) == 1
+    assert not (tmp_path / "r.json").exists()
