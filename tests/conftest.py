@@ -12,6 +12,10 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tr.model import BUNDLED, LoadedModel, load_model, resolve
 
+# Tiny models run ~10x slower with two threads whenever anything else shares the two cores (spinning
+# OpenMP workers); one thread keeps the suite fast and its timing steady.
+torch.set_num_threads(1)
+
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "spec_bench" / "question.jsonl"
 
 

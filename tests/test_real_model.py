@@ -1,0 +1,76 @@
+"""The bundled SmolLM2-135M-Instruct in float32: Token Recycling emits exactly plain greedy's tokens,
+and bad requests fail with clear messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from tr.generate import decode_steps, generate
+from tr.matrix import AdjacencyMatrix
+from tr.model import ModelLoadError, load_model
+from tr.trees import DraftTree, load_template
+
+MAX_NEW = 32
+TEMPLATES = ("paper-80", "small-16", "tiny-8")
+
+
+def spread_over_categories(questions: list[dict], count: int) -> list[dict]:
+    """The first question of each category, then the second of each, ... until `count`."""
+    by_category: dict[str, list[dict]] = {}
+    for q in questions:
+        by_category.setdefault(q["category"], []).append(q)
+    rounds = zip(*by_category.values()) if len(by_category) > 1 else ([q] for q in questions)
+    picked = [q for group in rounds for q in group]
+    return picked[:count]
+
+
+def test_recycling_is_lossless_on_spec_bench(real_lm, spec_bench_questions):
+    matrix = AdjacencyMatrix(real_lm.vocab_size, device=real_lm.device)
+    trees = [DraftTree.from_paths(load_template(name, 8), real_lm.device) for name in TEMPLATES]
+    questions = spread_over_categories(spec_bench_questions, 10)
+    assert len({q["category"] for q in questions}) == 10
+    drafts = 0
+    for i, q in enumerate(questions):
+        prompt, tree = q["turns"][0], trees[i % len(trees)]
+        plain = generate(real_lm, prompt, "ar", max_new_tokens=MAX_NEW)
+        recycled = generate(real_lm, prompt, "tr", max_new_tokens=MAX_NEW, matrix=matrix, tree=tree)
+        assert recycled.token_ids == plain.token_ids, f"question {q['question_id']} ({q['category']})"
+        assert recycled.text == plain.text
+        drafts += sum(s.accepted_drafts for s in recycled.steps)
+    assert drafts > len(questions) * 5  # Token Recycling really accepted drafts along the way
+
+
+def test_seeded_and_cold_starts_are_lossless_too(real_lm):
+    prompt = "List three fruits that are red."
+    plain = generate(real_lm, prompt, "ar", max_new_tokens=MAX_NEW)
+    for start in ("cold", "seeded"):
+        assert generate(real_lm, prompt, "tr", max_new_tokens=MAX_NEW, start=start).token_ids == plain.token_ids
+
+
+def test_chat_template_is_applied(real_lm):
+    ids = real_lm.encode("Hello")
+    assert real_lm.tokenizer.decode(ids).count("<|im_start|>") >= 2  # system + user turns
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda lm: lm.encode("   "), "prompt is empty"),
+        (lambda lm: list(decode_steps(lm, [1] * 9000, "ar", 10)), "prompt is too long"),
+        (lambda lm: list(decode_steps(lm, [1, 2], "ar", 0)), "max_new_tokens"),
+        (lambda lm: list(decode_steps(lm, [1, 2], "beam", 5)), "unknown method"),
+        (lambda lm: list(decode_steps(lm, [1, 2], "tr", 5, start="warm")), "unknown start mode"),
+        (lambda lm: AdjacencyMatrix(lm.vocab_size, k=0), "k must be an integer from 1 to 32"),
+        (lambda lm: AdjacencyMatrix(lm.vocab_size, k=33), "k must be an integer from 1 to 32"),
+    ],
+)
+def test_bad_requests_raise_clear_errors(real_lm, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(real_lm)
+
+
+def test_unknown_model_raises_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="could not load model"):
+        load_model(str(tmp_path / "no-such-model"))
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        load_model("bundled", dtype="float8")
