@@ -257,4 +257,5 @@ def token_recycling(
             emitted, finished = _clip([token_list[i] for i in path[1:]] + [bonus], max_new_tokens - totals.tokens, eos)
             step = Step(index, emitted, token_list, choices=choices, accepted=path, rows_written=rows,
                         finished=finished, **step_info)
+            matrix.stats.observe(step)
             yield totals.record(step, clock)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .acceptance import AcceptanceStats
+
 MAX_K = 32
 
 
@@ -35,10 +37,12 @@ class AdjacencyMatrix:
         # A cold row drafts token 0 everywhere: harmless, verification rejects what the model disagrees with.
         self.table = torch.zeros(vocab_size, k, dtype=torch.long, device=device)
         self.filled = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        self.stats = AcceptanceStats(k)
 
     def reset(self) -> None:
         self.table.zero_()
         self.filled.zero_()
+        self.stats.reset()
 
     @property
     def rows_filled(self) -> int:
