@@ -189,3 +189,16 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, tiny_model_dir
     if "{tiny}" not in args:  # everything else is caught before the model load prints anything
         assert len(lines) == 1
     assert not (tmp_path / "r.json").exists()
+
+
+def test_auto_template_runs_and_stays_identical(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TR_CACHE_DIR", str(tmp_path))  # calibration is cached there, not in ~/.cache
+    out = tmp_path / "auto.json"
+    code, _, _ = run_main([
+        "--model", str(tiny_model_dir), "--prompts", str(write_prompts(tmp_path / "p.jsonl")), "--per-category", "1",
+        "--max-new-tokens", str(MAX_NEW), "--methods", "ar,tr", "--template", "auto", "--out", str(out),
+    ])
+    assert code == 0
+    results = json.loads(out.read_text())["results"]
+    assert all(r["identical_to_ar"] for r in results if r["method"] == "tr")
+    assert list(tmp_path.glob("calibration-*.json"))

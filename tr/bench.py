@@ -42,10 +42,10 @@ import transformers
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-from .generate import MAX_NEW_TOKENS, START_MODES, check_request, decode_steps, summarize
+from .generate import AUTO, MAX_NEW_TOKENS, START_MODES, check_request, decode_steps, make_tree, summarize
 from .matrix import MAX_K, AdjacencyMatrix
 from .model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, load_model
-from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, DraftTree, TreeError, load_template
+from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError, load_template
 
 BENCH_METHODS = ("ar", "hf", "pld", "tr")
 BASELINES = ("ar", "hf")  # speed-up is measured against the faster of these, per category
@@ -208,8 +208,10 @@ def make_runners(
             runners[method] = lambda ids, config=config: run_hf(lm, ids, config)
         elif method == "tr":
             matrix = AdjacencyMatrix(lm.vocab_size, k, device=lm.device)
-            tree = DraftTree.from_paths(load_template(template, k), lm.device)
-            runners[method] = lambda ids: run_own(lm, ids, "tr", max_new_tokens, matrix=matrix, tree=tree, start=start)
+            # Chosen per prompt (outside the timed run): `auto` follows the statistics gathered so far.
+            runners[method] = lambda ids: run_own(
+                lm, ids, "tr", max_new_tokens, matrix=matrix, tree=make_tree(lm, template, matrix)[0], start=start
+            )
         else:
             raise ValueError(f"unknown method {method!r}")
     return runners
@@ -439,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default=",".join(BENCH_METHODS), help="comma list of " + ", ".join(BENCH_METHODS))
     parser.add_argument("--pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for pld")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE,
-                        help=f"tr draft tree: {', '.join(BUILTIN_TEMPLATES)} or a JSON file")
+                        help=f"tr draft tree: {', '.join(BUILTIN_TEMPLATES)}, {AUTO} or a JSON file")
     parser.add_argument("--k", type=int, default=8, help=f"tr candidates per matrix row (1..{MAX_K})")
     parser.add_argument("--start", default="hot", choices=START_MODES,
                         help="tr matrix: hot keeps one matrix across all prompts, cold clears it per prompt, "
@@ -462,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = parse_methods(args.methods)
         questions = load_questions(args.prompts, args.per_category)
         check_numbers(args.max_new_tokens, args.k, args.pld_tokens, args.warmup)
-        if "tr" in methods:
+        if "tr" in methods and args.template != AUTO:
             load_template(args.template, args.k)
         out = Path(args.out)
         if not out.parent.is_dir():

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .auto_tree import TreeChoice, auto_tree
+from .calibrate import calibrate
 from .decoding import Step, autoregressive, token_recycling
 from .matrix import AdjacencyMatrix
 from .model import LoadedModel
@@ -12,6 +14,7 @@ from .sampling import GREEDY, Sampling
 from .trees import DEFAULT_TEMPLATE, DraftTree, load_template
 
 METHODS = ("ar", "tr")
+AUTO = "auto"  # the template name that picks the tree from calibration and acceptance statistics
 START_MODES = ("hot", "cold", "seeded")  # keep the matrix / clear it first / keep it and seed from the prompt
 MAX_NEW_TOKENS = 4096
 
@@ -66,6 +69,17 @@ def check_request(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -
             f"the prompt is too long: {len(prompt_ids)} tokens, but this model fits {lm.max_length} positions "
             f"and {max_new_tokens} are reserved for new tokens"
         )
+
+
+def make_tree(lm: LoadedModel, template: str | list, matrix: AdjacencyMatrix) -> tuple[DraftTree, TreeChoice | None]:
+    """Buffers for a named, JSON or `auto` template; for `auto` also the reasoning behind the choice.
+
+    `auto` calibrates the device on first use (cached on disk) and re-chooses on every call, so the
+    tree follows the acceptance statistics the matrix has gathered so far.
+    """
+    if template == AUTO:
+        return auto_tree(matrix.stats.rates(), calibrate(lm.model, lm.name), lm.device)
+    return DraftTree.from_paths(load_template(template, matrix.k), lm.device), None
 
 
 def decode_steps(
