@@ -1,0 +1,889 @@
+"""Token Recycling, live: a Gradio app that races plain decoding against Token Recycling on one model.
+
+Token Recycling (Luo et al., "Turning Trash into Treasure: Accelerating Inference of Large Language
+Models with Token Recycling", ACL 2025, arXiv 2408.08696) drafts from an adjacency matrix of the
+model's own recent top-k predictions and verifies a whole draft tree in one forward pass.
+
+This file is wiring only: decoding, timing and the fair race live in `tr`, every figure and HTML
+fragment in `viz`. Each browser session keeps its own adjacency matrix and run history in a
+`gr.State`; generations are queued so only one uses the model at a time.
+
+    python app.py                      # bundled SmolLM2-135M-Instruct on http://127.0.0.1:7860
+    python app.py --model HuggingFaceTB/SmolLM2-360M-Instruct --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+import viz
+from tr import (
+    BUILTIN_TEMPLATES, BUNDLED, DEFAULT_TEMPLATE, START_MODES, AdjacencyMatrix, DraftTree, LoadedModel,
+    ModelLoadError, Sampling, Step, TreeError, decode_steps, load_model, load_template, race, summarize,
+)
+from tr.matrix import MAX_K
+from tr.model import DTYPES
+
+log = logging.getLogger("token-recycling-app")
+
+PROMPTS_FILE = Path(__file__).resolve().parent / "assets" / "prompts.jsonl"
+CUSTOM = "custom JSON"
+CUSTOM_EXAMPLE = "[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]]"
+DECODING = ("greedy", "sampling")
+MAX_NEW_TOKENS = 1024
+MAX_PROMPT_CHARS = 8000
+MAX_TREE_NODES = 256  # a custom tree larger than this would make one step take seconds on a CPU
+MAX_TREE_JSON_CHARS = 20_000
+UPDATE_EVERY_S = 0.25  # at most ~4 UI updates a second (text panes and numbers)
+# Plotly figures are what costs the browser most (a slow machine can spend seconds per update on them and
+# stop responding, Stop button included): while running, redraw the tree less often and the charts rarely.
+TREE_EVERY_S = 2.0
+CHARTS_EVERY_S = 4.0
+HISTORY_LIMIT = 20
+QUEUE_SIZE = 16
+STATE_SESSIONS = 200  # each session holds a vocab x k matrix (~3 MB for SmolLM2): bound how many are kept
+MODEL_LOCK = threading.Lock()  # one forward pass on the model at a time, even from an abandoned (stopped) run
+NAMES = {"ar": "Autoregressive (plain decoding)", "tr": "Token Recycling"}
+
+# Fonts the browser already has: the default theme would fetch Google Fonts, which fails offline.
+THEME = gr.themes.Default(
+    font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
+    font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"],
+)
+CSS = """
+.gradio-container { max-width: 1500px !important; margin: 0 auto !important; }
+.title h1 { margin-bottom: 0 !important; }
+.title p { color: #4b5563; margin-top: 2px !important; }
+.intro { font-size: 14px !important; line-height: 1.5; }
+#examples .gallery-item { font-size: 13px; }
+.howto { font-size: 13px !important; color: #4b5563; line-height: 1.45; }
+.howto p { margin: 0 0 6px 0 !important; }
+.pane .tr-output > div { max-height: 420px; overflow-y: auto; }  /* scroll inside the bordered text box */
+.pane-title { font-weight: 600; font-size: 14px; margin: 0 0 2px 0; }
+.rows-box { max-height: 560px; overflow: auto; }
+.stats .headline { margin: 0 0 8px 0; display: flex; flex-wrap: wrap; gap: 8px; }
+.stats .metric { background: #f3f4f6; border-radius: 6px; padding: 4px 10px; font-size: 15px; }
+.stats .metric b { font-size: 17px; }
+.stats table { border-collapse: collapse !important; font-size: 14px; width: auto; min-width: 60%;
+  border: none !important; }
+.stats tr { border: none !important; }
+.stats th, .stats td { border: none !important; border-bottom: 1px solid #e5e7eb !important;
+  padding: 3px 12px !important; text-align: right; background: none !important; }
+.stats th:first-child, .stats td:first-child { text-align: left; color: #374151; }
+.stats .note { font-size: 13px; color: #4b5563; margin: 6px 0 0 0; }
+.stats .ok { color: #15803d; font-weight: 600; }
+.stats .bad { color: #b91c1c; font-weight: 600; }
+#rows-table th, #rows-table td { font-size: 11.5px !important; padding: 1px 3px !important; }
+.message p { margin: 2px 0 !important; }
+.history table { font-size: 13px; }
+"""
+
+ABOUT = """\
+**Token Recycling** (Luo et al., *Turning Trash into Treasure: Accelerating Inference of Large Language Models \
+with Token Recycling*, ACL 2025, [arXiv 2408.08696](https://arxiv.org/abs/2408.08696)) makes a language model \
+generate faster without training anything and without changing a single output token. Every forward pass \
+already ranks the whole vocabulary at every position; plain decoding keeps the top token and throws the rest \
+away. Token Recycling keeps that "trash": an **adjacency matrix** stores, for each token, the top-k tokens the \
+model last predicted right after it. Each step it grows a **draft tree** from the last committed token by \
+following those rows breadth-first, checks the whole tree in **one forward pass** with tree attention, keeps \
+the longest branch the model agrees with plus one token of the model's own, and overwrites the rows of every \
+token in the pass with fresh candidates. The matrix outlives the request (a *hot start*), so it keeps learning \
+what this model tends to say. Below, both decoders race on the same model, one step at a time.
+"""
+
+HOWTO_RACE = """\
+Both decoders run on the same model in this process, never at the same time: whichever has used less compute \
+so far takes the next step, so each pane grows as that decoder would on its own (rendering is not timed). \
+In the Token Recycling pane each coloured band is one forward pass: the longer the band, the more drafted \
+tokens that pass accepted. Under greedy decoding both texts must be identical: Token Recycling is lossless.
+"""
+
+HOWTO_TREE = """\
+**Root** (dark square, node 0): the last token already committed; the tree guesses what follows it. \
+Every other node is a candidate taken from its parent's matrix row, rank 0 (the best) at the top of each \
+group; depth grows to the right. The model scores all nodes in one pass; the **green path** is the longest \
+branch where every token is what the model itself picked after its parent. The **gold star** is the bonus \
+token: the model's own pick after the last accepted node, computed in that same pass, so it is always \
+correct and every step emits at least one token. Grey nodes were wrong guesses. Move the slider to replay \
+any step; hover a node for details.
+"""
+
+HOWTO_MATRIX = """\
+A **row** belongs to one token and holds the k tokens the model most recently ranked highest right after it, \
+best first. After each pass, the row of every token in the tree is overwritten with the model's new top-k at \
+that position: candidates plain decoding would discard, recycled as the next drafts. **Highlighted** cells \
+are candidates the row did not hold before; the **root's row** (green) is the one that drafted the first \
+layer. Rows are never averaged, only overwritten. Look up any token to see its current row.
+"""
+
+
+def howto_charts(device: str) -> str:
+    """The MAT vs speed-up explanation; its last sentence depends on where the model runs."""
+    where = (
+        "On this CPU a forward pass over an 81-token tree costs several times a one-token forward, so the "
+        "speed-up stays well below MAT (and can fall below 1); a smaller tree (small-16, tiny-8) accepts a little "
+        "less per pass but costs much less: compare their speed-ups."
+        if device == "cpu" else
+        "On a GPU a pass over a few dozen tokens costs about as much as a one-token pass, so the speed-up "
+        "comes close to MAT."
+    )
+    return (
+        "**MAT** (mean accepted tokens) counts *tokens per forward pass*: accepted drafts plus the bonus token, "
+        "averaged over decoding steps; plain decoding has MAT 1. **Speed-up** counts *seconds*: Token "
+        "Recycling's tokens per second over plain decoding's, each on its own compute clock. They differ because "
+        f"a pass over a tree is not free. {where} The MAT curve rises as the matrix warms up: run the same "
+        "prompt twice with a hot start and compare."
+    )
+
+
+HOWTO_CONTROLS = """\
+**Start**: *hot* keeps this session's matrix from earlier runs, *cold* clears it first, *seeded* keeps it and \
+also fills rows from the prompt's own prefill. **k**: candidates kept per row (changing it starts a fresh \
+matrix). **Tree**: the draft tree's shape; *paper-80* is the paper's 80-node tree. A custom tree is a JSON \
+list of paths of candidate ranks, each path's parent listed before it, e.g. `[[0], [1], [0, 0]]`.
+"""
+
+OUTPUTS = (
+    "message", "ar_pane", "tr_pane", "stats", "slider", "tree", "rows", "matrix_info", "lookup",
+    "chart_time", "chart_speedup", "chart_hist", "chart_mat", "download", "history", "session",
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-session state and request settings
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """One validated request, as the user set it."""
+
+    prompt: str
+    max_new_tokens: int
+    template: str
+    custom_json: str
+    k: int
+    decoding: str
+    temperature: float
+    top_p: float
+    seed: int
+    start: str
+
+    def sampling(self) -> Sampling:
+        if self.decoding == "greedy":
+            return Sampling()
+        return Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    def tree_paths(self) -> list[tuple[int, ...]]:
+        """The template's paths; raises TreeError with a readable reason."""
+        if self.template != CUSTOM:
+            return load_template(self.template, self.k)
+        text = self.custom_json.strip()
+        if not text:
+            raise TreeError(f"the custom tree is empty: give a JSON list of paths, e.g. {CUSTOM_EXAMPLE}")
+        if len(text) > MAX_TREE_JSON_CHARS:
+            raise TreeError(f"the custom tree JSON is too long ({len(text):,} characters, at most "
+                            f"{MAX_TREE_JSON_CHARS:,})")
+        # Parse here rather than handing the text to load_template, which would read a file by that name.
+        try:
+            paths = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise TreeError(f"the custom tree is not valid JSON: {err}") from None
+        if not isinstance(paths, list):
+            raise TreeError(f"the custom tree must be a JSON list of paths, e.g. {CUSTOM_EXAMPLE}")
+        paths = load_template(paths, self.k)
+        if len(paths) > MAX_TREE_NODES:
+            raise TreeError(f"the custom tree has {len(paths)} nodes; at most {MAX_TREE_NODES} are allowed here")
+        return paths
+
+
+@dataclass
+class Run:
+    """One race: the settings and every step record of both sides, in the order they were computed."""
+
+    number: int
+    settings: Settings
+    steps: dict[str, list[Step]] = field(default_factory=lambda: {"ar": [], "tr": []})
+    wall_s: float = 0.0  # wall time of the whole race, rendering included (both sides, one after the other)
+    finished: bool = False
+    stopped: bool = False
+
+
+@dataclass
+class Session:
+    """What one browser session owns: its matrix (created lazily with its k), its runs, its download file."""
+
+    matrix: AdjacencyMatrix | None = None
+    run: Run | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    runs: int = 0
+    download_path: str | None = None
+
+    def matrix_for(self, lm: LoadedModel, k: int) -> tuple[AdjacencyMatrix, bool]:
+        """The session's matrix for this k, and whether an older one (with another k) was replaced."""
+        if self.matrix is not None and self.matrix.k == k:
+            return self.matrix, False
+        replaced = self.matrix is not None
+        self.matrix = AdjacencyMatrix(lm.vocab_size, k, device=lm.device)
+        return self.matrix, replaced
+
+
+def _whole(name: str, value: Any, low: int, high: int) -> int:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def _number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (low < value if low_open else low <= value) or not value <= high:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def parse_settings(prompt: Any, max_new_tokens: Any, template: Any, custom_json: Any, k: Any, decoding: Any,
+                   temperature: Any, top_p: Any, seed: Any, start: Any) -> Settings:
+    """Check every widget value (the API can send anything) and say exactly what is wrong."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("The prompt is empty: type some text or pick one of the examples.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"The prompt is too long: {len(prompt):,} characters, at most {MAX_PROMPT_CHARS:,}.")
+    if template not in BUILTIN_TEMPLATES and template != CUSTOM:
+        raise ValueError(f"Unknown tree template {template!r}: choose one of {', '.join(BUILTIN_TEMPLATES)} "
+                         f"or {CUSTOM!r}.")
+    if decoding not in DECODING:
+        raise ValueError(f"Decoding must be one of {', '.join(DECODING)}, got {decoding!r}.")
+    if start not in START_MODES:
+        raise ValueError(f"Start mode must be one of {', '.join(START_MODES)}, got {start!r}.")
+    sampled = decoding == "sampling"
+    return Settings(
+        prompt=prompt,
+        max_new_tokens=_whole("Max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
+        template=template,
+        custom_json=custom_json if isinstance(custom_json, str) else "",
+        k=_whole("k", k, 1, MAX_K),
+        decoding=decoding,
+        # Sampling parameters only matter (and are only checked) when sampling.
+        temperature=_number("Temperature", temperature, 0.0, 2.0, low_open=True) if sampled else 0.0,
+        top_p=_number("Top-p", top_p, 0.0, 1.0, low_open=True) if sampled else 1.0,
+        seed=_whole("Seed", seed, 0, 2**31 - 1) if sampled else 0,
+        start=start,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numbers and text for the views
+# ---------------------------------------------------------------------------------------------------
+
+
+def token_ids(steps: list[Step]) -> list[int]:
+    return [t for s in steps for t in s.tokens]
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """Index of the first token where the two outputs differ (a shorter output differs where it ends)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def speedup(run: Run) -> float | None:
+    """TR's tokens per second over AR's, each on its own compute clock."""
+    ar, tr = run.steps["ar"], run.steps["tr"]
+    if not ar or not tr:
+        return None
+    ar_rate, tr_rate = summarize(ar).tokens_per_s, summarize(tr).tokens_per_s
+    return tr_rate / ar_rate if ar_rate else None
+
+
+def run_difference(run: Run) -> int | None:
+    """First token where the outputs differ; until a run has finished, only as far as both sides got."""
+    ar, tr = token_ids(run.steps["ar"]), token_ids(run.steps["tr"])
+    if not run.finished:
+        ar, tr = ar[:len(tr)], tr[:len(ar)]
+    return first_difference(ar, tr)
+
+
+def verdict(run: Run) -> str:
+    """Whether the two outputs are identical (or, mid-run, identical so far)."""
+    diff, n = run_difference(run), len(token_ids(run.steps["tr"]))
+    if diff is None:
+        return (f'<span class="ok">identical</span> ({n} tokens)' if run.finished else
+                f'<span class="ok">identical so far</span> (first {min(n, len(token_ids(run.steps["ar"])))} tokens)')
+    note = ""
+    if run.settings.decoding == "sampling":  # lossless means the same distribution, not the same draws
+        note = " (fine when sampling: both are draws from the model's own distribution)"
+    return f'<span class="bad">not identical</span>: first difference at token #{diff}{note}'
+
+
+def stats_html(run: Run) -> str:
+    """Headline (speed-up, MAT, identical?), then tokens, passes, MAT, time and tokens/s per side."""
+    stats = {name: summarize(steps) if steps else None for name, steps in run.steps.items()}
+
+    def cells(fmt: str, attr: str) -> str:
+        return "".join(f"<td>{fmt.format(getattr(s, attr)) if s else '–'}</td>" for s in stats.values())
+
+    rows = [
+        ("tokens", cells("{:,}", "tokens")),
+        ("forward passes after the prefill", cells("{:,}", "steps")),
+        ("MAT: tokens per pass", cells("{:.2f}", "mat")),
+        ("compute time (own clock)", cells("{:.2f} s", "seconds")),
+        ("tokens / s", cells("{:.1f}", "tokens_per_s")),
+    ]
+    body = "".join(f"<tr><td>{label}</td>{values}</tr>" for label, values in rows)
+    ratio, tr_stats = speedup(run), stats["tr"]
+    state = "" if run.finished else (" (stopped)" if run.stopped else " so far")
+    headline = (
+        f'<span class="metric">Speed-up{state} <b>{f"{ratio:.2f}×" if ratio else "–"}</b></span>'
+        f'<span class="metric">MAT <b>{f"{tr_stats.mat:.2f}" if tr_stats else "–"}</b></span>'
+        f'<span class="metric">Outputs: {verdict(run)}</span>'
+    )
+    note = ""
+    if run.finished and ratio and tr_stats and ratio < tr_stats.mat:
+        # The question every visitor asks: why is the speed-up smaller than MAT (or even below 1)?
+        note = ('<p class="note">Speed-up is below MAT because one pass over the draft tree costs more than a '
+                "one-token pass here: see <i>The whole run</i> below.</p>")
+    return (f'<div class="stats"><p class="headline">{headline}</p><table><thead><tr><th></th>'
+            f"<th>autoregressive</th><th>Token Recycling</th></tr></thead><tbody>{body}</tbody></table>{note}</div>")
+
+
+def pane_html(lm: LoadedModel, run: Run, name: str) -> str:
+    """One side's text so far, with its own compute clock in the heading."""
+    steps = run.steps[name]
+    clock = f"{steps[-1].elapsed_s:.2f} s" if steps else "waiting"
+    done = " · done" if steps and steps[-1].finished else ""
+    body = viz.banded_html(steps, lm.decode) if name == "tr" else viz.plain_html(steps, lm.decode)
+    return f'<p class="pane-title">{NAMES[name]} · {clock}{done}</p>{body}'
+
+
+def history_markdown(history: list[dict[str, Any]]) -> str:
+    if not history:
+        return "*No runs yet in this session.*"
+    lines = ["| run | prompt | tree | k | start | tokens | TR MAT | speed-up | identical |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for h in reversed(history):
+        prompt = html.escape(h["prompt"][:48].replace("|", "/").replace("\n", " "))
+        lines.append(f"| {h['run']} | {prompt} | {h['template']} | {h['k']} | {h['start']} | {h['tokens']} | "
+                     f"{h['mat']:.2f} | {h['speedup']} | {h['identical']} |")
+    return "\n".join(lines)
+
+
+def matrix_info(lm: LoadedModel, session: Session) -> str:
+    matrix = session.matrix
+    if matrix is None:
+        return "Adjacency matrix: not created yet (it is made on this session's first run)."
+    return f"Adjacency matrix (k={matrix.k}): " + viz.matrix_summary(matrix.rows_filled, matrix.vocab_size,
+                                                                      matrix.nbytes)
+
+
+def lookup_html(lm: LoadedModel, session: Session, text: str | None) -> str:
+    """The current row of the first token of `text` (or of `#id`), from this session's matrix only."""
+    if not text or not text.strip():
+        return '<p class="howto">Type a word (or <code>#id</code> for a token id) to see its row.</p>'
+    if text.strip().startswith("#") and text.strip()[1:].isdigit():
+        token = int(text.strip()[1:])
+        if token >= lm.vocab_size:
+            return f'<p class="howto">Token id {token} is outside the vocabulary (0..{lm.vocab_size - 1}).</p>'
+        note = ""
+    else:
+        ids = lm.tokenizer(text[:200], add_special_tokens=False)["input_ids"]  # only the first token matters
+        if not ids:
+            return '<p class="howto">That text has no tokens.</p>'
+        token = ids[0]
+        note = "" if len(ids) == 1 else (
+            f'<p class="howto">"{html.escape(text)}" is {len(ids)} tokens; showing the first, '
+            f"<code>{html.escape(lm.token_text(token))}</code>. (A leading space makes a different token.)</p>")
+    row = session.matrix.row(token) if session.matrix is not None else None
+    return note + viz.row_lookup_html(token, row, lm.token_text)
+
+
+def run_record(lm: LoadedModel, run: Run) -> dict[str, Any]:
+    """Everything about a run, for the JSON download: settings, both outputs, every step record."""
+    outputs = {}
+    for name, steps in run.steps.items():
+        ids = token_ids(steps)
+        stats = summarize(steps) if steps else None
+        outputs[name] = {
+            "method": NAMES[name],
+            "text": lm.decode(ids),
+            "token_ids": ids,
+            "stats": dict(asdict(stats), seconds=stats.seconds, tokens_per_s=stats.tokens_per_s) if stats else None,
+        }
+    return {
+        "paper": "Luo et al., Turning Trash into Treasure: Accelerating Inference of Large Language Models with "
+                 "Token Recycling, ACL 2025, arXiv 2408.08696",
+        "model": lm.name,
+        "device": str(lm.device),
+        "run": run.number,
+        "finished": run.finished,
+        "settings": asdict(run.settings),
+        "outputs": outputs,
+        "identical": run_difference(run) is None,
+        "first_difference": run_difference(run),
+        "speedup": speedup(run),
+        "wall_s": run.wall_s,
+        "steps": {name: [asdict(s) for s in steps] for name, steps in run.steps.items()},
+    }
+
+
+def write_download(lm: LoadedModel, session: Session, run: Run) -> str:
+    """Write the run's JSON to this session's own file (overwritten each run, so files do not pile up)."""
+    if session.download_path is None:
+        handle, session.download_path = tempfile.mkstemp(prefix="token-recycling-run-", suffix=".json")
+        os.close(handle)
+    Path(session.download_path).write_text(json.dumps(run_record(lm, run)))
+    return session.download_path
+
+
+# ---------------------------------------------------------------------------------------------------
+# View updates: dicts keyed by OUTPUTS names; anything left out stays as it is in the browser
+# ---------------------------------------------------------------------------------------------------
+
+
+def ordered(values: dict[str, Any]) -> tuple:
+    return tuple(values.get(name, gr.skip()) for name in OUTPUTS)
+
+
+def step_views(lm: LoadedModel, session: Session, index: Any) -> tuple[Any, str]:
+    """Tree figure and rows table of TR step `index` of the session's latest run."""
+    steps = session.run.steps["tr"] if session.run else []
+    if not steps:
+        note = "No Token Recycling steps yet: start a run."
+        return viz.empty_figure("Draft tree", note), f'<p class="howto">{note}</p>'
+    i = min(max(int(index or 0), 0), len(steps) - 1)
+    return viz.tree_figure(steps[i], lm.token_text), viz.rows_table_html(steps[i], lm.token_text)
+
+
+def slider_for(run: Run, value: int | None = None) -> Any:
+    last = max(len(run.steps["tr"]) - 1, 0)
+    return gr.Slider(minimum=0, maximum=max(last, 1), value=last if value is None else value, step=1,
+                     interactive=True, label=f"Token Recycling step (0 = prefill, {last} = last)")
+
+
+def best_step(steps: list[Step]) -> int:
+    """The step that accepted the most drafts (the first of them): the most telling tree to show first."""
+    decoding = range(1, len(steps)) if len(steps) > 1 else range(len(steps))  # step 0 (prefill) has no tree
+    return max(decoding, key=lambda i: (steps[i].accepted_drafts, -i)) if steps else 0
+
+
+def chart_views(run: Run) -> dict[str, Any]:
+    ar, tr = run.steps["ar"], run.steps["tr"]
+    return {
+        "chart_time": viz.tokens_vs_time({"ar": ar, "tr": tr}),
+        "chart_speedup": viz.speedup_over_steps(ar, tr),
+        "chart_hist": viz.accepted_histogram(tr),
+        "chart_mat": viz.mat_over_steps(tr),
+    }
+
+
+def live_views(lm: LoadedModel, session: Session, run: Run, tree: bool, charts: bool) -> dict[str, Any]:
+    """What changes while a race runs: both panes and the numbers; when asked, the latest step's tree and
+    rows (the view follows the run) and the charts."""
+    ar_n, tr_n = len(token_ids(run.steps["ar"])), len(token_ids(run.steps["tr"]))
+    views = {
+        "message": f"Running… autoregressive {ar_n} tokens, Token Recycling {tr_n} tokens.",
+        "ar_pane": pane_html(lm, run, "ar"),
+        "tr_pane": pane_html(lm, run, "tr"),
+        "stats": stats_html(run),
+        "matrix_info": matrix_info(lm, session),
+    }
+    if tree:
+        views["tree"], views["rows"] = step_views(lm, session, len(run.steps["tr"]) - 1)
+        views["slider"] = slider_for(run)
+    return views | (chart_views(run) if charts else {})
+
+
+class Pacer:
+    """Says when something is due again, at most once per `interval_s` of wall time."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.last = time.perf_counter()
+
+    def due(self, now: float) -> bool:
+        if now - self.last < self.interval_s:
+            return False
+        self.last = now
+        return True
+
+
+def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, message: str) -> dict[str, Any]:
+    """Every view, from the session's latest run (or empty placeholders before its first)."""
+    run = session.run
+    views = {
+        "message": message,
+        "matrix_info": matrix_info(lm, session),
+        "lookup": lookup_html(lm, session, lookup_text),
+        "history": history_markdown(session.history),
+        "session": session,
+    }
+    if run is None:
+        return views
+    shown = best_step(run.steps["tr"])  # after the run, open on its most successful step
+    tree, rows = step_views(lm, session, shown)
+    views |= {
+        "ar_pane": pane_html(lm, run, "ar"),
+        "tr_pane": pane_html(lm, run, "tr"),
+        "stats": stats_html(run),
+        "slider": slider_for(run, shown),
+        "tree": tree,
+        "rows": rows,
+        "download": gr.DownloadButton(value=write_download(lm, session, run), interactive=True),
+    }
+    return views | chart_views(run)
+
+
+def remember(session: Session, run: Run) -> None:
+    """Add a finished (or stopped) run to the session's history."""
+    tr_steps = run.steps["tr"]
+    ratio = speedup(run)
+    identical = run_difference(run) is None
+    session.history.append({
+        "run": run.number, "prompt": run.settings.prompt, "template": run.settings.template, "k": run.settings.k,
+        "start": run.settings.start, "tokens": len(token_ids(tr_steps)),
+        "mat": summarize(tr_steps).mat if tr_steps else 0.0,
+        "speedup": f"{ratio:.2f}×" if ratio else "–",
+        "identical": ("yes" if identical else "no") + (" so far (stopped)" if run.stopped else ""),
+    })
+    del session.history[:-HISTORY_LIMIT]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Event handlers
+# ---------------------------------------------------------------------------------------------------
+
+
+def _advance(events: Iterator[tuple[str, Step]], run: Run, budget_s: float) -> bool:
+    """Take race steps for up to `budget_s` of wall time; True once both sides have finished or the run
+    was stopped (checked every step: gradio's cancel only takes effect at the next update)."""
+    deadline = time.perf_counter() + budget_s
+    for name, step in events:
+        run.steps[name].append(step)
+        if run.stopped:
+            return True
+        if time.perf_counter() >= deadline:
+            return False
+    return True
+
+
+def own_clock(steps: Iterator[Step]) -> Iterator[Step]:
+    """The same steps, re-timed so each side's clock counts only the time spent producing its own steps.
+
+    Workaround: tr's `Clock` starts timing the next step when a step is yielded, so whatever the consumer
+    does before asking for the next one (the other decoder's turn in the race, rendering) lands in that
+    step's overhead, and both clocks would run at wall-clock pace. The wall time of the `next()` call
+    itself is exactly the step's own compute (tr synchronises CUDA before yielding). Forward time is
+    tr's own measurement and is kept.
+    """
+    forward_s = overhead_s = 0.0
+    while True:
+        begin = time.perf_counter()
+        step = next(steps, None)
+        spent = time.perf_counter() - begin
+        if step is None:
+            return
+        step.overhead_s = max(spent - step.forward_s, 0.0)
+        forward_s += step.forward_s
+        overhead_s += step.overhead_s
+        step.total_forward_s, step.total_overhead_s = forward_s, overhead_s
+        yield step
+
+
+def failure(message: str, session: Session) -> dict[str, Any]:
+    """A bad request: a toast plus the message in the page; every other view stays as it was."""
+    message = message[:1].upper() + message[1:]  # tr's messages start lower-case, mid-sentence style
+    gr.Warning(message)
+    return {"message": f"⚠️ **{message}**", "session": session}
+
+
+def start_race(lm: LoadedModel, session: Session, settings: Settings) -> tuple[Run, Iterator[tuple[str, Step]], str]:
+    """Validate what only the model and tr can check, then set up both decoders; raises ValueError."""
+    tree = DraftTree.from_paths(settings.tree_paths(), lm.device)
+    sampling = settings.sampling()
+    prompt_ids = lm.encode(settings.prompt)
+    matrix, replaced = session.matrix_for(lm, settings.k)
+    runners = {
+        "ar": own_clock(decode_steps(lm, prompt_ids, "ar", settings.max_new_tokens, sampling)),
+        "tr": own_clock(decode_steps(lm, prompt_ids, "tr", settings.max_new_tokens, sampling, matrix, tree,
+                                     settings.start)),
+    }
+    session.runs += 1
+    note = f" (k changed: this run started a fresh matrix with k={settings.k})" if replaced else ""
+    return Run(session.runs, settings), race(runners), note
+
+
+def run_handler(lm: LoadedModel, session: Session | None, widgets: tuple, lookup_text: str | None
+                ) -> Iterator[tuple]:
+    """The Run button: race both decoders, streaming throttled updates, then render everything.
+
+    `widgets` are the values parse_settings takes, in its order.
+    """
+    session = session or Session()
+    try:
+        settings = parse_settings(*widgets)
+        run, events, note = start_race(lm, session, settings)
+    except ValueError as err:  # TreeError is a ValueError; tr's messages are written for users
+        yield ordered(failure(str(err), session))
+        return
+    session.run = run
+    begin = time.perf_counter()
+    tree_pacer, chart_pacer = Pacer(TREE_EVERY_S), Pacer(CHARTS_EVERY_S)
+    budget_s, done = UPDATE_EVERY_S, False
+    try:
+        while not done:
+            with MODEL_LOCK:  # released between updates, so a stopped run never blocks the next one
+                done = _advance(events, run, budget_s)
+            rendering = time.perf_counter()
+            run.wall_s = rendering - begin
+            if not done:
+                tree = tree_pacer.due(rendering) or len(run.steps["tr"]) <= 2  # show the first tree at once
+                charts = not tree and chart_pacer.due(rendering)  # never both in one update
+                yield ordered(live_views(lm, session, run, tree, charts) | {"session": session})
+                # Rendering costs real time on a small CPU: keep it (and sending) under a third of the wall
+                # time, so the live view never slows the race down more than it must.
+                budget_s = max(UPDATE_EVERY_S, 2 * (time.perf_counter() - rendering))
+    except ValueError as err:  # raised lazily inside a decoder (e.g. a prompt the model cannot take)
+        run.stopped = True
+        yield ordered(failure(str(err), session))
+        return
+    except Exception as err:  # a bug or e.g. out of memory: keep serving, keep the traceback in the log
+        log.exception("run %d failed", run.number)
+        run.stopped = True
+        yield ordered(failure(f"the run failed ({type(err).__name__}: {err}); the app is still running", session))
+        return
+    if run.stopped:  # the Stop handler has already shown what the run got to
+        return
+    run.finished = True
+    remember(session, run)
+    message = (f"Done{note}: run {run.number}, {run.wall_s:.1f} s of wall time for both decoders together "
+               "(each side's own compute time is in the table).")
+    yield ordered(final_views(lm, session, lookup_text, message))
+
+
+def stop_handler(lm: LoadedModel, session: Session | None, lookup_text: str | None) -> tuple:
+    """The Stop button: flag the run to stop at its next step (gradio also cancels the event, but only
+    between updates) and show at once what it got to."""
+    session = session or Session()
+    run = session.run
+    if run is None or run.finished or run.stopped:
+        return ordered({"message": "Nothing is running.", "session": session})
+    run.stopped = True
+    remember(session, run)
+    return ordered(final_views(lm, session, lookup_text, f"Stopped run {run.number}."))
+
+
+def reset_handler(lm: LoadedModel, session: Session | None, lookup_text: str | None) -> tuple[str, str, str, Session]:
+    """Reset matrix: forget every row this session learned (the next run starts cold)."""
+    session = session or Session()
+    if session.matrix is not None:
+        session.matrix.reset()
+    return "Matrix reset: every row is empty again.", matrix_info(lm, session), lookup_html(
+        lm, session, lookup_text), session
+
+
+def slider_handler(lm: LoadedModel, session: Session | None, index: Any) -> tuple[Any, str]:
+    return step_views(lm, session or Session(), index)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layout
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_examples(path: Path = PROMPTS_FILE) -> tuple[list[list[str]], list[str]]:
+    """Example prompts and their labels ("code: Write a Python…") from the Spec-Bench-style file."""
+    prompts, labels = [], []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            item = json.loads(line)
+            text = item["turns"][0]
+            prompts.append([text])
+            labels.append(f"{item['label']}: {text[:32]}…" if len(text) > 32 else f"{item['label']}: {text}")
+    return prompts, labels
+
+
+def forget(session: Session | None) -> None:
+    """Gradio drops a closed session's state after a while: remove its download file with it."""
+    if session is not None and session.download_path:
+        Path(session.download_path).unlink(missing_ok=True)
+
+
+class App(gr.Blocks):
+    """gr.Blocks whose launch() brings the app's theme and CSS (Gradio 6 takes them in launch, and the
+    tests launch the demo themselves)."""
+
+    def launch(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("theme", THEME)
+        kwargs.setdefault("css", CSS)
+        return super().launch(*args, **kwargs)
+
+
+def build_demo(lm: LoadedModel) -> gr.Blocks:
+    """The whole app on an already loaded model; queued so one generation uses the model at a time."""
+    examples, example_labels = load_examples()
+    templates = [*BUILTIN_TEMPLATES, CUSTOM]
+    # delete_cache: gradio keeps a copy of every download; drop copies older than an hour, hourly.
+    with App(title="Token Recycling, live", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        # A Session, made by the first handler that needs one (one per browser session).
+        session = gr.State(None, delete_callback=forget)
+        gr.Markdown(f"# Token Recycling, live\nModel `{lm.name}` on `{lm.device}`", elem_classes="title")
+        gr.Markdown(ABOUT, elem_classes="intro")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):  # settings sidebar
+                max_new = gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, precision=0, label="Max new tokens")
+                with gr.Row():
+                    # Custom values reach parse_settings, whose message names the valid templates.
+                    template = gr.Dropdown(templates, value=DEFAULT_TEMPLATE, label="Draft tree", min_width=120,
+                                           allow_custom_value=True)
+                    k = gr.Slider(1, MAX_K, value=8, step=1, precision=0, label="k (per row)", min_width=120)
+                custom_json = gr.Textbox(label="Custom tree (JSON list of paths)", value=CUSTOM_EXAMPLE,
+                                         lines=2, visible=False)
+                with gr.Row():
+                    decoding = gr.Radio(list(DECODING), value="greedy", label="Decoding", min_width=120)
+                    start = gr.Radio(list(START_MODES), value="hot", label="Start", min_width=120)
+                with gr.Row(visible=False) as sampling_row:
+                    temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature", min_width=90)
+                    top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", min_width=90)
+                    seed = gr.Number(0, precision=0, minimum=0, label="Seed", min_width=80)
+                with gr.Row():
+                    reset_button = gr.Button("Reset matrix", size="sm")
+                    download = gr.DownloadButton("Download run (JSON)", size="sm", interactive=False)
+                gr.Markdown(HOWTO_CONTROLS, elem_classes="howto")
+            with gr.Column(scale=3):
+                with gr.Row(equal_height=True):
+                    prompt = gr.Textbox(label="Prompt", lines=3, max_lines=10, value=examples[1][0], scale=5,
+                                        placeholder="Ask the model something, or pick an example below")
+                    with gr.Column(scale=1, min_width=120):
+                        run_button = gr.Button("Run race", variant="primary")
+                        stop_button = gr.Button("Stop", variant="stop")
+                gr.Examples(examples, inputs=[prompt], example_labels=example_labels, examples_per_page=12,
+                            label="Example prompts (chat, code, translation, summarization, maths, retrieval)",
+                            elem_id="examples")
+                message = gr.Markdown("Pick an example or type a prompt, then press **Run race**.",
+                                      elem_classes="message", elem_id="message")
+                with gr.Row(equal_height=False):
+                    ar_pane = gr.HTML(f'<p class="pane-title">{NAMES["ar"]}</p>', elem_classes="pane",
+                                      elem_id="ar-pane")
+                    tr_pane = gr.HTML(f'<p class="pane-title">{NAMES["tr"]}</p>', elem_classes="pane",
+                                      elem_id="tr-pane")
+                stats = gr.HTML(elem_classes="stats", elem_id="stats")
+                gr.Markdown(HOWTO_RACE, elem_classes="howto")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5, min_width=500):
+                gr.Markdown("### Draft tree of one step")
+                gr.Markdown(HOWTO_TREE, elem_classes="howto")
+                slider = gr.Slider(0, 1, value=0, step=1, precision=0, interactive=False,
+                                   label="Token Recycling step (after a run)", elem_id="step-slider")
+                tree = gr.Plot(viz.empty_figure("Draft tree", "No steps yet: start a run."), show_label=False,
+                               elem_id="tree-plot")
+            with gr.Column(scale=6, min_width=420):
+                gr.Markdown("### Adjacency matrix rows written at that step")
+                gr.Markdown(HOWTO_MATRIX, elem_classes="howto")
+                rows = gr.HTML('<p class="howto">No steps yet: start a run.</p>', elem_classes="rows-box",
+                               elem_id="rows-table")
+                info = gr.Markdown("Adjacency matrix: not created yet (it is made on this session's first run).")
+                lookup_text = gr.Textbox(label="Look up a token's row", submit_btn="Look up", elem_id="lookup-text",
+                                         placeholder="a word, e.g. the, Python, or #42 for a token id")
+                lookup = gr.HTML('<p class="howto">Type a word (or <code>#id</code>) to see its row.</p>')
+        gr.Markdown("### The whole run")
+        gr.Markdown(howto_charts(lm.device.type), elem_classes="howto")
+        with gr.Row():
+            chart_time = gr.Plot(viz.tokens_vs_time({}), show_label=False, elem_id="chart-time")
+            chart_speedup = gr.Plot(viz.speedup_over_steps([], []), show_label=False, elem_id="chart-speedup")
+        with gr.Row():
+            chart_hist = gr.Plot(viz.accepted_histogram([]), show_label=False, elem_id="chart-hist")
+            chart_mat = gr.Plot(viz.mat_over_steps([]), show_label=False, elem_id="chart-mat")
+        gr.Markdown("### This session's runs")
+        history = gr.Markdown(history_markdown([]), elem_classes="history")
+
+        outputs = [message, ar_pane, tr_pane, stats, slider, tree, rows, info, lookup,
+                   chart_time, chart_speedup, chart_hist, chart_mat, download, history, session]
+        widgets = [prompt, max_new, template, custom_json, k, decoding, temperature, top_p, seed, start]
+
+        # Named parameters, so the API (and gradio_client) can call /run with keywords.
+        def run(state: Session | None, prompt: str, max_new_tokens: int, template: str, custom_json: str, k: int,
+                decoding: str, temperature: float, top_p: float, seed: int, start: str, lookup: str
+                ) -> Iterator[tuple]:
+            values = (prompt, max_new_tokens, template, custom_json, k, decoding, temperature, top_p, seed, start)
+            yield from run_handler(lm, state, values, lookup)
+
+        # One generation on the model at a time, across all sessions; the bounded queue holds the rest.
+        run_event = run_button.click(run, [session, *widgets, lookup_text], outputs, api_name="run",
+                                     concurrency_limit=1, concurrency_id="model", show_progress="minimal")
+        stop_button.click(lambda state, text: stop_handler(lm, state, text), [session, lookup_text], outputs,
+                          cancels=[run_event], api_name="stop", queue=False)
+        reset_button.click(lambda state, text: reset_handler(lm, state, text), [session, lookup_text],
+                           [message, info, lookup, session], api_name="reset_matrix")
+        lookup_text.submit(lambda state, text: lookup_html(lm, state or Session(), text), [session, lookup_text],
+                           lookup, api_name="lookup")
+        slider.input(lambda state, index: slider_handler(lm, state, index), [session, slider], [tree, rows],
+                     api_name="show_step", trigger_mode="always_last", show_progress="hidden")
+        # Show the custom JSON box and the sampling settings only when they are in use.
+        template.change(lambda name: gr.Textbox(visible=name == CUSTOM), template, custom_json,
+                        api_visibility="private")
+        decoding.change(lambda mode: gr.Row(visible=mode == "sampling"), decoding, sampling_row,
+                        api_visibility="private")
+    demo.queue(max_size=QUEUE_SIZE)
+    return demo
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Race plain decoding against Token Recycling in the browser.")
+    parser.add_argument("--model", default=BUNDLED,
+                        help=f"hub id or local folder of a causal LM (default: {BUNDLED}, the packaged "
+                             "SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="default: float32")
+    parser.add_argument("--port", type=int, default=7860, help="default: 7860")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all; default: "
+                                                            "127.0.0.1)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    note = " (the first load converts the bundled GGUF: about 30 s)" if args.model == BUNDLED else ""
+    print(f"Loading model {args.model!r} on {args.device}{note}...", flush=True)
+    try:
+        lm = load_model(args.model, args.device, args.dtype)
+    except ModelLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Loaded {lm.name} ({lm.vocab_size:,} tokens, {lm.device}, {str(lm.dtype).removeprefix('torch.')}).",
+          flush=True)
+    demo = build_demo(lm)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                    state_session_capacity=STATE_SESSIONS)
+    except OSError as err:  # e.g. the port is taken
+        print(f"error: could not start the web server on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

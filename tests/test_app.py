@@ -1,0 +1,218 @@
+"""The Gradio app end to end through gradio_client, on a tiny random model launched in this process.
+
+Each `Client` is its own browser-like session, which is what the isolation test relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+import app
+from tr.model import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+# Outputs of /run and /stop, in app.OUTPUTS order without the session state (the API never sees it).
+FIELDS = [name for name in app.OUTPUTS if name != "session"]
+GOOD = dict(prompt="Write a haiku about recycling.", max_new_tokens=16, template="small-16", custom_json="", k=8,
+            decoding="greedy", temperature=0.7, top_p=0.9, seed=0, start="hot", lookup="the")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def url(tiny_lm):
+    demo = app.build_demo(tiny_lm)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def client(url: str) -> Client:
+    return Client(url, verbose=False, analytics_enabled=False)
+
+
+def run(c: Client, **changes) -> dict:
+    """Call /run and name its outputs."""
+    return dict(zip(FIELDS, c.predict(**(GOOD | changes), api_name="/run")))
+
+
+def download(result: dict) -> dict:
+    return json.loads(Path(result["download"]["value"]).read_text())
+
+
+def plotly_traces(plot: dict) -> list:
+    assert plot["type"] == "plotly"
+    return json.loads(plot["plot"])["data"]
+
+
+def rows_filled(info: str) -> int:
+    return int(re.search(r"([\d,]+) of [\d,]+ rows filled", info).group(1).replace(",", ""))
+
+
+def test_run_returns_identical_outputs_steps_figures_and_download(url):
+    c = client(url)
+    result = run(c, template="paper-80", max_new_tokens=20)
+    assert result["message"].startswith("Done"), result["message"]
+    assert "done" in result["ar_pane"] and "done" in result["tr_pane"]
+    assert 'class="tr-band"' in result["tr_pane"]  # banded by step
+    assert "identical" in result["stats"] and "not identical" not in result["stats"]
+    assert "Speed-up" in result["stats"] and "MAT" in result["stats"]
+
+    record = download(result)
+    ar, tr = record["outputs"]["ar"], record["outputs"]["tr"]
+    assert ar["token_ids"] == tr["token_ids"] and ar["text"] == tr["text"]  # lossless under greedy decoding
+    assert 1 <= len(tr["token_ids"]) <= 20 and record["identical"] and record["first_difference"] is None
+    assert record["settings"]["template"] == "paper-80" and record["settings"]["max_new_tokens"] == 20
+    for name in ("ar", "tr"):
+        steps = record["steps"][name]
+        assert [s["index"] for s in steps] == list(range(len(steps)))  # every step, in order
+        assert [t for s in steps for t in s["tokens"]] == record["outputs"][name]["token_ids"]
+        assert steps[-1]["finished"] and steps[-1]["total_tokens"] == len(record["outputs"][name]["token_ids"])
+    tr_steps = record["steps"]["tr"]
+    assert all(len(s["tree_tokens"]) == 81 for s in tr_steps[1:])  # paper-80: root + 80 drafts
+    assert all(s["rows_written"] for s in tr_steps[1:])
+
+    # The slider spans every step and opens on the one that accepted the most drafts.
+    accepted = [max(len(s["accepted"]) - 1, 0) for s in tr_steps]
+    assert result["slider"]["maximum"] == max(len(tr_steps) - 1, 1)
+    assert result["slider"]["value"] == 1 + accepted[1:].index(max(accepted[1:]))
+    assert plotly_traces(result["tree"]), "the tree of that step is drawn"
+    assert "<table" in result["rows"]
+    assert rows_filled(result["matrix_info"]) > 0
+    for chart in ("chart_time", "chart_speedup", "chart_hist", "chart_mat"):
+        assert plotly_traces(result[chart]), chart
+    assert "| 1 |" in result["history"]
+
+    # Scrubbing: the first decoding step's tree and rows.
+    tree, rows = c.predict(index=1, api_name="/show_step")
+    assert "Step 1:" in json.loads(tree["plot"])["layout"]["title"]["text"]
+    assert "Step 1 " in rows
+
+
+@pytest.mark.parametrize("changes, expected", [
+    (dict(prompt="   "), "prompt is empty"),
+    (dict(prompt="x" * (app.MAX_PROMPT_CHARS + 1)), "prompt is too long"),
+    (dict(template="custom JSON", custom_json="[[0], [1"), "not valid JSON"),
+    (dict(template="custom JSON", custom_json="[[0, 0]]"), "no parent"),
+    (dict(template="paper-800"), "Unknown tree template"),
+])
+def test_bad_input_gives_a_message_and_the_app_keeps_serving(url, changes, expected):
+    c = client(url)
+    result = run(c, **changes)
+    assert expected in result["message"], result["message"]
+    assert "Traceback" not in result["message"]
+    assert run(c, max_new_tokens=4)["message"].startswith("Done")
+
+
+@pytest.mark.parametrize("changes, expected", [
+    (dict(k=99), "greater than maximum value 32"),
+    (dict(max_new_tokens=0), "less than minimum value 1"),
+    (dict(max_new_tokens=5000), "greater than maximum value 1024"),
+    (dict(decoding="sampling", top_p=0.0), "less than minimum value"),
+    (dict(start="lukewarm"), "not in the list of choices"),
+])
+def test_out_of_range_settings_are_refused_with_a_message_and_the_app_keeps_serving(url, changes, expected):
+    # Gradio itself checks slider ranges and radio choices before the app sees them (the browser shows its
+    # message as an error toast); the API client gets that message as an exception.
+    c = client(url)
+    with pytest.raises(Exception, match=expected):
+        run(c, **changes)
+    assert run(c, max_new_tokens=4)["message"].startswith("Done")
+
+
+def test_settings_are_checked_again_in_the_app():
+    # What a widget cannot send (e.g. an empty number box) still gets a clear message, not a stack trace.
+    args = ["Hi", 8, "paper-80", "", 8, "sampling", 0.7, 0.9, None, "hot"]
+    with pytest.raises(ValueError, match="Seed must be a whole number"):
+        app.parse_settings(*args)
+    for index, value, expected in [(4, 33, "k must be"), (1, 2.5, "Max new tokens must be"),
+                                   (7, 0.0, "Top-p must be"), (5, "beam", "Decoding must be")]:
+        bad = list(args)
+        bad[8], bad[index] = 0, value
+        with pytest.raises(ValueError, match=expected):
+            app.parse_settings(*bad)
+
+
+def test_custom_tree_and_sampling_run(url):
+    result = run(client(url), template="custom JSON", custom_json="[[0], [1], [0, 0]]", decoding="sampling",
+                 seed=3, start="seeded", max_new_tokens=8)
+    assert result["message"].startswith("Done"), result["message"]
+    record = download(result)
+    assert all(len(s["tree_tokens"]) == 4 for s in record["steps"]["tr"][1:])
+    assert record["settings"]["decoding"] == "sampling" and record["settings"]["seed"] == 3
+
+
+def written_rows(record: dict) -> set[int]:
+    return {w["token"] for s in record["steps"]["tr"] for w in s["rows_written"]}
+
+
+def test_sessions_do_not_share_matrix_rows(url):
+    a, b = client(url), client(url)
+    # Both sessions race at once (the queue runs them one after the other): each matrix holds exactly the
+    # rows its own run wrote.
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(run, a, prompt="Count from one to ten.", start="seeded"),
+                   pool.submit(run, b, prompt="Name three colours.", template="tiny-4", start="cold")]
+        result_a, result_b = (f.result(timeout=240) for f in futures)
+    rows_a, rows_b = written_rows(download(result_a)), written_rows(download(result_b))
+    assert rows_filled(result_a["matrix_info"]) == len(rows_a)
+    assert rows_filled(result_b["matrix_info"]) == len(rows_b)
+
+    only_a = sorted(rows_a - rows_b)
+    assert only_a, "the two runs wrote different rows"
+    assert "Candidates after" in a.predict(f"#{only_a[0]}", api_name="/lookup")
+    assert "has not been written yet" in b.predict(f"#{only_a[0]}", api_name="/lookup")
+
+    # A third visitor has no matrix at all until it runs.
+    c = client(url)
+    assert "has not been written yet" in c.predict(f"#{only_a[0]}", api_name="/lookup")
+    message, info, _, = c.predict("the", api_name="/reset_matrix")
+    assert "not created yet" in info
+
+    # Resetting B's matrix leaves A's alone.
+    _, info_b, _ = b.predict("the", api_name="/reset_matrix")
+    assert rows_filled(info_b) == 0
+    assert "Candidates after" in a.predict(f"#{only_a[0]}", api_name="/lookup")
+
+
+def test_changing_k_starts_a_fresh_matrix(url):
+    c = client(url)
+    run(c, k=8, max_new_tokens=4)
+    result = run(c, k=4, max_new_tokens=4)
+    assert "k changed" in result["message"] and "(k=4)" in result["matrix_info"]
+    record = download(result)
+    assert rows_filled(result["matrix_info"]) == len(written_rows(record))
+
+
+def test_cli_help_and_load_failure(capsys):
+    # In process: a subprocess would spend most of a minute importing torch and gradio again.
+    with pytest.raises(SystemExit) as exit_info:
+        app.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--model", "--device", "--dtype", "--port", "--host", "--share"):
+        assert flag in help_text
+
+    assert app.main(["--model", str(ROOT / "no-such-model")]) == 1
+    captured = capsys.readouterr()
+    assert "Loading model" in captured.out  # the progress message comes first
+    assert "Traceback" not in captured.err
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error:") and "no-such-model" in errors[0]
