@@ -584,29 +584,6 @@ def _advance(events: Iterator[tuple[str, Step]], run: Run, budget_s: float) -> b
     return True
 
 
-def own_clock(steps: Iterator[Step]) -> Iterator[Step]:
-    """The same steps, re-timed so each side's clock counts only the time spent producing its own steps.
-
-    Workaround: tr's `Clock` starts timing the next step when a step is yielded, so whatever the consumer
-    does before asking for the next one (the other decoder's turn in the race, rendering) lands in that
-    step's overhead, and both clocks would run at wall-clock pace. The wall time of the `next()` call
-    itself is exactly the step's own compute (tr synchronises CUDA before yielding). Forward time is
-    tr's own measurement and is kept.
-    """
-    forward_s = overhead_s = 0.0
-    while True:
-        begin = time.perf_counter()
-        step = next(steps, None)
-        spent = time.perf_counter() - begin
-        if step is None:
-            return
-        step.overhead_s = max(spent - step.forward_s, 0.0)
-        forward_s += step.forward_s
-        overhead_s += step.overhead_s
-        step.total_forward_s, step.total_overhead_s = forward_s, overhead_s
-        yield step
-
-
 def failure(message: str, session: Session) -> dict[str, Any]:
     """A bad request: a toast plus the message in the page; every other view stays as it was."""
     message = message[:1].upper() + message[1:]  # tr's messages start lower-case, mid-sentence style
@@ -621,9 +598,8 @@ def start_race(lm: LoadedModel, session: Session, settings: Settings) -> tuple[R
     prompt_ids = lm.encode(settings.prompt)
     matrix, replaced = session.matrix_for(lm, settings.k)
     runners = {
-        "ar": own_clock(decode_steps(lm, prompt_ids, "ar", settings.max_new_tokens, sampling)),
-        "tr": own_clock(decode_steps(lm, prompt_ids, "tr", settings.max_new_tokens, sampling, matrix, tree,
-                                     settings.start)),
+        "ar": decode_steps(lm, prompt_ids, "ar", settings.max_new_tokens, sampling),
+        "tr": decode_steps(lm, prompt_ids, "tr", settings.max_new_tokens, sampling, matrix, tree, settings.start),
     }
     session.runs += 1
     note = f" (k changed: this run started a fresh matrix with k={settings.k})" if replaced else ""

@@ -74,11 +74,15 @@ class Clock:
         return logits
 
     def split(self) -> tuple[float, float]:
-        """(forward, overhead) seconds since the last split."""
+        """(forward, overhead) seconds since the last split or resume."""
         end = self.now()
         forward_s, overhead_s = self.forward_s, end - self.start - self.forward_s
         self.start, self.forward_s = end, 0.0
         return forward_s, overhead_s
+
+    def resume(self) -> None:
+        """Restart after a yield: what the consumer did meanwhile is not this decoder's time."""
+        self.start, self.forward_s = self.now(), 0.0
 
 
 def forward(
@@ -163,6 +167,7 @@ def autoregressive(
         yield totals.record(Step(0, emitted, finished=finished), clock)
         index = 0
         while not finished:
+            clock.resume()
             index += 1
             position = torch.tensor([cache.length], device=device)
             logits = clock.timed_forward(model, cache, token.view(1), position)
@@ -241,6 +246,7 @@ def token_recycling(
         yield totals.record(Step(0, emitted, rows_written=rows, finished=finished), clock)
         index = 0
         while not finished:
+            clock.resume()
             index += 1
             start = cache.length
             tokens = tree.fill(root, matrix.table)
