@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tr import bench
-from tr.generate import decode_steps
+from tr.generate import decode_steps, first_divergence
 from tr.model import load_model
 
 PROMPTS = [
@@ -139,9 +139,9 @@ def test_summarize_table_on_hand_made_rows():
 
 
 def test_first_divergence_and_eos_cut():
-    assert bench.first_divergence([1, 2, 3], [1, 2, 3]) is None
-    assert bench.first_divergence([1, 2, 3], [1, 5, 3]) == 1
-    assert bench.first_divergence([1, 2], [1, 2, 3]) == 2
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
     assert bench.cut_at_eos([4, 2, 9, 2], [2]) == [4, 2]
     assert bench.cut_at_eos([4, 5], [2]) == [4, 5]
 

@@ -2,7 +2,9 @@
 drafts from an adjacency matrix of the model's own recent top-k predictions."""
 
 from .decoding import Step, autoregressive, token_recycling
-from .generate import METHODS, START_MODES, Generation, Stats, decode_steps, generate, summarize
+from .generate import (
+    AUTO, METHODS, START_MODES, Generation, Stats, decode_steps, first_divergence, generate, make_tree, summarize,
+)
 from .matrix import AdjacencyMatrix, RowWrite
 from .model import BUNDLED, LoadedModel, ModelLoadError, load_model
 from .race import race
@@ -12,6 +14,6 @@ from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, DraftTree, TreeError, lo
 __all__ = [
     "AdjacencyMatrix", "BUILTIN_TEMPLATES", "BUNDLED", "DEFAULT_TEMPLATE", "DraftTree", "GREEDY", "Generation",
     "LoadedModel", "METHODS", "ModelLoadError", "RowWrite", "START_MODES", "Sampling", "Stats", "Step",
-    "TreeError", "autoregressive", "decode_steps", "generate", "load_model", "load_template", "race",
+    "TreeError", "AUTO", "autoregressive", "decode_steps", "first_divergence", "make_tree", "generate", "load_model", "load_template", "race",
     "summarize", "token_recycling",
 ]

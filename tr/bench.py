@@ -42,7 +42,9 @@ import transformers
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-from .generate import AUTO, MAX_NEW_TOKENS, START_MODES, check_request, decode_steps, make_tree, summarize
+from .generate import (
+    AUTO, MAX_NEW_TOKENS, START_MODES, check_request, decode_steps, first_divergence, make_tree, summarize,
+)
 from .matrix import MAX_K, AdjacencyMatrix
 from .model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, load_model
 from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError, load_template
@@ -271,15 +273,6 @@ def result_row(question: dict, method: str, figures: dict) -> dict:
         "first_divergence": None,
         "output_ids": figures["output_ids"],
     }
-
-
-def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
-    """Index of the first token where two outputs differ (the shorter length if one is a prefix of
-    the other); None when they are equal."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def compare_to_ar(results: list[dict]) -> list[dict]:

@@ -51,6 +51,15 @@ def summarize(steps: list[Step]) -> Stats:
     )
 
 
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """Index of the first token where two outputs differ (the shorter length if one is a prefix of
+    the other); None when they are equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
 @dataclass
 class Generation:
     text: str
