@@ -4,6 +4,7 @@ uses the bundled tokenizer, for fast end-to-end tests of the CLI and the app."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,17 @@ def spec_bench_questions() -> list[dict]:
     if not SPEC_BENCH.is_file():
         pytest.skip(f"Spec-Bench questions not found at {SPEC_BENCH} (the repo's ../shared is absent)")
     return [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model_dir):
+    """The app on the tiny model, launched in this process on a free port; its URL."""
+    import app  # gradio is slow to import: only the tests that launch the app pay for it
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = app.build_demo(load_model(str(tiny_model_dir)))
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 from gradio_client import Client
 
 import app
-from tr.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # Outputs of /run and /stop, in app.OUTPUTS order without the session state (the API never sees it).
@@ -24,28 +22,8 @@ GOOD = dict(prompt="Write a haiku about recycling.", max_new_tokens=16, template
             decoding="greedy", temperature=0.7, top_p=0.9, seed=0, start="hot", lookup="the")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tiny_model_dir):
-    return load_model(str(tiny_model_dir))
-
-
-@pytest.fixture(scope="module")
-def url(tiny_lm):
-    demo = app.build_demo(tiny_lm)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
-
-
-def client(url: str) -> Client:
-    return Client(url, verbose=False, analytics_enabled=False)
+def client(app_url: str) -> Client:
+    return Client(app_url, verbose=False, analytics_enabled=False)
 
 
 def run(c: Client, **changes) -> dict:
@@ -66,8 +44,8 @@ def rows_filled(info: str) -> int:
     return int(re.search(r"([\d,]+) of [\d,]+ rows filled", info).group(1).replace(",", ""))
 
 
-def test_run_returns_identical_outputs_steps_figures_and_download(url):
-    c = client(url)
+def test_run_returns_identical_outputs_steps_figures_and_download(app_url):
+    c = client(app_url)
     result = run(c, template="paper-80", max_new_tokens=20)
     assert result["message"].startswith("Done"), result["message"]
     assert "done" in result["ar_pane"] and "done" in result["tr_pane"]
@@ -113,8 +91,8 @@ def test_run_returns_identical_outputs_steps_figures_and_download(url):
     (dict(template="custom JSON", custom_json="[[0, 0]]"), "no parent"),
     (dict(template="paper-800"), "Unknown tree template"),
 ])
-def test_bad_input_gives_a_message_and_the_app_keeps_serving(url, changes, expected):
-    c = client(url)
+def test_bad_input_gives_a_message_and_the_app_keeps_serving(app_url, changes, expected):
+    c = client(app_url)
     result = run(c, **changes)
     assert expected in result["message"], result["message"]
     assert "Traceback" not in result["message"]
@@ -128,10 +106,10 @@ def test_bad_input_gives_a_message_and_the_app_keeps_serving(url, changes, expec
     (dict(decoding="sampling", top_p=0.0), "less than minimum value"),
     (dict(start="lukewarm"), "not in the list of choices"),
 ])
-def test_out_of_range_settings_are_refused_with_a_message_and_the_app_keeps_serving(url, changes, expected):
+def test_out_of_range_settings_are_refused_with_a_message_and_the_app_keeps_serving(app_url, changes, expected):
     # Gradio itself checks slider ranges and radio choices before the app sees them (the browser shows its
     # message as an error toast); the API client gets that message as an exception.
-    c = client(url)
+    c = client(app_url)
     with pytest.raises(Exception, match=expected):
         run(c, **changes)
     assert run(c, max_new_tokens=4)["message"].startswith("Done")
@@ -150,8 +128,8 @@ def test_settings_are_checked_again_in_the_app():
             app.parse_settings(*bad)
 
 
-def test_custom_tree_and_sampling_run(url):
-    result = run(client(url), template="custom JSON", custom_json="[[0], [1], [0, 0]]", decoding="sampling",
+def test_custom_tree_and_sampling_run(app_url):
+    result = run(client(app_url), template="custom JSON", custom_json="[[0], [1], [0, 0]]", decoding="sampling",
                  seed=3, start="seeded", max_new_tokens=8)
     assert result["message"].startswith("Done"), result["message"]
     record = download(result)
@@ -163,8 +141,8 @@ def written_rows(record: dict) -> set[int]:
     return {w["token"] for s in record["steps"]["tr"] for w in s["rows_written"]}
 
 
-def test_sessions_do_not_share_matrix_rows(url):
-    a, b = client(url), client(url)
+def test_sessions_do_not_share_matrix_rows(app_url):
+    a, b = client(app_url), client(app_url)
     # Both sessions race at once (the queue runs them one after the other): each matrix holds exactly the
     # rows its own run wrote.
     with ThreadPoolExecutor(2) as pool:
@@ -181,7 +159,7 @@ def test_sessions_do_not_share_matrix_rows(url):
     assert "has not been written yet" in b.predict(f"#{only_a[0]}", api_name="/lookup")
 
     # A third visitor has no matrix at all until it runs.
-    c = client(url)
+    c = client(app_url)
     assert "has not been written yet" in c.predict(f"#{only_a[0]}", api_name="/lookup")
     message, info, _, = c.predict("the", api_name="/reset_matrix")
     assert "not created yet" in info
@@ -192,8 +170,8 @@ def test_sessions_do_not_share_matrix_rows(url):
     assert "Candidates after" in a.predict(f"#{only_a[0]}", api_name="/lookup")
 
 
-def test_changing_k_starts_a_fresh_matrix(url):
-    c = client(url)
+def test_changing_k_starts_a_fresh_matrix(app_url):
+    c = client(app_url)
     run(c, k=8, max_new_tokens=4)
     result = run(c, k=4, max_new_tokens=4)
     assert "k changed" in result["message"] and "(k=4)" in result["matrix_info"]

@@ -9,13 +9,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
-import app
-from tr.model import load_model
 
 CHROMIUM = shutil.which("chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,30 +30,15 @@ if CHROMIUM is None:
 from playwright.sync_api import expect, sync_playwright  # noqa: E402  (only once we know the test runs)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def url(tiny_model_dir):
-    demo = app.build_demo(load_model(str(tiny_model_dir)))
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
-
-
 @pytest.fixture()
-def page(url):
+def page(app_url):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         page.errors = []  # console errors and uncaught exceptions, checked at the end of the test
         page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda err: page.errors.append(str(err)))
-        page.goto(url)
+        page.goto(app_url)
         yield page
         browser.close()
 

@@ -7,7 +7,6 @@ is deterministic; the power check below shows it does reject a slightly wrong sa
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 
 import pytest
