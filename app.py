@@ -34,9 +34,8 @@ import gradio as gr
 import viz
 from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_TREE, howto_charts
 from tr import (
-    BUILTIN_TEMPLATES, BUNDLED, DEFAULT_TEMPLATE, START_MODES, AdjacencyMatrix, DraftTree, LoadedModel,
-    ModelLoadError, Sampling, Step, TreeError, decode_steps, first_divergence, load_model, load_template, race,
-    summarize,
+    AUTO, BUILTIN_TEMPLATES, BUNDLED, DEFAULT_TEMPLATE, START_MODES, AdjacencyMatrix, LoadedModel, ModelLoadError,
+    Sampling, Step, TreeError, decode_steps, first_divergence, load_model, load_template, make_tree, race, summarize,
 )
 from tr.matrix import MAX_K
 from tr.model import DTYPES
@@ -202,9 +201,9 @@ def parse_settings(prompt: Any, max_new_tokens: Any, template: Any, custom_json:
         raise ValueError("The prompt is empty: type some text or pick one of the examples.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"The prompt is too long: {len(prompt):,} characters, at most {MAX_PROMPT_CHARS:,}.")
-    if template not in BUILTIN_TEMPLATES and template != CUSTOM:
-        raise ValueError(f"Unknown tree template {template!r}: choose one of {', '.join(BUILTIN_TEMPLATES)} "
-                         f"or {CUSTOM!r}.")
+    if template not in (*BUILTIN_TEMPLATES, AUTO, CUSTOM):
+        raise ValueError(f"Unknown tree template {template!r}: choose one of {', '.join(BUILTIN_TEMPLATES)}, "
+                         f"{AUTO} or {CUSTOM!r}.")
     if decoding not in DECODING:
         raise ValueError(f"Decoding must be one of {', '.join(DECODING)}, got {decoding!r}.")
     if start not in START_MODES:
@@ -522,16 +521,19 @@ def failure(message: str, session: Session) -> dict[str, Any]:
 
 def start_race(lm: LoadedModel, session: Session, settings: Settings) -> tuple[Run, Iterator[tuple[str, Step]], str]:
     """Validate what only the model and tr can check, then set up both decoders; raises ValueError."""
-    tree = DraftTree.from_paths(settings.tree_paths(), lm.device)
     sampling = settings.sampling()
     prompt_ids = lm.encode(settings.prompt)
     matrix, replaced = session.matrix_for(lm, settings.k)
+    tree, choice = make_tree(lm, settings.tree_paths() if settings.template != AUTO else AUTO, matrix)
     runners = {
         "ar": decode_steps(lm, prompt_ids, "ar", settings.max_new_tokens, sampling),
         "tr": decode_steps(lm, prompt_ids, "tr", settings.max_new_tokens, sampling, matrix, tree, settings.start),
     }
     session.runs += 1
     note = f" (k changed: this run started a fresh matrix with k={settings.k})" if replaced else ""
+    if choice is not None:
+        note += (f" (auto tree: {len(choice.paths)} draft nodes, expected {choice.expected_tokens:.2f} tokens per "
+                 f"pass at the measured cost of verifying {len(choice.paths) + 1} tokens)")
     return Run(session.runs, settings), race(runners), note
 
 
@@ -644,7 +646,7 @@ class App(gr.Blocks):
 def build_demo(lm: LoadedModel) -> gr.Blocks:
     """The whole app on an already loaded model; queued so one generation uses the model at a time."""
     examples, example_labels = load_examples()
-    templates = [*BUILTIN_TEMPLATES, CUSTOM]
+    templates = [*BUILTIN_TEMPLATES, AUTO, CUSTOM]
     # delete_cache: gradio keeps a copy of every download; drop copies older than an hour, hourly.
     with App(title="Token Recycling, live", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         # A Session, made by the first handler that needs one (one per browser session).

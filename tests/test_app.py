@@ -137,6 +137,14 @@ def test_custom_tree_and_sampling_run(app_url):
     assert record["settings"]["decoding"] == "sampling" and record["settings"]["seed"] == 3
 
 
+def test_auto_tree_run_says_what_it_chose(app_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("TR_CACHE_DIR", str(tmp_path))  # the calibration is cached there
+    result = run(client(app_url), template="auto", max_new_tokens=12)
+    assert re.search(r"auto tree: \d+ draft nodes, expected [\d.]+ tokens per pass", result["message"]), result["message"]
+    record = download(result)
+    assert record["identical"] and list(tmp_path.glob("calibration-*.json"))
+
+
 def written_rows(record: dict) -> set[int]:
     return {w["token"] for s in record["steps"]["tr"] for w in s["rows_written"]}
 

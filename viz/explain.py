@@ -66,6 +66,8 @@ def howto_charts(device: str) -> str:
 HOWTO_CONTROLS = """\
 **Start**: *hot* keeps this session's matrix from earlier runs, *cold* clears it first, *seeded* keeps it and \
 also fills rows from the prompt's own prefill. **k**: candidates kept per row (changing it starts a fresh \
-matrix). **Tree**: the draft tree's shape; *paper-80* is the paper's 80-node tree. A custom tree is a JSON \
+matrix). **Tree**: the draft tree's shape; *paper-80* is the paper's 80-node tree; *auto* measures what \
+verifying n tokens costs on this device and picks the tree with the most expected tokens per second from \
+the acceptance rates seen so far. A custom tree is a JSON \
 list of paths of candidate ranks, each path's parent listed before it, e.g. `[[0], [1], [0, 0]]`.
 """
