@@ -38,6 +38,14 @@ def run_main(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache(tmp_path_factory):
+    """The CLI calibrates the device and caches the curve: keep the tiny model's out of ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TR_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def cli_run(tiny_model_dir, tmp_path_factory):
     """One CLI run of all four methods on three prompts; (exit code, stdout, JSON document)."""
@@ -55,6 +63,9 @@ def cli_run(tiny_model_dir, tmp_path_factory):
 
 def test_cli_writes_every_figure(cli_run):
     _, stdout, doc = cli_run
+    cost = doc["machine"]["forward_cost"]
+    assert cost["sizes"][0] == 1 and len(cost["seconds"]) == len(cost["sizes"]) and min(cost["seconds"]) > 0
+    assert "forward cost of n new tokens" in stdout
     results = doc["results"]
     # First two alpha prompts in file order, the one beta prompt; four methods each.
     assert [(r["question_id"], r["method"]) for r in results] == [

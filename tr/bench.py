@@ -35,6 +35,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -42,6 +43,7 @@ import transformers
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+from .calibrate import calibrate
 from .generate import (
     AUTO, MAX_NEW_TOKENS, START_MODES, check_request, decode_steps, first_divergence, make_tree, summarize,
 )
@@ -345,6 +347,8 @@ def machine_info(lm: LoadedModel) -> dict:
         "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
         "dtype": str(lm.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
+        # The device's verification cost curve (cached per model, device, dtype, threads): what `auto` sizes trees by.
+        "forward_cost": asdict(calibrate(lm.model, lm.name)),
     }
     return info
 
@@ -362,8 +366,12 @@ def cpu_model() -> str:
 
 def describe_machine(info: dict) -> str:
     device = f"{info['device']} ({info['gpu']})" if info["gpu"] else info["device"]
+    cost = info["forward_cost"]
+    curve = ", ".join(f"{n}: {s / cost['seconds'][0]:.2f}x" for n, s in zip(cost["sizes"][1:], cost["seconds"][1:]))
     return (f"machine: {info['cpu']}, {info['platform']}; torch {info['torch']}, transformers "
-            f"{info['transformers']}; device {device}, dtype {info['dtype']}, {info['threads']} threads")
+            f"{info['transformers']}; device {device}, dtype {info['dtype']}, {info['threads']} threads\n"
+            f"forward cost of n new tokens behind {cost['context']} cached, relative to n=1 "
+            f"({cost['seconds'][0] * 1000:.1f} ms): {curve}")
 
 
 def _num(value: float | None, spec: str, suffix: str = "") -> str:
