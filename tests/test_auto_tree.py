@@ -6,11 +6,11 @@ import torch
 
 from tiny_models import tiny_model
 from tr.acceptance import AcceptanceStats
-from tr.auto_tree import auto_tree, choose_tree, grow
+from tr.auto_tree import auto_tree, choose_tree
 from tr.calibrate import CostCurve, calibrate
 from tr.decoding import autoregressive, token_recycling
 from tr.matrix import AdjacencyMatrix
-from tr.trees import DraftTree, load_template, validate_paths
+from tr.trees import DraftTree, grow, load_template, validate_paths
 
 FREE = CostCurve([1, 8, 16, 32, 81], [0.010, 0.0101, 0.0102, 0.0104, 0.0108], 256, "cuda")
 EXPENSIVE = CostCurve([1, 8, 16, 32, 81], [0.056, 0.078, 0.090, 0.123, 0.213], 256, "cpu")
@@ -28,7 +28,7 @@ def test_auto_picks_a_large_tree_when_verification_is_free_and_a_small_one_when_
 
 def test_grown_probabilities_are_products_of_rates():
     rates = torch.rand(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.9
-    for path, p in grow(rates, 30, 6):
+    for path, p in grow(rates.tolist(), 30, 6):
         expected = 1.0
         for depth, rank in enumerate(path):
             expected *= float(rates[depth, rank])

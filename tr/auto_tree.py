@@ -10,30 +10,12 @@ picks the size with the best ratio.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 import torch
 
 from .calibrate import CostCurve
-from .trees import DraftTree, Path_
-
-
-def grow(rates: torch.Tensor, budget: int, max_depth: int) -> list[tuple[Path_, float]]:
-    """Up to `budget` paths in best-first order of acceptance probability, with that probability."""
-    table = rates.tolist()
-    k = len(table[0])
-    chosen: list[tuple[Path_, float]] = []
-    heap = [(-table[0][r], (r,)) for r in range(k)]
-    heapq.heapify(heap)
-    while heap and len(chosen) < budget:
-        neg, path = heapq.heappop(heap)
-        chosen.append((path, -neg))
-        depth = len(path)
-        if depth < min(max_depth, len(table)):
-            for r in range(k):
-                heapq.heappush(heap, (neg * table[depth][r], path + (r,)))
-    return chosen
+from .trees import DraftTree, Path_, grow
 
 
 @dataclass
@@ -46,7 +28,7 @@ class TreeChoice:
 
 def choose_tree(rates: torch.Tensor, curve: CostCurve, max_nodes: int = 80, max_depth: int = 6) -> TreeChoice:
     """The best-first tree whose size maximises expected tokens per second of verification."""
-    grown = grow(rates, max_nodes, max_depth)
+    grown = grow(rates.tolist(), max_nodes, max_depth)
     candidates, expected = [], 1.0
     for n, (_, p) in enumerate(grown, start=1):
         expected += p

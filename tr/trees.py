@@ -27,22 +27,29 @@ class TreeError(ValueError):
     """A template that cannot be used as a draft tree."""
 
 
-def best_first_paths(budget: int, max_depth: int, prior: tuple[float, ...] = RANK_PRIOR) -> list[Path_]:
-    """The `budget` paths with the highest product of rank priors, at most `max_depth` deep.
-
-    Products shrink along a path, so the chosen set is closed under parents; sorting by depth then
-    gives a valid template.
-    """
-    chosen: list[Path_] = []
-    heap = [(-p, (rank,)) for rank, p in enumerate(prior)]
+def grow(rates: list[list[float]], budget: int, max_depth: int) -> list[tuple[Path_, float]]:
+    """Up to `budget` paths in best-first order of the product of `rates[depth][rank]` along them,
+    each with that product. Products shrink along a path, so every prefix of the result is closed
+    under parents."""
+    k = len(rates[0])
+    chosen: list[tuple[Path_, float]] = []
+    heap = [(-rates[0][r], (r,)) for r in range(k)]
     heapq.heapify(heap)
     while heap and len(chosen) < budget:
-        neg_score, path = heapq.heappop(heap)
-        chosen.append(path)
-        if len(path) < max_depth:
-            for rank, p in enumerate(prior):
-                heapq.heappush(heap, (neg_score * p, path + (rank,)))
-    return sorted(chosen, key=lambda path: (len(path), path))
+        neg, path = heapq.heappop(heap)
+        chosen.append((path, -neg))
+        depth = len(path)
+        if depth < min(max_depth, len(rates)):
+            for r in range(k):
+                heapq.heappush(heap, (neg * rates[depth][r], path + (r,)))
+    return chosen
+
+
+def best_first_paths(budget: int, max_depth: int, prior: tuple[float, ...] = RANK_PRIOR) -> list[Path_]:
+    """The `budget` paths with the highest product of rank priors, at most `max_depth` deep, as a
+    template (sorted by depth)."""
+    grown = grow([list(prior)] * max_depth, budget, max_depth)
+    return sorted((path for path, _ in grown), key=lambda path: (len(path), path))
 
 
 # 80 draft nodes, depth 6, widest in the middle layers (8, 18, 22, 14, 11, 7): the size and shape of
