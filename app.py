@@ -32,11 +32,13 @@ from typing import Any
 import gradio as gr
 
 import viz
-from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_TREE, howto_charts
+from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, howto_charts
 from tr import (
-    AUTO, BUILTIN_TEMPLATES, BUNDLED, DEFAULT_TEMPLATE, START_MODES, AdjacencyMatrix, LoadedModel, ModelLoadError,
-    Sampling, Step, TreeError, decode_steps, first_divergence, load_model, load_template, make_tree, race, summarize,
+    AUTO, BUILTIN_TEMPLATES, BUNDLED, START_MODES, AdjacencyMatrix, LoadedModel, ModelLoadError, Sampling, Step,
+    TreeError, decode_steps, first_divergence, load_model, load_template, make_drafter, race, summarize,
 )
+from tr.calibrate import CostCurve, calibrate
+from tr.generate import DYNAMIC_TREES
 from tr.matrix import MAX_K
 from tr.model import DTYPES
 
@@ -44,6 +46,7 @@ log = logging.getLogger("token-recycling-app")
 
 PROMPTS_FILE = Path(__file__).resolve().parent / "assets" / "prompts.jsonl"
 CUSTOM = "custom JSON"
+TEMPLATES = (*DYNAMIC_TREES, *BUILTIN_TEMPLATES, CUSTOM)  # the first, auto, is the default
 CUSTOM_EXAMPLE = "[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]]"
 DECODING = ("greedy", "sampling")
 MAX_NEW_TOKENS = 1024
@@ -95,7 +98,7 @@ CSS = """
 """
 
 OUTPUTS = (
-    "message", "ar_pane", "tr_pane", "stats", "slider", "tree", "rows", "matrix_info", "lookup",
+    "message", "ar_pane", "tr_pane", "stats", "slider", "tree", "why", "rows", "matrix_info", "lookup",
     "chart_time", "chart_speedup", "chart_hist", "chart_mat", "download", "history", "session",
 )
 
@@ -154,6 +157,7 @@ class Run:
 
     number: int
     settings: Settings
+    curve: CostCurve | None = None  # the device's verification cost, which sized the auto trees
     steps: dict[str, list[Step]] = field(default_factory=lambda: {"ar": [], "tr": []})
     wall_s: float = 0.0  # wall time of the whole race, rendering included (both sides, one after the other)
     finished: bool = False
@@ -201,9 +205,8 @@ def parse_settings(prompt: Any, max_new_tokens: Any, template: Any, custom_json:
         raise ValueError("The prompt is empty: type some text or pick one of the examples.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"The prompt is too long: {len(prompt):,} characters, at most {MAX_PROMPT_CHARS:,}.")
-    if template not in (*BUILTIN_TEMPLATES, AUTO, CUSTOM):
-        raise ValueError(f"Unknown tree template {template!r}: choose one of {', '.join(BUILTIN_TEMPLATES)}, "
-                         f"{AUTO} or {CUSTOM!r}.")
+    if template not in TEMPLATES:
+        raise ValueError(f"Unknown tree template {template!r}: choose one of {', '.join(TEMPLATES)}.")
     if decoding not in DECODING:
         raise ValueError(f"Decoding must be one of {', '.join(DECODING)}, got {decoding!r}.")
     if start not in START_MODES:
@@ -390,14 +393,15 @@ def ordered(values: dict[str, Any]) -> tuple:
     return tuple(values.get(name, gr.skip()) for name in OUTPUTS)
 
 
-def step_views(lm: LoadedModel, session: Session, index: Any) -> tuple[Any, str]:
-    """Tree figure and rows table of TR step `index` of the session's latest run."""
+def step_views(lm: LoadedModel, session: Session, index: Any) -> tuple[Any, Any, str]:
+    """Tree figure, tree-size figure and rows table of TR step `index` of the session's latest run."""
     steps = session.run.steps["tr"] if session.run else []
     if not steps:
         note = "No Token Recycling steps yet: start a run."
-        return viz.empty_figure("Draft tree", note), f'<p class="howto">{note}</p>'
-    i = min(max(int(index or 0), 0), len(steps) - 1)
-    return viz.tree_figure(steps[i], lm.token_text), viz.rows_table_html(steps[i], lm.token_text)
+        return viz.empty_figure("Draft tree", note), gr.skip(), f'<p class="howto">{note}</p>'
+    step = steps[min(max(int(index or 0), 0), len(steps) - 1)]
+    why = viz.tree_size_figure(session.run.curve, step)
+    return viz.tree_figure(step, lm.token_text), why, viz.rows_table_html(step, lm.token_text)
 
 
 def slider_for(run: Run, value: int | None = None) -> Any:
@@ -434,7 +438,7 @@ def live_views(lm: LoadedModel, session: Session, run: Run, tree: bool, charts: 
         "matrix_info": matrix_info(lm, session),
     }
     if tree:
-        views["tree"], views["rows"] = step_views(lm, session, len(run.steps["tr"]) - 1)
+        views["tree"], views["why"], views["rows"] = step_views(lm, session, len(run.steps["tr"]) - 1)
         views["slider"] = slider_for(run)
     return views | (chart_views(run) if charts else {})
 
@@ -466,13 +470,14 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
     if run is None:
         return views
     shown = best_step(run.steps["tr"])  # after the run, open on its most successful step
-    tree, rows = step_views(lm, session, shown)
+    tree, why, rows = step_views(lm, session, shown)
     views |= {
         "ar_pane": pane_html(lm, run, "ar"),
         "tr_pane": pane_html(lm, run, "tr"),
         "stats": stats_html(run),
         "slider": slider_for(run, shown),
         "tree": tree,
+        "why": why,
         "rows": rows,
         "download": gr.DownloadButton(value=write_download(lm, session, run), interactive=True),
     }
@@ -519,26 +524,38 @@ def failure(message: str, session: Session) -> dict[str, Any]:
     return {"message": f"⚠️ **{message}**", "session": session}
 
 
-def start_race(lm: LoadedModel, session: Session, settings: Settings) -> tuple[Run, Iterator[tuple[str, Step]], str]:
+def start_race(lm: LoadedModel, session: Session, settings: Settings, curve: CostCurve
+               ) -> tuple[Run, Iterator[tuple[str, Step]], str]:
     """Validate what only the model and tr can check, then set up both decoders; raises ValueError."""
     sampling = settings.sampling()
     prompt_ids = lm.encode(settings.prompt)
     matrix, replaced = session.matrix_for(lm, settings.k)
-    tree, choice = make_tree(lm, settings.tree_paths() if settings.template != AUTO else AUTO, matrix)
+    dynamic = settings.template in DYNAMIC_TREES
+    drafter = make_drafter(lm, settings.template if dynamic else settings.tree_paths(), settings.k, curve)
     runners = {
         "ar": decode_steps(lm, prompt_ids, "ar", settings.max_new_tokens, sampling),
-        "tr": decode_steps(lm, prompt_ids, "tr", settings.max_new_tokens, sampling, matrix, tree, settings.start),
+        "tr": decode_steps(lm, prompt_ids, "tr", settings.max_new_tokens, sampling, matrix, drafter, settings.start),
     }
     session.runs += 1
     note = f" (k changed: this run started a fresh matrix with k={settings.k})" if replaced else ""
-    if choice is not None:
-        note += (f" (auto tree: {len(choice.paths)} draft nodes, expected {choice.expected_tokens:.2f} tokens per "
-                 f"pass at the measured cost of verifying {len(choice.paths) + 1} tokens)")
-    return Run(session.runs, settings), race(runners), note
+    return Run(session.runs, settings, curve), race(runners), note
 
 
-def run_handler(lm: LoadedModel, session: Session | None, widgets: tuple, lookup_text: str | None
-                ) -> Iterator[tuple]:
+def tree_note(run: Run) -> str:
+    """What the auto trees were like over a run, and why: one sentence for the message line."""
+    steps = run.steps["tr"][1:]
+    if run.settings.template not in DYNAMIC_TREES or not steps:
+        return ""
+    sizes = [len(s.tree_tokens) - 1 for s in steps]
+    expected = sum(s.expected_tokens for s in steps) / len(steps)
+    cost = sum(s.predicted_cost for s in steps) / len(steps)
+    return (f" (auto tree: {sum(sizes) / len(sizes):.1f} draft nodes on average, from {min(sizes)} to {max(sizes)}; "
+            f"expected {expected:.2f} tokens per pass for {cost:.2f}× the cost of a one-token pass on this device, "
+            f"got {summarize(run.steps['tr']).mat:.2f})")
+
+
+def run_handler(lm: LoadedModel, curve: CostCurve, session: Session | None, widgets: tuple,
+                lookup_text: str | None) -> Iterator[tuple]:
     """The Run button: race both decoders, streaming throttled updates, then render everything.
 
     `widgets` are the values parse_settings takes, in its order.
@@ -546,7 +563,7 @@ def run_handler(lm: LoadedModel, session: Session | None, widgets: tuple, lookup
     session = session or Session()
     try:
         settings = parse_settings(*widgets)
-        run, events, note = start_race(lm, session, settings)
+        run, events, note = start_race(lm, session, settings, curve)
     except ValueError as err:  # TreeError is a ValueError; tr's messages are written for users
         yield ordered(failure(str(err), session))
         return
@@ -580,7 +597,7 @@ def run_handler(lm: LoadedModel, session: Session | None, widgets: tuple, lookup
         return
     run.finished = True
     remember(session, run)
-    message = (f"Done{note}: run {run.number}, {run.wall_s:.1f} s of wall time for both decoders together "
+    message = (f"Done{note}{tree_note(run)}: run {run.number}, {run.wall_s:.1f} s of wall time for both decoders together "
                "(each side's own compute time is in the table).")
     yield ordered(final_views(lm, session, lookup_text, message))
 
@@ -606,7 +623,7 @@ def reset_handler(lm: LoadedModel, session: Session | None, lookup_text: str | N
         lm, session, lookup_text), session
 
 
-def slider_handler(lm: LoadedModel, session: Session | None, index: Any) -> tuple[Any, str]:
+def slider_handler(lm: LoadedModel, session: Session | None, index: Any) -> tuple[Any, Any, str]:
     return step_views(lm, session or Session(), index)
 
 
@@ -646,7 +663,8 @@ class App(gr.Blocks):
 def build_demo(lm: LoadedModel) -> gr.Blocks:
     """The whole app on an already loaded model; queued so one generation uses the model at a time."""
     examples, example_labels = load_examples()
-    templates = [*BUILTIN_TEMPLATES, AUTO, CUSTOM]
+    # Measured once per model, device, dtype and kernel settings, then read from disk (a few seconds).
+    curve = calibrate(lm.model, lm.name)
     # delete_cache: gradio keeps a copy of every download; drop copies older than an hour, hourly.
     with App(title="Token Recycling, live", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         # A Session, made by the first handler that needs one (one per browser session).
@@ -658,7 +676,7 @@ def build_demo(lm: LoadedModel) -> gr.Blocks:
                 max_new = gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, precision=0, label="Max new tokens")
                 with gr.Row():
                     # Custom values reach parse_settings, whose message names the valid templates.
-                    template = gr.Dropdown(templates, value=DEFAULT_TEMPLATE, label="Draft tree", min_width=120,
+                    template = gr.Dropdown(list(TEMPLATES), value=AUTO, label="Draft tree", min_width=120,
                                            allow_custom_value=True)
                     k = gr.Slider(1, MAX_K, value=8, step=1, precision=0, label="k (per row)", min_width=120)
                 custom_json = gr.Textbox(label="Custom tree (JSON list of paths)", value=CUSTOM_EXAMPLE,
@@ -701,6 +719,8 @@ def build_demo(lm: LoadedModel) -> gr.Blocks:
                                    label="Token Recycling step (after a run)", elem_id="step-slider")
                 tree = gr.Plot(viz.empty_figure("Draft tree", "No steps yet: start a run."), show_label=False,
                                elem_id="tree-plot")
+                gr.Markdown(HOWTO_SIZE, elem_classes="howto")
+                why = gr.Plot(viz.tree_size_figure(curve), show_label=False, elem_id="why-plot")
             with gr.Column(scale=6, min_width=420):
                 gr.Markdown("### Adjacency matrix rows written at that step")
                 gr.Markdown(HOWTO_MATRIX, elem_classes="howto")
@@ -721,7 +741,7 @@ def build_demo(lm: LoadedModel) -> gr.Blocks:
         gr.Markdown("### This session's runs")
         history = gr.Markdown(history_markdown([]), elem_classes="history")
 
-        outputs = [message, ar_pane, tr_pane, stats, slider, tree, rows, info, lookup,
+        outputs = [message, ar_pane, tr_pane, stats, slider, tree, why, rows, info, lookup,
                    chart_time, chart_speedup, chart_hist, chart_mat, download, history, session]
         widgets = [prompt, max_new, template, custom_json, k, decoding, temperature, top_p, seed, start]
 
@@ -730,7 +750,7 @@ def build_demo(lm: LoadedModel) -> gr.Blocks:
                 decoding: str, temperature: float, top_p: float, seed: int, start: str, lookup: str
                 ) -> Iterator[tuple]:
             values = (prompt, max_new_tokens, template, custom_json, k, decoding, temperature, top_p, seed, start)
-            yield from run_handler(lm, state, values, lookup)
+            yield from run_handler(lm, curve, state, values, lookup)
 
         # One generation on the model at a time, across all sessions; the bounded queue holds the rest.
         run_event = run_button.click(run, [session, *widgets, lookup_text], outputs, api_name="run",
@@ -741,7 +761,7 @@ def build_demo(lm: LoadedModel) -> gr.Blocks:
                            [message, info, lookup, session], api_name="reset_matrix")
         lookup_text.submit(lambda state, text: lookup_html(lm, state or Session(), text), [session, lookup_text],
                            lookup, api_name="lookup")
-        slider.input(lambda state, index: slider_handler(lm, state, index), [session, slider], [tree, rows],
+        slider.input(lambda state, index: slider_handler(lm, state, index), [session, slider], [tree, why, rows],
                      api_name="show_step", trigger_mode="always_last", show_progress="hidden")
         # Show the custom JSON box and the sampling settings only when they are in use.
         template.change(lambda name: gr.Textbox(visible=name == CUSTOM), template, custom_json,

@@ -79,8 +79,9 @@ def test_run_returns_identical_outputs_steps_figures_and_download(app_url):
     assert "| 1 |" in result["history"]
 
     # Scrubbing: the first decoding step's tree and rows.
-    tree, rows = c.predict(index=1, api_name="/show_step")
+    tree, why, rows = c.predict(index=1, api_name="/show_step")
     assert "Step 1:" in json.loads(tree["plot"])["layout"]["title"]["text"]
+    assert len(plotly_traces(why)) == 1  # a fixed template: only the device's cost curve
     assert "Step 1 " in rows
 
 
@@ -137,12 +138,21 @@ def test_custom_tree_and_sampling_run(app_url):
     assert record["settings"]["decoding"] == "sampling" and record["settings"]["seed"] == 3
 
 
-def test_auto_tree_run_says_what_it_chose(app_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("TR_CACHE_DIR", str(tmp_path))  # the calibration is cached there
-    result = run(client(app_url), template="auto", max_new_tokens=12)
-    assert re.search(r"auto tree: \d+ draft nodes, expected [\d.]+ tokens per pass", result["message"]), result["message"]
+def test_auto_tree_run_says_what_it_chose_and_why(app_url):
+    c = client(app_url)
+    run(c, template="paper-80", max_new_tokens=30)  # a hot matrix: the same text again has rows to draft from
+    result = run(c, template="auto", max_new_tokens=30)
+    assert re.search(r"auto tree: [\d.]+ draft nodes on average, from \d+ to \d+; expected [\d.]+ tokens per pass "
+                     r"for [\d.]+× the cost of a one-token pass", result["message"]), result["message"]
     record = download(result)
-    assert record["identical"] and list(tmp_path.glob("calibration-*.json"))
+    assert record["identical"]
+    steps = record["steps"]["tr"][1:]
+    assert all(s["predicted_cost"] > 0 and len(s["considered_scores"]) >= len(s["tree_tokens"]) - 1 for s in steps)
+    weighed = next(i for i, s in enumerate(steps, start=1) if s["considered_scores"])
+    _, why, _ = c.predict(index=weighed, api_name="/show_step")
+    why = plotly_traces(why)
+    assert [t["name"] for t in why] == ["verification cost (× one-token pass)", "expected tokens per step",
+                                        "expected tokens per unit of cost"]
 
 
 def written_rows(record: dict) -> set[int]:

@@ -46,6 +46,9 @@ def private_cache(tmp_path_factory):
         yield
 
 
+METHODS = ("ar", "hf", "pld", "tr:small-16")  # a plain `tr` is named after its --template
+
+
 @pytest.fixture(scope="module")
 def cli_run(tiny_model_dir, tmp_path_factory):
     """One CLI run of all four methods on three prompts; (exit code, stdout, JSON document)."""
@@ -69,19 +72,19 @@ def test_cli_writes_every_figure(cli_run):
     results = doc["results"]
     # First two alpha prompts in file order, the one beta prompt; four methods each.
     assert [(r["question_id"], r["method"]) for r in results] == [
-        (q, m) for q in (1, 2, 3) for m in ("ar", "hf", "pld", "tr")
+        (q, m) for q in (1, 2, 3) for m in METHODS
     ]
     for row in results:
         assert set(row) >= FIELDS
         assert row["tokens"] == len(row["output_ids"]) > 0
         assert row["seconds"] > 0 and row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"])
-    by_method = {m: [r for r in results if r["method"] == m] for m in ("ar", "hf", "pld", "tr")}
+    by_method = {m: [r for r in results if r["method"] == m] for m in METHODS}
     assert all(r["mat"] == 1.0 and r["steps"] == r["tokens"] - 1 for r in by_method["ar"])
-    assert all(r["mat"] is not None and r["steps"] >= 1 and r["forward_s"] > 0 for r in by_method["tr"])
+    assert all(r["mat"] is not None and r["steps"] >= 1 and r["forward_s"] > 0 for r in by_method["tr:small-16"])
     # transformers does not expose its steps: nothing is made up for hf and pld.
     assert all(r[key] is None for m in ("hf", "pld") for r in by_method[m]
                for key in ("steps", "mat", "forward_s", "overhead_s"))
-    assert doc["settings"]["methods"] == ["ar", "hf", "pld", "tr"]
+    assert doc["settings"]["methods"] == list(METHODS)
     assert doc["settings"]["max_new_tokens"] == MAX_NEW and doc["settings"]["k"] == 8
     assert doc["machine"]["device"] == "cpu" and doc["machine"]["dtype"] == "float32"
     assert doc["machine"]["threads"] >= 1 and doc["machine"]["torch"]
@@ -107,9 +110,9 @@ def test_table_speedup_is_the_hand_computation(cli_run):
     for category in ("alpha", "beta", "overall"):
         rows = [r for r in results if category == "overall" or r["category"] == category]
         speed = {m: sum(r["tokens"] for r in rows if r["method"] == m) / sum(r["seconds"] for r in rows
-                 if r["method"] == m) for m in ("ar", "hf", "pld", "tr")}
+                 if r["method"] == m) for m in METHODS}
         baseline = max(speed["ar"], speed["hf"])
-        for method in ("ar", "hf", "pld", "tr"):
+        for method in METHODS:
             row = next(t for t in doc["table"] if t["category"] == category and t["method"] == method)
             assert row["speedup"] == pytest.approx(speed[method] / baseline)
             assert row["tokens_per_s"] == pytest.approx(speed[method])
@@ -183,6 +186,9 @@ def test_load_questions_keeps_file_order_per_category(tmp_path, monkeypatch):
     (["--max-new-tokens", "0"], "--max-new-tokens must be from 1"),
     (["--pld-tokens", "0"], "--pld-tokens must be at least 1"),
     (["--start", "lukewarm"], "invalid choice"),
+    (["--methods", "ar,tr:auto:lukewarm"], "unknown start mode 'lukewarm'"),
+    (["--methods", "ar,hf:auto"], "unknown method 'hf:auto'"),
+    (["--methods", "tr:paper-81"], "unknown tree template"),
     # Found only once the model is loaded (its position limit): still one error line, after the load bars.
     (["--model", "{tiny}", "--prompts", "{tmp}/long.jsonl"], "the prompt is too long"),
 ])
@@ -202,14 +208,19 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, tiny_model_dir
     assert not (tmp_path / "r.json").exists()
 
 
-def test_auto_template_runs_and_stays_identical(tiny_model_dir, tmp_path, monkeypatch):
+def test_tree_variants_run_side_by_side_and_stay_identical(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("TR_CACHE_DIR", str(tmp_path))  # calibration is cached there, not in ~/.cache
-    out = tmp_path / "auto.json"
-    code, _, _ = run_main([
+    out = tmp_path / "variants.json"
+    code, stdout, _ = run_main([
         "--model", str(tiny_model_dir), "--prompts", str(write_prompts(tmp_path / "p.jsonl")), "--per-category", "1",
-        "--max-new-tokens", str(MAX_NEW), "--methods", "ar,tr", "--template", "auto", "--out", str(out),
+        "--max-new-tokens", str(MAX_NEW), "--template", "auto", "--out", str(out),
+        "--methods", "ar,tr,tr:paper-80,tr:auto-nolookup:seeded,tr:auto:hot",  # the last repeats plain `tr`
     ])
     assert code == 0
-    results = json.loads(out.read_text())["results"]
-    assert all(r["identical_to_ar"] for r in results if r["method"] == "tr")
+    doc = json.loads(out.read_text())
+    variants = ["tr:auto", "tr:paper-80", "tr:auto-nolookup:seeded"]
+    assert doc["settings"]["methods"] == ["ar", *variants]
+    assert [r["method"] for r in doc["results"]] == ["ar", *variants] * 2
+    assert all(r["identical_to_ar"] for r in doc["results"])
+    assert all(any(line.split()[:2] == ["overall", v] for line in stdout.splitlines()) for v in variants)
     assert list(tmp_path.glob("calibration-*.json"))

@@ -14,6 +14,7 @@ import torch
 
 from tiny_models import tiny_model
 from tr.decoding import autoregressive, token_recycling
+from tr.drafts import DynamicDrafter
 from tr.matrix import AdjacencyMatrix
 from tr.sampling import Sampling, next_token_probs
 from tr.trees import DraftTree, load_template
@@ -62,9 +63,12 @@ def chi_square_p_value(counts: Counter, expected: dict[tuple[int, ...], float], 
     return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)))
 
 
-def sample_recycling(model, sampling: Sampling) -> tuple[Counter, int]:
+def sample_recycling(model, sampling: Sampling, drafter: str) -> tuple[Counter, int]:
     matrix = AdjacencyMatrix(VOCAB, VOCAB)
-    tree = DraftTree.from_paths(load_template("small-16", VOCAB))
+    if drafter == "dynamic":  # best-first by recorded probability, with a prompt-lookup branch
+        tree = DynamicDrafter(None, max_nodes=16, max_depth=4)
+    else:
+        tree = DraftTree.from_paths(load_template(drafter, VOCAB))
     counts, accepted = Counter(), 0
     for seed in range(RUNS):
         settings = Sampling(sampling.temperature, sampling.top_p, sampling.top_k, seed=seed)
@@ -82,10 +86,11 @@ def sample_plain(model, sampling: Sampling) -> Counter:
     return counts
 
 
+@pytest.mark.parametrize("drafter", ["small-16", "dynamic"])
 @pytest.mark.parametrize("sampling", [Sampling(temperature=1.0), Sampling(temperature=0.8, top_p=0.9, top_k=3)])
-def test_recycling_samples_the_model_distribution(model, sampling):
+def test_recycling_samples_the_model_distribution(model, sampling, drafter):
     expected = exact_distribution(model, sampling)
-    counts, accepted = sample_recycling(model, sampling)
+    counts, accepted = sample_recycling(model, sampling, drafter)
     assert accepted > RUNS // 5, "drafts were rarely accepted: the test would not exercise the tree walk"
     assert chi_square_p_value(counts, expected, RUNS) > ALPHA
 

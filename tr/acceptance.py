@@ -1,7 +1,12 @@
-"""Online statistics of draft acceptance by tree depth and candidate rank.
+"""Online statistics of draft acceptance, kept beside the matrix and updated from step records.
 
 For every tree node whose parent was on the accepted path, count whether the node's token was the
-model's own choice after that parent. These rates drive the `auto` tree.
+model's own choice after that parent, two ways:
+
+- by tree depth and candidate rank (what the paper's static templates are shaped by, shown in the app);
+- by where the node came from (its source): a matrix candidate, bucketed by the probability the model
+  gave it when its row was written, or a prompt-lookup copy, by the length of the n-gram match. These
+  rates are the dynamic drafter's estimate that a node of that source is right.
 """
 
 from __future__ import annotations
@@ -11,20 +16,38 @@ import torch
 from .trees import RANK_PRIOR
 
 MAX_DEPTH = 8
-PRIOR_WEIGHT = 4.0  # pseudo-observations that keep early estimates near RANK_PRIOR
+PRIOR_WEIGHT = 4.0  # pseudo-observations that keep early estimates near their prior
+CONFIDENCE_BUCKETS = 10
+LOOKUP_PRIOR = 0.5  # an n-gram continuation, before any evidence (prompt lookup is often right in copies)
+
+
+def confidence_source(probability: float) -> str:
+    """The source key of a matrix candidate the model gave `probability`: q0 (under 10%) .. q9."""
+    return f"q{min(int(probability * CONFIDENCE_BUCKETS), CONFIDENCE_BUCKETS - 1)}"
+
+
+def lookup_source(match_length: int) -> str:
+    return f"lookup{match_length}"
+
+
+def source_prior(source: str) -> float:
+    if source.startswith("q"):
+        return (int(source[1:]) + 0.5) / CONFIDENCE_BUCKETS  # the bucket's middle: calibrated until shown otherwise
+    return LOOKUP_PRIOR
 
 
 class AcceptanceStats:
-    """Acceptance counts by (depth, rank), kept beside the matrix and updated from step records."""
+    """Acceptance counts by (depth, rank) and by source."""
 
     def __init__(self, k: int, max_depth: int = MAX_DEPTH):
         self.k, self.max_depth = k, max_depth
         self.reset()
 
     def reset(self) -> None:
-        # Plain lists: a step touches up to ~80 cells, and tensor element updates would cost ~1 ms.
+        # Plain lists and dicts: a step touches up to ~80 cells, and tensor element updates would cost ~1 ms.
         self.reached = [[0] * self.k for _ in range(self.max_depth)]
         self.correct = [[0] * self.k for _ in range(self.max_depth)]
+        self.by_source: dict[str, list[int]] = {}  # source -> [reached, correct]
 
     def observe(self, step) -> None:
         """Count the nodes of one step record (a `tr.decoding.Step`)."""
@@ -33,11 +56,21 @@ class AcceptanceStats:
         on_path = set(step.accepted)
         for node in range(1, len(step.tree_tokens)):
             parent = step.tree_parents[node]
-            depth, rank = step.tree_depths[node] - 1, step.tree_ranks[node]
-            if parent not in on_path or depth >= self.max_depth or step.choices[parent] < 0:
+            if parent not in on_path or step.choices[parent] < 0:
                 continue
-            self.reached[depth][rank] += 1
-            self.correct[depth][rank] += step.tree_tokens[node] == step.choices[parent]
+            right = step.tree_tokens[node] == step.choices[parent]
+            counts = self.by_source.setdefault(step.tree_sources[node], [0, 0])
+            counts[0] += 1
+            counts[1] += right
+            depth, rank = step.tree_depths[node] - 1, step.tree_ranks[node]
+            if 0 <= rank < self.k and depth < self.max_depth:
+                self.reached[depth][rank] += 1
+                self.correct[depth][rank] += right
+
+    def rate(self, source: str) -> float:
+        """Estimated chance that a reached node from `source` is right."""
+        reached, correct = self.by_source.get(source, (0, 0))
+        return (correct + PRIOR_WEIGHT * source_prior(source)) / (reached + PRIOR_WEIGHT)
 
     def rates(self) -> torch.Tensor:
         """(max_depth, k) estimated chance that a reached node of that depth and rank is right."""

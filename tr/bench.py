@@ -8,7 +8,10 @@ Methods (all greedy, so every correct one emits exactly the `ar` tokens):
 - ``ar``: this project's autoregressive loop (`tr.decoding.autoregressive` via `decode_steps`);
 - ``hf``: ``model.generate`` greedy, same EOS ids and max_new_tokens;
 - ``pld``: ``model.generate`` with prompt lookup decoding (``--pld-tokens`` draft tokens);
-- ``tr``: Token Recycling (`tr.decoding.token_recycling` via `decode_steps`).
+- ``tr``: Token Recycling (`tr.decoding.token_recycling` via `decode_steps`) with ``--template`` and
+  ``--start``; ``tr:TREE`` and ``tr:TREE:START`` name a variant, so several trees or start modes run
+  side by side, e.g. ``--methods ar,hf,pld,tr:paper-80,tr:auto,tr:auto-nolookup,tr:auto:seeded``.
+  Each variant keeps its own matrix.
 
 Each prompt's first turn is wrapped in the chat template; prompts and methods are interleaved
 (prompt by prompt, every method in turn) so slow drift of the machine hits all methods alike.
@@ -43,9 +46,11 @@ import transformers
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+from . import kernels
 from .calibrate import calibrate
 from .generate import (
-    AUTO, MAX_NEW_TOKENS, START_MODES, check_request, decode_steps, first_divergence, make_tree, summarize,
+    DYNAMIC_TREES, MAX_NEW_TOKENS, START_MODES, check_request, decode_steps, first_divergence, make_drafter,
+    summarize,
 )
 from .matrix import MAX_K, AdjacencyMatrix
 from .model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, load_model
@@ -112,19 +117,37 @@ def parse_question(line: str, where: str) -> dict:
     return {"question_id": record["question_id"], "category": str(record["category"]), "prompt": turns[0]}
 
 
-def parse_methods(text: str) -> list[str]:
-    """A comma list of methods, in the order given, without repeats."""
+def parse_methods(text: str, template: str = DEFAULT_TEMPLATE, start: str = "hot") -> list[str]:
+    """A comma list of methods, in the order given, without repeats. Each ``tr`` becomes its variant
+    name ``tr:TREE`` (hot start) or ``tr:TREE:START``, filling in `template` and `start`."""
     methods: list[str] = []
     for name in (part.strip() for part in text.split(",")):
         if not name:
             continue
-        if name not in BENCH_METHODS:
-            raise ValueError(f"unknown method {name!r}: use a comma list of {', '.join(BENCH_METHODS)}")
+        base, _, variant = name.partition(":")
+        if base not in BENCH_METHODS or (variant and base != "tr"):
+            raise ValueError(f"unknown method {name!r}: use a comma list of {', '.join(BENCH_METHODS)} "
+                             f"(tr also as tr:TREE or tr:TREE:START)")
+        if base == "tr":
+            tree, _, mode = variant.partition(":")
+            tree, mode = tree or template, mode or start
+            if mode not in START_MODES:
+                raise ValueError(f"unknown start mode {mode!r} in {name!r}: use one of {', '.join(START_MODES)}")
+            name = f"tr:{tree}" if mode == "hot" else f"tr:{tree}:{mode}"
         if name not in methods:
             methods.append(name)
     if not methods:
         raise ValueError(f"no methods given: use a comma list of {', '.join(BENCH_METHODS)}")
     return methods
+
+
+def tr_variant(method: str) -> tuple[str, str] | None:
+    """(tree, start) of a ``tr:TREE[:START]`` method name; None for other methods."""
+    base, _, variant = method.partition(":")
+    if base != "tr":
+        return None
+    tree, _, mode = variant.partition(":")
+    return tree, mode or "hot"
 
 
 def check_numbers(max_new_tokens: int, k: int, pld_tokens: int, warmup: int) -> None:
@@ -198,11 +221,8 @@ def run_own(lm: LoadedModel, prompt_ids: list[int], method: str, max_new_tokens:
     )
 
 
-def make_runners(
-    lm: LoadedModel, methods: Sequence[str], max_new_tokens: int, pld_tokens: int,
-    template: str, k: int, start: str,
-) -> dict:
-    """One callable `prompt_ids -> figures` per method; the TR matrix inside is shared by all prompts."""
+def make_runners(lm: LoadedModel, methods: Sequence[str], max_new_tokens: int, pld_tokens: int, k: int) -> dict:
+    """One callable `prompt_ids -> figures` per method; each TR variant's matrix is shared by all prompts."""
     runners = {}
     for method in methods:
         if method == "ar":
@@ -210,11 +230,12 @@ def make_runners(
         elif method in ("hf", "pld"):
             config = generation_config(lm, max_new_tokens, pld_tokens if method == "pld" else None)
             runners[method] = lambda ids, config=config: run_hf(lm, ids, config)
-        elif method == "tr":
+        elif variant := tr_variant(method):
+            tree, start = variant
             matrix = AdjacencyMatrix(lm.vocab_size, k, device=lm.device)
-            # Chosen per prompt (outside the timed run): `auto` follows the statistics gathered so far.
-            runners[method] = lambda ids: run_own(
-                lm, ids, "tr", max_new_tokens, matrix=matrix, tree=make_tree(lm, template, matrix)[0], start=start
+            drafter = make_drafter(lm, tree, k, calibrate(lm.model, lm.name))
+            runners[method] = lambda ids, matrix=matrix, drafter=drafter, start=start: run_own(
+                lm, ids, "tr", max_new_tokens, matrix=matrix, tree=drafter, start=start
             )
         else:
             raise ValueError(f"unknown method {method!r}")
@@ -228,21 +249,18 @@ def run_benchmark(
     max_new_tokens: int = 128,
     *,
     pld_tokens: int = 10,
-    template: str = DEFAULT_TEMPLATE,
     k: int = 8,
-    start: str = "hot",
     warmup: int = 1,
     progress: bool = True,
 ) -> list[dict]:
-    """Per-prompt figures for every (question, method) pair, compared with `ar` where it ran."""
-    if start not in START_MODES:
-        raise ValueError(f"unknown start mode {start!r}: use one of {', '.join(START_MODES)}")
+    """Per-prompt figures for every (question, method) pair, compared with `ar` where it ran.
+    `methods` as returned by `parse_methods`."""
     check_numbers(max_new_tokens, k, pld_tokens, warmup)
     # Encode and check every prompt first, so a too-long one fails before minutes of timing.
     encoded = [lm.encode(q["prompt"]) for q in questions]
     for ids in encoded:
         check_request(lm, ids, max_new_tokens)
-    runners = make_runners(lm, methods, max_new_tokens, pld_tokens, template, k, start)
+    runners = make_runners(lm, methods, max_new_tokens, pld_tokens, k)
     for method in methods:
         for _ in range(warmup):
             runners[method](encoded[0])
@@ -347,6 +365,7 @@ def machine_info(lm: LoadedModel) -> dict:
         "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
         "dtype": str(lm.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
+        "kernels": kernels.SETTINGS,  # process-wide, so every method ran with them
         # The device's verification cost curve (cached per model, device, dtype, threads): what `auto` sizes trees by.
         "forward_cost": asdict(calibrate(lm.model, lm.name)),
     }
@@ -369,7 +388,8 @@ def describe_machine(info: dict) -> str:
     cost = info["forward_cost"]
     curve = ", ".join(f"{n}: {s / cost['seconds'][0]:.2f}x" for n, s in zip(cost["sizes"][1:], cost["seconds"][1:]))
     return (f"machine: {info['cpu']}, {info['platform']}; torch {info['torch']}, transformers "
-            f"{info['transformers']}; device {device}, dtype {info['dtype']}, {info['threads']} threads\n"
+            f"{info['transformers']}; device {device}, dtype {info['dtype']}, {info['threads']} threads; "
+            f"kernels {' '.join(f'{k}={v}' for k, v in info['kernels'].items()) or 'default'}\n"
             f"forward cost of n new tokens behind {cost['context']} cached, relative to n=1 "
             f"({cost['seconds'][0] * 1000:.1f} ms): {curve}")
 
@@ -388,7 +408,7 @@ def format_table(table: list[dict]) -> str:
     header = ("category", "method", "n", "tokens", "MAT", "tok/s", "speed-up", "identical", "overhead")
     lines = [[row["category"], row["method"], str(row["prompts"]), str(row["tokens"]), _num(row["mat"], ".2f"),
               _num(row["tokens_per_s"], ".1f"), _num(row["speedup"], ".2f", "x"), identical_text(row),
-              _num(row["overhead_pct"], ".1f", "%") if row["method"] == "tr" else ""]
+              _num(row["overhead_pct"], ".1f", "%") if tr_variant(row["method"]) else ""]
              for row in table]
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
     out, previous = [], None
@@ -442,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default=",".join(BENCH_METHODS), help="comma list of " + ", ".join(BENCH_METHODS))
     parser.add_argument("--pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for pld")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE,
-                        help=f"tr draft tree: {', '.join(BUILTIN_TEMPLATES)}, {AUTO} or a JSON file")
+                        help=f"tree of a plain `tr` method: {', '.join([*BUILTIN_TEMPLATES, *DYNAMIC_TREES])} "
+                             "or a JSON file")
     parser.add_argument("--k", type=int, default=8, help=f"tr candidates per matrix row (1..{MAX_K})")
     parser.add_argument("--start", default="hot", choices=START_MODES,
                         help="tr matrix: hot keeps one matrix across all prompts, cold clears it per prompt, "
@@ -462,19 +483,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         # Everything that can be checked without the model is checked before the slow load.
-        methods = parse_methods(args.methods)
+        methods = parse_methods(args.methods, args.template, args.start)
         questions = load_questions(args.prompts, args.per_category)
         check_numbers(args.max_new_tokens, args.k, args.pld_tokens, args.warmup)
-        if "tr" in methods and args.template != AUTO:
-            load_template(args.template, args.k)
+        for tree, _ in filter(None, map(tr_variant, methods)):
+            if tree not in DYNAMIC_TREES:
+                load_template(tree, args.k)
         out = Path(args.out)
         if not out.parent.is_dir():
             raise OSError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
         torch.manual_seed(args.seed)
         lm = load_model(args.model, args.device, args.dtype)
         results = run_benchmark(
-            lm, questions, methods, args.max_new_tokens, pld_tokens=args.pld_tokens, template=args.template,
-            k=args.k, start=args.start, warmup=args.warmup,
+            lm, questions, methods, args.max_new_tokens, pld_tokens=args.pld_tokens, k=args.k, warmup=args.warmup,
         )
         table = summarize_table(results)
         machine = machine_info(lm)

@@ -3,7 +3,7 @@
 Token Recycling pays for its drafts in verification: a forward pass over n tree tokens costs more
 than over one token, by how much depends on the device (about 1.4x at n=8 and 3.8x at n=81 on a
 2-core CPU, nearly flat on a GPU). `calibrate` measures that curve on the running model in a few
-seconds and caches it per model, device, dtype and thread count.
+seconds and caches it per model, device, dtype, thread count and kernel settings.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import kernels
 from .decoding import Clock, forward
 from .kv_cache import PreallocatedCache
 from .model import cache_dir
@@ -80,7 +81,7 @@ def calibrate(
     """Measure (or read back) the forward cost curve of `model` on its device."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    key = f"{name}|{device}|{dtype}|{torch.get_num_threads()}|{sizes}|{context}|{torch.__version__}"
+    key = f"{name}|{device}|{dtype}|{torch.get_num_threads()}|{sizes}|{context}|{torch.__version__}|{kernels.SETTINGS}"
     file = _cache_file(key)
     if use_cache and name and file.is_file():
         return CostCurve(**json.loads(file.read_text()))

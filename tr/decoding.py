@@ -4,7 +4,8 @@ Both share one machinery: a `PreallocatedCache`, `forward` (one model call over 
 explicit positions and, for trees, an explicit attention mask) and `Clock` (forward time vs. the rest,
 synchronised on CUDA). A step of Token Recycling:
 
-1. draft: fill the template breadth-first from the adjacency matrix, rooted at the last committed token;
+1. draft: a drafter (`tr.drafts`) builds a tree rooted at the last committed token from the adjacency
+   matrix: the paper's fixed template filled breadth-first, or a dynamic best-first tree;
 2. verify: one forward pass over the tree with tree attention;
 3. accept: the longest root path whose every token is the model's own choice at its parent, plus
    the model's choice after it (the bonus token, always correct);
@@ -22,7 +23,10 @@ import torch
 from .kv_cache import PreallocatedCache
 from .matrix import AdjacencyMatrix, RowWrite
 from .sampling import GREEDY, Sampling, choose
+from .drafts import Draft, DynamicDrafter, TemplateDrafter
 from .trees import DraftTree
+
+Drafter = TemplateDrafter | DynamicDrafter
 
 
 @dataclass
@@ -34,7 +38,11 @@ class Step:
     tree_tokens: list[int] = field(default_factory=list)  # node 0 is the root (last committed token)
     tree_parents: list[int] = field(default_factory=list)
     tree_depths: list[int] = field(default_factory=list)
-    tree_ranks: list[int] = field(default_factory=list)  # candidate rank in the parent's row
+    tree_ranks: list[int] = field(default_factory=list)  # candidate rank in the parent's row (-2: prompt lookup)
+    tree_sources: list[str] = field(default_factory=list)  # acceptance-statistics key of each node
+    tree_scores: list[float] = field(default_factory=list)  # estimated chance each node is accepted
+    predicted_cost: float = 0.0  # the tree's calibrated verification cost, in one-token passes (0: unknown)
+    considered_scores: list[float] = field(default_factory=list)  # a dynamic tree's candidates, best first
     choices: list[int] = field(default_factory=list)  # the model's token after each node (-1: not drawn)
     accepted: list[int] = field(default_factory=list)  # node indices of the accepted path, root first
     rows_written: list[RowWrite] = field(default_factory=list)
@@ -52,6 +60,11 @@ class Step:
     @property
     def accepted_drafts(self) -> int:
         return max(len(self.accepted) - 1, 0)
+
+    @property
+    def expected_tokens(self) -> float:
+        """What the drafter expected this step to emit (bonus included)."""
+        return sum(self.tree_scores) if self.tree_scores else 1.0
 
 
 class Clock:
@@ -176,24 +189,26 @@ def autoregressive(
             yield totals.record(Step(index, emitted, accepted=[0], finished=finished), clock)
 
 
-def _greedy_path(tree: DraftTree, tokens: torch.Tensor, logits: torch.Tensor) -> tuple[list[int], list[int], int]:
+def _greedy_path(draft: Draft, parents: torch.Tensor, logits: torch.Tensor) -> tuple[list[int], list[int], int]:
     """(accepted node indices, model choices per node, bonus token), all vectorised."""
     choices = logits.argmax(-1)
-    correct = tokens == choices[tree.parents.clamp(min=0)]
+    correct = draft.tokens == choices[parents]
     correct[0] = True
-    ok = ~(tree.ancestors & ~correct).any(1)
-    best = int(torch.argmax(ok * (tree.depths + 1)))  # first of the deepest fully correct nodes
-    path = tree.ancestors[best].nonzero().flatten()
+    ok = ~(draft.ancestors & ~correct).any(1)
+    best = int(torch.argmax(ok * (draft.depths + 1)))  # first of the deepest fully correct nodes
+    path = draft.ancestors[best].nonzero().flatten()
     choice_list = choices.tolist()
     return path.tolist(), choice_list, choice_list[best]
 
 
 def _sampled_path(
-    tree: DraftTree, children: list[list[int]], tokens: list[int], logits: torch.Tensor,
-    sampling: Sampling, generator: torch.Generator | None,
+    parents: list[int], tokens: list[int], logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None,
 ) -> tuple[list[int], list[int], int]:
     """Walk down the tree drawing from the model at each node; stop at the first draw no child carries."""
-    node, path, choices = 0, [0], [-1] * tree.size
+    children: list[list[int]] = [[] for _ in parents]
+    for node, parent in enumerate(parents[1:], start=1):
+        children[parent].append(node)
+    node, path, choices = 0, [0], [-1] * len(parents)
     while True:
         drawn = int(choose(logits[node], sampling, generator))
         choices[node] = drawn
@@ -209,12 +224,13 @@ def token_recycling(
     prompt_ids: Sequence[int],
     max_new_tokens: int,
     matrix: AdjacencyMatrix,
-    tree: DraftTree,
+    tree: DraftTree | Drafter,
     sampling: Sampling = GREEDY,
     eos_ids: Sequence[int] = (),
     seed_from_prompt: bool = False,
 ) -> Iterator[Step]:
-    """Token Recycling. `matrix` is read and updated in place (keep it for a hot start).
+    """Token Recycling. `matrix` is read and updated in place (keep it for a hot start); `tree` is a
+    template's `DraftTree` or a drafter from `tr.drafts`.
 
     With `seed_from_prompt`, the prefill's logits (computed anyway) also write the rows of the prompt
     tokens before the first draft.
@@ -223,45 +239,46 @@ def token_recycling(
     ids = _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(device)
     if matrix.vocab_size != _vocab_size(model):
         raise ValueError(f"matrix has {matrix.vocab_size} rows but the model has {_vocab_size(model)} logits")
-    if tree.parents.device != device:
-        raise ValueError(f"tree buffers are on {tree.parents.device}, the model on {device}")
+    drafter = TemplateDrafter(tree) if isinstance(tree, DraftTree) else tree
+    if matrix.table.device != device:
+        raise ValueError(f"the matrix is on {matrix.table.device}, the model on {device}")
     eos, generator, totals = set(eos_ids), sampling.generator(device), _Totals()
-    cache = PreallocatedCache(len(ids) + max_new_tokens + tree.size)
-    parents = tree.parents.tolist()
-    children: list[list[int]] = [[] for _ in parents]
-    for node, parent in enumerate(parents[1:], start=1):
-        children[parent].append(node)
-    step_info = dict(tree_parents=parents, tree_depths=tree.depths.tolist(), tree_ranks=tree.ranks.tolist())
+    cache = PreallocatedCache(len(ids) + max_new_tokens + drafter.max_size)
+    drafter.begin(list(prompt_ids))
     with torch.inference_mode():
         dtype = next(model.parameters()).dtype
-        tree_bias = torch.zeros(tree.size, tree.size, dtype=dtype, device=device)
-        tree_bias.masked_fill_(~tree.ancestors, torch.finfo(dtype).min)
         clock = Clock(device)
         logits = clock.timed_forward(
             model, cache, ids, torch.arange(len(ids), device=device), last_only=not seed_from_prompt
         )
         rows = matrix.write(ids, logits) if seed_from_prompt else []
-        root = choose(logits[-1], sampling, generator)
-        emitted, finished = _clip([int(root)], max_new_tokens, eos)
+        root = int(choose(logits[-1], sampling, generator))
+        emitted, finished = _clip([root], max_new_tokens, eos)
+        drafter.commit(emitted)
         yield totals.record(Step(0, emitted, rows_written=rows, finished=finished), clock)
         index = 0
         while not finished:
             clock.resume()
             index += 1
             start = cache.length
-            tokens = tree.fill(root, matrix.table)
-            mask = torch.cat([tree_bias.new_zeros(tree.size, start), tree_bias], dim=1)[None, None]
-            logits = clock.timed_forward(model, cache, tokens, tree.depths + start, mask)
-            token_list = tokens.tolist()
+            draft = drafter.draft(root, matrix)
+            if draft.tokens.device != device:
+                raise ValueError(f"the draft tree is on {draft.tokens.device}, the model on {device}")
+            bias = torch.zeros(draft.size, start + draft.size, dtype=dtype, device=device)
+            bias[:, start:].masked_fill_(~draft.ancestors, torch.finfo(dtype).min)
+            logits = clock.timed_forward(model, cache, draft.tokens, draft.depths + start, bias[None, None])
+            token_list = draft.tokens.tolist()
             if sampling.greedy:
-                path, choices, bonus = _greedy_path(tree, tokens, logits)
+                parents = torch.tensor([max(p, 0) for p in draft.parents], device=device)
+                path, choices, root = _greedy_path(draft, parents, logits)
             else:
-                path, choices, bonus = _sampled_path(tree, children, token_list, logits, sampling, generator)
+                path, choices, root = _sampled_path(draft.parents, token_list, logits, sampling, generator)
             cache.keep(start, torch.tensor(path, device=device))
-            rows = matrix.write(tokens, logits)
-            root = torch.tensor(bonus, device=device)
-            emitted, finished = _clip([token_list[i] for i in path[1:]] + [bonus], max_new_tokens - totals.tokens, eos)
-            step = Step(index, emitted, token_list, choices=choices, accepted=path, rows_written=rows,
-                        finished=finished, **step_info)
+            rows = matrix.write(draft.tokens, logits)
+            emitted, finished = _clip([token_list[i] for i in path[1:]] + [root], max_new_tokens - totals.tokens, eos)
+            drafter.commit(emitted)
+            step = Step(index, emitted, token_list, draft.parents, draft.depths.tolist(), draft.ranks,
+                        draft.sources, draft.scores, draft.predicted_cost, draft.considered, choices=choices, accepted=path,
+                        rows_written=rows, finished=finished)
             matrix.stats.observe(step)
             yield totals.record(step, clock)

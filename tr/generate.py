@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .auto_tree import TreeChoice, auto_tree
-from .calibrate import calibrate
-from .decoding import Step, autoregressive, token_recycling
+from .calibrate import CostCurve, calibrate
+from .decoding import Drafter, Step, autoregressive, token_recycling
+from .drafts import DynamicDrafter, TemplateDrafter
 from .matrix import AdjacencyMatrix
 from .model import LoadedModel
 from .sampling import GREEDY, Sampling
 from .trees import DEFAULT_TEMPLATE, DraftTree, load_template
 
 METHODS = ("ar", "tr")
-AUTO = "auto"  # the template name that picks the tree from calibration and acceptance statistics
+AUTO = "auto"  # dynamic best-first trees with a prompt-lookup branch, sized by the device's cost curve
+AUTO_NO_LOOKUP = "auto-nolookup"  # the same without prompt lookup, to measure what lookup adds
+DYNAMIC_TREES = (AUTO, AUTO_NO_LOOKUP)
 START_MODES = ("hot", "cold", "seeded")  # keep the matrix / clear it first / keep it and seed from the prompt
 MAX_NEW_TOKENS = 4096
 
@@ -80,15 +82,16 @@ def check_request(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -
         )
 
 
-def make_tree(lm: LoadedModel, template: str | list, matrix: AdjacencyMatrix) -> tuple[DraftTree, TreeChoice | None]:
-    """Buffers for a named, JSON or `auto` template; for `auto` also the reasoning behind the choice.
+def make_drafter(lm: LoadedModel, template: str | list, k: int, curve: CostCurve | None = None) -> Drafter:
+    """The drafter for `auto` / `auto-nolookup` or for a named, JSON-file or listed template.
 
-    `auto` calibrates the device on first use (cached on disk) and re-chooses on every call, so the
-    tree follows the acceptance statistics the matrix has gathered so far.
+    Dynamic trees need the device's cost curve: without `curve`, it is calibrated on first use
+    (a few seconds) and cached on disk. Templates take it only to report their predicted cost.
     """
-    if template == AUTO:
-        return auto_tree(matrix.stats.rates(), calibrate(lm.model, lm.name), lm.device)
-    return DraftTree.from_paths(load_template(template, matrix.k), lm.device), None
+    if template in DYNAMIC_TREES:
+        curve = curve or calibrate(lm.model, lm.name)
+        return DynamicDrafter(curve, lookup=template == AUTO, device=lm.device)
+    return TemplateDrafter(DraftTree.from_paths(load_template(template, k), lm.device), curve)
 
 
 def decode_steps(
@@ -98,10 +101,11 @@ def decode_steps(
     max_new_tokens: int = 128,
     sampling: Sampling = GREEDY,
     matrix: AdjacencyMatrix | None = None,
-    tree: DraftTree | None = None,
+    tree: DraftTree | Drafter | None = None,
     start: str = "hot",
 ) -> Iterator[Step]:
-    """Step records of one method on one prompt; `matrix` persists across calls unless `start` is cold."""
+    """Step records of one method on one prompt; `matrix` persists across calls unless `start` is cold.
+    `tree` is a template's `DraftTree` or a drafter (`make_drafter`); by default the paper's template."""
     check_request(lm, prompt_ids, max_new_tokens)
     if method == "ar":
         return autoregressive(lm.model, prompt_ids, max_new_tokens, sampling, lm.eos_ids)

@@ -1,7 +1,8 @@
 """The adjacency matrix: for each token, the top-k tokens the model last predicted after it.
 
 Rows are overwritten, never averaged: the matrix always holds the most recent "trash" candidates,
-which is what the paper recycles. It lives on the model's device and persists across calls (hot
+which is what the paper recycles. Beside each candidate it keeps the probability the model gave it,
+which the dynamic drafter uses to decide which branches are worth verifying. It lives on the model's device and persists across calls (hot
 start) until `reset`.
 """
 
@@ -36,11 +37,13 @@ class AdjacencyMatrix:
         self.vocab_size = vocab_size
         # A cold row drafts token 0 everywhere: harmless, verification rejects what the model disagrees with.
         self.table = torch.zeros(vocab_size, k, dtype=torch.long, device=device)
+        self.probs = torch.zeros(vocab_size, k, dtype=torch.float32, device=device)
         self.filled = torch.zeros(vocab_size, dtype=torch.bool, device=device)
         self.stats = AcceptanceStats(k)
 
     def reset(self) -> None:
         self.table.zero_()
+        self.probs.zero_()
         self.filled.zero_()
         self.stats.reset()
 
@@ -50,7 +53,7 @@ class AdjacencyMatrix:
 
     @property
     def nbytes(self) -> int:
-        return self.table.numel() * self.table.element_size() + self.filled.numel()
+        return sum(t.numel() * t.element_size() for t in (self.table, self.probs, self.filled))
 
     def row(self, token: int) -> list[int] | None:
         """The current candidates of `token`, or None while its row has never been written."""
@@ -68,10 +71,13 @@ class AdjacencyMatrix:
         last = {token: i for i, token in enumerate(token_list)}
         index = torch.tensor(list(last.values()), device=tokens.device)
         unique = tokens[index]
-        new = logits[index].topk(self.k, dim=-1).indices
+        rows = logits[index].float()
+        top = rows.topk(self.k, dim=-1)
+        new = top.indices
         old = self.table[unique]
         was_filled = self.filled[unique]
         self.table[unique] = new
+        self.probs[unique] = (top.values - rows.logsumexp(-1, keepdim=True)).exp()
         self.filled[unique] = True
         return [
             RowWrite(token, o, n, f)

@@ -35,6 +35,12 @@ correct and every step emits at least one token. Grey nodes were wrong guesses. 
 any step; hover a node for details.
 """
 
+HOWTO_SIZE = """\
+**Why this size**: verifying more drafts in one pass costs more (red, measured on this device when the app \
+started), while each extra draft adds only its chance of being right to the tokens a step can expect (blue). \
+Their ratio (green) is the speed-up the step can expect over plain decoding; the *auto* tree stops at its peak.
+"""
+
 HOWTO_MATRIX = """\
 A **row** belongs to one token and holds the k tokens the model most recently ranked highest right after it, \
 best first. After each pass, the row of every token in the tree is overwritten with the model's new top-k at \
@@ -66,8 +72,10 @@ def howto_charts(device: str) -> str:
 HOWTO_CONTROLS = """\
 **Start**: *hot* keeps this session's matrix from earlier runs, *cold* clears it first, *seeded* keeps it and \
 also fills rows from the prompt's own prefill. **k**: candidates kept per row (changing it starts a fresh \
-matrix). **Tree**: the draft tree's shape; *paper-80* is the paper's 80-node tree; *auto* measures what \
-verifying n tokens costs on this device and picks the tree with the most expected tokens per second from \
-the acceptance rates seen so far. A custom tree is a JSON \
+matrix). **Tree**: *auto* (the default) grows a fresh tree every step, best candidates first by their \
+estimated chance of being accepted, adds a branch copied from the last repeated phrase in the text (prompt \
+lookup), and stops where verifying one more token would cost more than it is expected to bring on this \
+device; *auto-nolookup* is the same without the copied branch; *paper-80* is the paper's fixed 80-node \
+tree, and the smaller fixed trees suit slow devices. A custom tree is a JSON \
 list of paths of candidate ranks, each path's parent listed before it, e.g. `[[0], [1], [0, 0]]`.
 """

@@ -16,6 +16,7 @@ import networkx as nx
 import plotly.graph_objects as go
 
 from tr.decoding import Step
+from tr.drafts import LOOKUP
 
 from .style import base_layout, empty_figure
 
@@ -84,7 +85,9 @@ def tree_graph(step: Step, token_text: Callable[[int], str]) -> nx.DiGraph:
             hover = f"node 0 (root), depth 0<br>token {quoted(token, token_text)}<br>the last committed token"
         else:
             kind = ACCEPTED if node in accepted else REJECTED
-            hover = (f"node {node}, depth {depth}, candidate rank {rank}<br>token {quoted(token, token_text)}"
+            origin = "copied by prompt lookup" if rank == LOOKUP else f"candidate rank {rank}"
+            chance = f"<br>estimated chance: {step.tree_scores[node]:.0%}" if step.tree_scores else ""
+            hover = (f"node {node}, depth {depth}, {origin}<br>token {quoted(token, token_text)}{chance}"
                      f"<br>model agreed: {agreement(step, node, token_text)}")
         graph.add_node(node, token=token, depth=depth, rank=rank, kind=kind, hover=hover)
         if node:

@@ -1,0 +1,172 @@
+"""Calibration, acceptance statistics and the dynamic (`auto`) drafter: sizing, prompt lookup, exactness."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tiny_models import ARCHITECTURES, tiny_model
+from tr.acceptance import confidence_source
+from tr.calibrate import CostCurve, calibrate
+from tr.decoding import autoregressive, token_recycling
+from tr.drafts import LOOKUP, DynamicDrafter, NgramIndex
+from tr.matrix import AdjacencyMatrix
+from tr.trees import DraftTree, grow, load_template
+
+VOCAB = 96
+FREE = CostCurve([1, 8, 16, 32, 81], [0.010, 0.0101, 0.0102, 0.0104, 0.0108], 256, "cuda")
+EXPENSIVE = CostCurve([1, 2, 8, 16, 32, 81], [0.056, 0.060, 0.078, 0.090, 0.123, 0.213], 256, "cpu")
+
+
+def tokens_of(steps) -> list[int]:
+    return [t for step in steps for t in step.tokens]
+
+
+def confident_matrix(k: int = 8) -> AdjacencyMatrix:
+    """Every row filled, rank r holding token (t + r + 1) with probability 0.9 for rank 0, 0.01 after."""
+    matrix = AdjacencyMatrix(VOCAB, k)
+    tokens = torch.arange(VOCAB)
+    matrix.table[:] = (tokens[:, None] + torch.arange(1, k + 1)) % VOCAB
+    matrix.probs[:] = torch.tensor([0.9] + [0.01] * (k - 1))
+    matrix.filled[:] = True
+    return matrix
+
+
+def test_auto_grows_a_large_tree_when_verification_is_free_and_a_small_one_when_not():
+    matrix = confident_matrix()
+    large = DynamicDrafter(FREE, lookup=False).draft(0, matrix)
+    small = DynamicDrafter(EXPENSIVE, lookup=False).draft(0, matrix)
+    assert large.size - 1 >= 70
+    assert 1 <= small.size - 1 <= 16
+    assert small.predicted_cost == pytest.approx(EXPENSIVE.relative(small.size))
+    for draft in (large, small):
+        assert all(p < i for i, p in enumerate(draft.parents) if i)  # parents come first
+        assert draft.scores == sorted(draft.scores, reverse=True)  # best-first
+    # The confident rank-0 chain comes first: its nodes score 0.9^depth under the prior-only statistics.
+    assert small.tokens.tolist()[:4] == [0, 1, 2, 3]
+
+
+def test_tree_size_follows_confidence():
+    """Same cost curve: confident rows earn a deeper tree than doubtful ones."""
+    sure, unsure = confident_matrix(), confident_matrix()
+    unsure.probs[:] = 0.12
+    drafter = DynamicDrafter(EXPENSIVE, lookup=False)
+    assert drafter.draft(0, sure).expected_tokens > drafter.draft(0, unsure).expected_tokens
+
+
+def test_ngram_index_finds_the_latest_earlier_continuation():
+    index = NgramIndex(max_n=3)
+    index.extend([1, 2, 3, 4, 9, 2, 3, 5, 6, 2, 3])
+    assert index.continuation(3) == ([5, 6, 2], 2)  # "2 3" last followed by 5; no earlier "9 2 3"... match
+    index.extend([5])
+    assert index.continuation(2) == ([6, 2], 3)  # "2 3 5" occurred before
+    assert NgramIndex().continuation(4) == ([], 0)
+    single = NgramIndex()
+    single.extend([7, 7])
+    assert single.continuation(5) == ([7], 1)
+
+
+def test_lookup_branch_is_drafted_from_the_text():
+    matrix = AdjacencyMatrix(VOCAB, 8)  # cold: every draft comes from prompt lookup
+    drafter = DynamicDrafter(None, max_nodes=6, lookup=True)
+    drafter.begin([10, 11, 12, 13, 14, 15, 10, 11])
+    draft = drafter.draft(11, matrix)
+    assert draft.tokens.tolist() == [11, 12, 13, 14, 15, 10, 11]
+    assert draft.ranks[1:] == [LOOKUP] * 6 and draft.sources[1] == "lookup2"
+
+
+def random_curve(rng: random.Random) -> CostCurve | None:
+    if rng.random() < 0.25:
+        return None
+    slope = rng.choice([0.0, 0.001, 0.01])  # steeper curves draft nothing on a random model's flat guesses
+    sizes = [1, 2, 8, 32, 81]
+    return CostCurve(sizes, [1.0 + slope * (n - 1) for n in sizes], 64, "cpu")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("seed", range(6))
+def test_dynamic_trees_give_the_greedy_tokens(arch, seed):
+    rng = random.Random(100 + seed)
+    model = tiny_model(arch, VOCAB, seed=seed)
+    k = rng.choice([1, 2, 4, 8])
+    drafter = DynamicDrafter(random_curve(rng), max_nodes=rng.randint(1, 40), max_depth=rng.randint(1, 10),
+                             lookup=rng.random() < 0.8)
+    matrix = AdjacencyMatrix(VOCAB, k)
+    accepted = 0
+    for _ in range(3):  # later prompts see a hot matrix
+        # Repeats in the prompt give prompt lookup something to copy.
+        chunk = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 8))]
+        prompt = (chunk * rng.randint(1, 3) + [rng.randrange(VOCAB) for _ in range(rng.randint(0, 6))])
+        max_new = rng.randint(1, 50)
+        expected = tokens_of(autoregressive(model, prompt, max_new))
+        steps = list(token_recycling(model, prompt, max_new, matrix, drafter, seed_from_prompt=rng.random() < 0.5))
+        assert tokens_of(steps) == expected
+        assert steps[-1].finished and all(not s.finished for s in steps[:-1])
+        for step in steps[1:]:
+            accepted += step.accepted_drafts
+            assert len(step.tree_tokens) <= drafter.max_size
+    assert accepted > 0, "the test never exercised an accepted draft"
+
+
+def test_prompt_lookup_is_accepted_on_repetitive_text_and_exact():
+    """A model that continues a repeated pattern: lookup copies are accepted, and output stays greedy."""
+    model = tiny_model("llama", VOCAB, seed=3)
+    prompt = list(range(20, 40)) * 3
+    expected = tokens_of(autoregressive(model, prompt, 60))
+    drafter = DynamicDrafter(EXPENSIVE, lookup=True)
+    steps = list(token_recycling(model, prompt, 60, AdjacencyMatrix(VOCAB, 8), drafter))
+    assert tokens_of(steps) == expected
+    looked_up = sum(s.tree_ranks[n] == LOOKUP for s in steps[1:] for n in s.accepted[1:])
+    drafted = sum(r == LOOKUP for s in steps[1:] for r in s.tree_ranks)
+    assert drafted > 0 and looked_up > 0
+
+
+def test_grown_probabilities_are_products_of_rates():
+    rates = torch.rand(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.9
+    for path, p in grow(rates.tolist(), 30, 6):
+        expected = 1.0
+        for depth, rank in enumerate(path):
+            expected *= float(rates[depth, rank])
+        assert abs(p - expected) < 1e-12
+
+
+def test_statistics_count_reached_and_correct_nodes():
+    model = tiny_model("qwen2", VOCAB, seed=0)
+    matrix = AdjacencyMatrix(VOCAB, 8)
+    steps = list(token_recycling(model, [4, 5, 6], 40, matrix, DraftTree.from_paths(load_template("small-16", 8))))
+    stats = matrix.stats
+    accepted = sum(s.accepted_drafts for s in steps)
+    # every accepted draft is a reached, correct node (siblings sharing a token can be correct too)
+    assert sum(map(sum, stats.reached)) >= sum(map(sum, stats.correct)) >= accepted > 0
+    root_children = sum(1 for s in steps[1:] for d in s.tree_depths if d == 1)
+    assert sum(stats.reached[0]) == root_children  # every first-layer node is reached (the root always is)
+    by_source = sum(reached for reached, _ in stats.by_source.values())
+    assert by_source == sum(map(sum, stats.reached))  # a template's nodes are all matrix candidates
+    matrix.reset()
+    assert sum(map(sum, stats.reached)) == 0 and not stats.by_source
+
+
+def test_matrix_keeps_candidate_probabilities():
+    model = tiny_model("llama", VOCAB, seed=0)
+    matrix = AdjacencyMatrix(VOCAB, 4)
+    prompt = [1, 2, 3]
+    next(token_recycling(model, prompt, 5, matrix, DraftTree.from_paths(load_template("tiny-4", 4)),
+                         seed_from_prompt=True))
+    with torch.no_grad():
+        probs = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
+    top = probs.topk(4)
+    assert matrix.row(3) == top.indices.tolist()
+    assert torch.allclose(matrix.probs[3].double(), top.values, atol=1e-6)
+    assert confidence_source(0.999) == "q9" and confidence_source(0.0) == "q0"
+
+
+def test_calibration_measures_growing_costs_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("TR_CACHE_DIR", str(tmp_path))
+    model = tiny_model("llama", VOCAB, seed=0, dtype=torch.float32)
+    curve = calibrate(model, "tiny", sizes=(1, 4, 64), context=32, repeats=2)
+    assert curve.sizes == [1, 4, 64] and all(s > 0 for s in curve.seconds)
+    assert list(tmp_path.glob("calibration-*.json"))
+    assert calibrate(model, "tiny", sizes=(1, 4, 64), context=32, repeats=2) == curve  # read back
+    assert curve.relative(1) == 1.0 and curve.cost(2) > 0

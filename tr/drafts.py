@@ -1,0 +1,214 @@
+"""Drafters: where each step's draft tree comes from.
+
+A drafter turns the last committed token into a `Draft`, the tree one verification pass checks. Its
+interface is three calls: `begin(prompt_ids)` and `commit(tokens)` let it follow the text, and
+`draft(root, matrix)` builds the tree. Verification makes every drafter lossless, so a drafter only
+decides speed.
+
+- `TemplateDrafter`: the paper's method, a fixed template filled breadth-first from the matrix.
+- `DynamicDrafter` (the `auto` tree): a fresh tree each step, grown best-first by each node's estimated
+  chance of being accepted (the product, along its path, of the acceptance rate of its source: matrix
+  candidates by the probability the model gave them, prompt-lookup copies by n-gram length). Beside the
+  matrix candidates it offers the continuation of the latest earlier occurrence of the text's last
+  n-gram (prompt lookup), which is what wins on summaries and retrieval answers. It stops growing at the
+  size that maximises expected tokens per unit of verification cost, read off the device's calibrated
+  cost curve: a large tree where verification is nearly free, a small one where it is not.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from .acceptance import AcceptanceStats, confidence_source, lookup_source
+from .matrix import AdjacencyMatrix
+from .trees import DraftTree
+
+if TYPE_CHECKING:  # calibrate imports the decoder, which imports this module
+    from .calibrate import CostCurve
+
+LOOKUP = -2  # the "rank" of a node copied from an n-gram match rather than read from a matrix row
+
+
+@dataclass
+class Draft:
+    """One step's tree. Node 0 is the root (the last committed token); parents come before children."""
+
+    tokens: torch.Tensor  # (n,) on the model's device
+    parents: list[int]
+    ranks: list[int]  # candidate rank in the parent's row; -1 for the root, LOOKUP for n-gram copies
+    sources: list[str]  # acceptance-statistics key of each node ("" for the root)
+    scores: list[float]  # estimated chance each node is accepted (1 for the root)
+    depths: torch.Tensor  # (n,)
+    ancestors: torch.Tensor  # (n, n) bool: ancestors[i, j] when j is i or an ancestor of i
+    predicted_cost: float = 0.0  # verification cost in one-token forward passes, when calibrated
+    considered: list[float] = field(default_factory=list)  # scores of every node weighed, best first (kept first)
+
+    @property
+    def size(self) -> int:
+        return len(self.parents)
+
+    @property
+    def expected_tokens(self) -> float:
+        """Expected tokens this step emits: the bonus plus each node's chance of acceptance."""
+        return sum(self.scores)
+
+
+def path_scores(parents: Sequence[int], sources: Sequence[str], stats: AcceptanceStats) -> list[float]:
+    scores = [1.0]
+    for parent, source in zip(parents[1:], sources[1:]):
+        scores.append(scores[parent] * stats.rate(source))
+    return scores
+
+
+class TemplateDrafter:
+    """A fixed template (`DraftTree`) filled from the matrix: one gather per layer."""
+
+    def __init__(self, tree: DraftTree, curve: CostCurve | None = None):
+        self.tree, self.curve = tree, curve
+        self.parents = tree.parents.tolist()
+        self.ranks = tree.ranks.tolist()
+        self.max_size = tree.size
+
+    def begin(self, prompt_ids: Sequence[int]) -> None:
+        pass
+
+    def commit(self, tokens: Sequence[int]) -> None:
+        pass
+
+    def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
+        tree = self.tree
+        tokens = tree.fill(torch.tensor(root, device=tree.parents.device), matrix.table)
+        probabilities = matrix.probs[tokens[tree.parents[1:]], tree.ranks[1:]].tolist()
+        sources = [""] + [confidence_source(p) for p in probabilities]
+        scores = path_scores(self.parents, sources, matrix.stats)
+        cost = self.curve.relative(tree.size) if self.curve else 0.0
+        return Draft(tokens, self.parents, self.ranks, sources, scores, tree.depths, tree.ancestors, cost)
+
+
+class NgramIndex:
+    """Where each n-gram (n = 1..max_n) of the text last occurred with a token after it."""
+
+    def __init__(self, max_n: int = 3):
+        self.max_n = max_n
+        self.tokens: list[int] = []
+        self.next_position: dict[tuple[int, ...], int] = {}
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for token in tokens:
+            end = len(self.tokens)
+            # The n-grams ending just before `token` now have a continuation: `token`, at `end`.
+            for n in range(1, min(self.max_n, end) + 1):
+                self.next_position[tuple(self.tokens[end - n : end])] = end
+            self.tokens.append(token)
+
+    def continuation(self, length: int) -> tuple[list[int], int]:
+        """Up to `length` tokens that followed the latest earlier occurrence of the longest matching
+        suffix of the text, and that suffix's length (0: no match)."""
+        for n in range(min(self.max_n, len(self.tokens)), 0, -1):
+            start = self.next_position.get(tuple(self.tokens[-n:]))
+            if start is not None:
+                return self.tokens[start : start + length], n
+        return [], 0
+
+
+def ancestor_mask(parents: Sequence[int], depth: int, device: torch.device | str) -> torch.Tensor:
+    """(n, n) bool ancestors-or-self, by `depth` rounds of following parent pointers."""
+    n = len(parents)
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    up = torch.tensor([max(p, 0) for p in parents], device=device)
+    mask = eye
+    for _ in range(depth):
+        mask = eye | mask[up]
+    return mask
+
+
+class DynamicDrafter:
+    """Best-first trees with a prompt-lookup branch, sized by the calibrated cost curve.
+
+    `curve` None means a fixed budget of `max_nodes` (no calibration); otherwise the tree stops at
+    the size with the most expected tokens per unit of cost, looking `lookahead` nodes past the best.
+    """
+
+    def __init__(self, curve: CostCurve | None = None, max_nodes: int = 80, max_depth: int = 10,
+                 lookup: bool = True, lookahead: int = 8, device: torch.device | str = "cpu"):
+        if not 1 <= max_nodes <= 256:
+            raise ValueError(f"max_nodes must be from 1 to 256, got {max_nodes}")
+        self.curve, self.max_nodes, self.max_depth = curve, max_nodes, max_depth
+        self.lookup, self.lookahead, self.device = lookup, lookahead, torch.device(device)
+        self.max_size = max_nodes + 1  # the root included
+        self.index = NgramIndex()
+
+    def begin(self, prompt_ids: Sequence[int]) -> None:
+        self.index = NgramIndex()
+        self.index.extend(prompt_ids)
+
+    def commit(self, tokens: Sequence[int]) -> None:
+        self.index.extend(tokens)
+
+    def _cost(self, n: int) -> float:
+        return self.curve.relative(n) if self.curve else 1.0
+
+    def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
+        chain, match = self.index.continuation(self.max_depth) if self.lookup else ([], 0)
+        stats, rates = matrix.stats, {}
+
+        def rate(source: str) -> float:
+            if source not in rates:
+                rates[source] = stats.rate(source)
+            return rates[source]
+
+        tokens, parents, ranks, sources, scores, depths = [root], [-1], [-1], [""], [1.0], [0]
+        children: list[set[int]] = [set()]
+        chain_next = {0: 0}  # node on the lookup branch -> index in `chain` of the token after it
+        heap: list[tuple[float, int, int, int, int, str]] = []
+        order = itertools.count()  # ties break by push order, so trees are deterministic
+
+        def expand(node: int) -> None:
+            if depths[node] >= self.max_depth:
+                return
+            token, score = tokens[node], scores[node]
+            if bool(matrix.filled[token]):
+                row, probabilities = matrix.table[token].tolist(), matrix.probs[token].tolist()
+                for rank, (child, p) in enumerate(zip(row, probabilities)):
+                    source = confidence_source(p)
+                    heapq.heappush(heap, (-score * rate(source), next(order), node, child, rank, source))
+            j = chain_next.get(node)
+            if j is not None and j < len(chain):
+                source = lookup_source(match)
+                heapq.heappush(heap, (-score * rate(source), next(order), node, chain[j], LOOKUP, source))
+
+        expand(0)
+        expected, best_size, best_ratio = 1.0, 1, 1.0 / self._cost(1)
+        while heap and len(tokens) <= self.max_nodes:
+            negative, _, parent, token, rank, source = heapq.heappop(heap)
+            if token in children[parent]:
+                continue
+            node = len(tokens)
+            children[parent].add(token)
+            children.append(set())
+            tokens.append(token), parents.append(parent), ranks.append(rank), sources.append(source)
+            scores.append(-negative), depths.append(depths[parent] + 1)
+            j = chain_next.get(parent)
+            if j is not None and j < len(chain) and chain[j] == token:
+                chain_next[node] = j + 1
+            expected += -negative
+            ratio = expected / self._cost(node + 1)
+            if ratio >= best_ratio or self.curve is None:
+                best_size, best_ratio = node + 1, ratio
+            elif node + 1 - best_size >= self.lookahead:
+                break
+            expand(node)
+        n = best_size
+        return Draft(
+            tokens=torch.tensor(tokens[:n], device=self.device),
+            parents=parents[:n], ranks=ranks[:n], sources=sources[:n], scores=scores[:n],
+            depths=torch.tensor(depths[:n], device=self.device),
+            ancestors=ancestor_mask(parents[:n], max(depths[:n]), self.device),
+            predicted_cost=self._cost(n) if self.curve else 0.0, considered=scores[1:],
+        )
