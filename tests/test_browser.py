@@ -83,7 +83,8 @@ def test_race_in_the_browser(page):
     assert title.startswith(f"Step {shown}:")
     target = 1 if shown != 1 else 2
     slider_box.fill(str(target))
-    expect(page.locator("#tree-plot .gtitle")).to_contain_text(f"Step {target}:")
+    # An auto step may have drafted nothing: then the title is just "Step N" over a note.
+    expect(page.locator("#tree-plot .gtitle").first).to_have_text(re.compile(rf"^Step {target}(:.*)?$"))
     assert tree_title(page) != title
     expect(page.locator("#rows-table")).to_contain_text(f"Step {target} ")
 

@@ -18,6 +18,7 @@ from viz import (
     accepted_histogram, banded_html, mat_over_steps, matrix_summary, plain_html, row_lookup_html,
     rows_table_html, speedup_over_steps, tokens_vs_time, tree_figure,
 )
+import viz
 from viz.style import note_of
 from viz.text import step_pieces
 from viz.tree import ACCEPTED, BONUS_KIND, REJECTED, ROOT, ROW_GAP, ROW_PX
@@ -313,3 +314,32 @@ def test_plain_html_shares_the_container():
     assert "x&lt;y\n" in page and "white-space:pre-wrap" in page and "tr-band" not in page
     for empty in (banded_html([], byte_decode), plain_html([], byte_decode)):
         assert "white-space:pre-wrap" in empty
+
+
+def test_tree_size_figure_marks_the_chosen_size_at_the_ratio_peak():
+    from tr.calibrate import CostCurve
+
+    curve = CostCurve([1, 2, 8, 32], [1.0, 1.1, 1.4, 2.5], 64, "cpu")
+    step = Step(3, [5], tree_tokens=[1, 2, 3], considered_scores=[0.8, 0.5, 0.05, 0.01])
+    fig = viz.tree_size_figure(curve, step)
+    cost, expected, ratio = (trace.y for trace in fig.data)
+    assert expected[:3] == pytest.approx((1.0, 1.8, 2.3))
+    assert list(ratio) == pytest.approx([e / c for e, c in zip(expected, cost)])
+    assert int(max(range(len(ratio)), key=ratio.__getitem__)) == 2  # the peak is the tree's 2 drafts
+    assert fig.layout.shapes[0].x0 == 2
+    assert len(viz.tree_size_figure(curve).data) == 1  # no step yet: the device's curve alone
+    assert note_of(viz.tree_size_figure(None)) is not None
+
+
+def test_benchmark_figure_draws_every_method_and_category():
+    from viz.bench import benchmark_figure
+
+    table = [dict(category=c, method=m, speedup=s, mat=mat) for c, m, s, mat in [
+        ("qa", "ar", 1.0, 1.0), ("qa", "pld", 1.1, None), ("qa", "tr:auto", 1.4, 1.9),
+        ("overall", "ar", 1.0, 1.0), ("overall", "pld", 1.05, None), ("overall", "tr:auto", 1.3, 1.8)]]
+    fig = benchmark_figure(table)
+    speed = {t.name: list(t.y) for t in fig.data if t.yaxis == "y"}
+    mat = {t.name: list(t.y) for t in fig.data if t.yaxis == "y2"}
+    assert speed == {"ar": [1.0, 1.0], "pld": [1.1, 1.05], "tr:auto": [1.4, 1.3]}
+    assert mat == {"ar": [1.0, 1.0], "tr:auto": [1.9, 1.8]}  # pld exposes no steps: no MAT bars
+    assert list(fig.data[0].x) == ["qa", "overall"]
