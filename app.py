@@ -35,7 +35,7 @@ import viz
 from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, howto_charts
 from tr import (
     AUTO, BUILTIN_TEMPLATES, BUNDLED, START_MODES, AdjacencyMatrix, LoadedModel, ModelLoadError, Sampling, Step,
-    TreeError, decode_steps, first_divergence, load_model, load_template, make_drafter, race, summarize,
+    TreeError, decode_steps, load_model, load_template, make_drafter, race, summarize,
 )
 from tr.calibrate import CostCurve, calibrate
 from tr.generate import DYNAMIC_TREES
@@ -232,68 +232,12 @@ def parse_settings(prompt: Any, max_new_tokens: Any, template: Any, custom_json:
 # ---------------------------------------------------------------------------------------------------
 
 
-def token_ids(steps: list[Step]) -> list[int]:
-    return [t for s in steps for t in s.tokens]
-
-
-def speedup(run: Run) -> float | None:
-    """TR's tokens per second over AR's, each on its own compute clock."""
+def race_figures(run: Run) -> dict[str, Any]:
+    """The race's numbers as the views need them: speed-up, first difference, stats table."""
     ar, tr = run.steps["ar"], run.steps["tr"]
-    if not ar or not tr:
-        return None
-    ar_rate, tr_rate = summarize(ar).tokens_per_s, summarize(tr).tokens_per_s
-    return tr_rate / ar_rate if ar_rate else None
-
-
-def run_difference(run: Run) -> int | None:
-    """First token where the outputs differ; until a run has finished, only as far as both sides got."""
-    ar, tr = token_ids(run.steps["ar"]), token_ids(run.steps["tr"])
-    if not run.finished:
-        ar, tr = ar[:len(tr)], tr[:len(ar)]
-    return first_divergence(ar, tr)
-
-
-def verdict(run: Run) -> str:
-    """Whether the two outputs are identical (or, mid-run, identical so far)."""
-    diff, n = run_difference(run), len(token_ids(run.steps["tr"]))
-    if diff is None:
-        return (f'<span class="ok">identical</span> ({n} tokens)' if run.finished else
-                f'<span class="ok">identical so far</span> (first {min(n, len(token_ids(run.steps["ar"])))} tokens)')
-    note = ""
-    if run.settings.decoding == "sampling":  # lossless means the same distribution, not the same draws
-        note = " (fine when sampling: both are draws from the model's own distribution)"
-    return f'<span class="bad">not identical</span>: first difference at token #{diff}{note}'
-
-
-def stats_html(run: Run) -> str:
-    """Headline (speed-up, MAT, identical?), then tokens, passes, MAT, time and tokens/s per side."""
-    stats = {name: summarize(steps) if steps else None for name, steps in run.steps.items()}
-
-    def cells(fmt: str, attr: str) -> str:
-        return "".join(f"<td>{fmt.format(getattr(s, attr)) if s else '–'}</td>" for s in stats.values())
-
-    rows = [
-        ("tokens", cells("{:,}", "tokens")),
-        ("forward passes after the prefill", cells("{:,}", "steps")),
-        ("MAT: tokens per pass", cells("{:.2f}", "mat")),
-        ("compute time (own clock)", cells("{:.2f} s", "seconds")),
-        ("tokens / s", cells("{:.1f}", "tokens_per_s")),
-    ]
-    body = "".join(f"<tr><td>{label}</td>{values}</tr>" for label, values in rows)
-    ratio, tr_stats = speedup(run), stats["tr"]
-    state = "" if run.finished else (" (stopped)" if run.stopped else " so far")
-    headline = (
-        f'<span class="metric">Speed-up{state} <b>{f"{ratio:.2f}×" if ratio else "–"}</b></span>'
-        f'<span class="metric">MAT <b>{f"{tr_stats.mat:.2f}" if tr_stats else "–"}</b></span>'
-        f'<span class="metric">Outputs: {verdict(run)}</span>'
-    )
-    note = ""
-    if run.finished and ratio and tr_stats and ratio < tr_stats.mat:
-        # The question every visitor asks: why is the speed-up smaller than MAT (or even below 1)?
-        note = ('<p class="note">Speed-up is below MAT because one pass over the draft tree costs more than a '
-                "one-token pass here: see <i>The whole run</i> below.</p>")
-    return (f'<div class="stats"><p class="headline">{headline}</p><table><thead><tr><th></th>'
-            f"<th>autoregressive</th><th>Token Recycling</th></tr></thead><tbody>{body}</tbody></table>{note}</div>")
+    sampling = run.settings.decoding == "sampling"
+    return {"speedup": viz.speedup(ar, tr), "difference": viz.difference(ar, tr, run.finished),
+            "stats": viz.stats_html(ar, tr, run.finished, run.stopped, sampling)}
 
 
 def pane_html(lm: LoadedModel, run: Run, name: str) -> str:
@@ -303,18 +247,6 @@ def pane_html(lm: LoadedModel, run: Run, name: str) -> str:
     done = " · done" if steps and steps[-1].finished else ""
     body = viz.banded_html(steps, lm.decode) if name == "tr" else viz.plain_html(steps, lm.decode)
     return f'<p class="pane-title">{NAMES[name]} · {clock}{done}</p>{body}'
-
-
-def history_markdown(history: list[dict[str, Any]]) -> str:
-    if not history:
-        return "*No runs yet in this session.*"
-    lines = ["| run | prompt | tree | k | start | tokens | TR MAT | speed-up | identical |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for h in reversed(history):
-        prompt = html.escape(h["prompt"][:48].replace("|", "/").replace("\n", " "))
-        lines.append(f"| {h['run']} | {prompt} | {h['template']} | {h['k']} | {h['start']} | {h['tokens']} | "
-                     f"{h['mat']:.2f} | {h['speedup']} | {h['identical']} |")
-    return "\n".join(lines)
 
 
 def matrix_info(lm: LoadedModel, session: Session) -> str:
@@ -348,9 +280,9 @@ def lookup_html(lm: LoadedModel, session: Session, text: str | None) -> str:
 
 def run_record(lm: LoadedModel, run: Run) -> dict[str, Any]:
     """Everything about a run, for the JSON download: settings, both outputs, every step record."""
-    outputs = {}
+    figures, outputs = race_figures(run), {}
     for name, steps in run.steps.items():
-        ids = token_ids(steps)
+        ids = viz.token_ids(steps)
         stats = summarize(steps) if steps else None
         outputs[name] = {
             "method": NAMES[name],
@@ -367,9 +299,9 @@ def run_record(lm: LoadedModel, run: Run) -> dict[str, Any]:
         "finished": run.finished,
         "settings": asdict(run.settings),
         "outputs": outputs,
-        "identical": run_difference(run) is None,
-        "first_difference": run_difference(run),
-        "speedup": speedup(run),
+        "identical": figures["difference"] is None,
+        "first_difference": figures["difference"],
+        "speedup": figures["speedup"],
         "wall_s": run.wall_s,
         "steps": {name: [asdict(s) for s in steps] for name, steps in run.steps.items()},
     }
@@ -429,12 +361,12 @@ def chart_views(run: Run) -> dict[str, Any]:
 def live_views(lm: LoadedModel, session: Session, run: Run, tree: bool, charts: bool) -> dict[str, Any]:
     """What changes while a race runs: both panes and the numbers; when asked, the latest step's tree and
     rows (the view follows the run) and the charts."""
-    ar_n, tr_n = len(token_ids(run.steps["ar"])), len(token_ids(run.steps["tr"]))
+    ar_n, tr_n = len(viz.token_ids(run.steps["ar"])), len(viz.token_ids(run.steps["tr"]))
     views = {
         "message": f"Running… autoregressive {ar_n} tokens, Token Recycling {tr_n} tokens.",
         "ar_pane": pane_html(lm, run, "ar"),
         "tr_pane": pane_html(lm, run, "tr"),
-        "stats": stats_html(run),
+        "stats": race_figures(run)["stats"],
         "matrix_info": matrix_info(lm, session),
     }
     if tree:
@@ -464,7 +396,7 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
         "message": message,
         "matrix_info": matrix_info(lm, session),
         "lookup": lookup_html(lm, session, lookup_text),
-        "history": history_markdown(session.history),
+        "history": viz.history_markdown(session.history),
         "session": session,
     }
     if run is None:
@@ -474,7 +406,7 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
     views |= {
         "ar_pane": pane_html(lm, run, "ar"),
         "tr_pane": pane_html(lm, run, "tr"),
-        "stats": stats_html(run),
+        "stats": race_figures(run)["stats"],
         "slider": slider_for(run, shown),
         "tree": tree,
         "why": why,
@@ -487,11 +419,11 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
 def remember(session: Session, run: Run) -> None:
     """Add a finished (or stopped) run to the session's history."""
     tr_steps = run.steps["tr"]
-    ratio = speedup(run)
-    identical = run_difference(run) is None
+    figures = race_figures(run)
+    ratio, identical = figures["speedup"], figures["difference"] is None
     session.history.append({
         "run": run.number, "prompt": run.settings.prompt, "template": run.settings.template, "k": run.settings.k,
-        "start": run.settings.start, "tokens": len(token_ids(tr_steps)),
+        "start": run.settings.start, "tokens": len(viz.token_ids(tr_steps)),
         "mat": summarize(tr_steps).mat if tr_steps else 0.0,
         "speedup": f"{ratio:.2f}×" if ratio else "–",
         "identical": ("yes" if identical else "no") + (" so far (stopped)" if run.stopped else ""),
@@ -739,7 +671,7 @@ def build_demo(lm: LoadedModel) -> gr.Blocks:
             chart_hist = gr.Plot(viz.accepted_histogram([]), show_label=False, elem_id="chart-hist")
             chart_mat = gr.Plot(viz.mat_over_steps([]), show_label=False, elem_id="chart-mat")
         gr.Markdown("### This session's runs")
-        history = gr.Markdown(history_markdown([]), elem_classes="history")
+        history = gr.Markdown(viz.history_markdown([]), elem_classes="history")
 
         outputs = [message, ar_pane, tr_pane, stats, slider, tree, why, rows, info, lookup,
                    chart_time, chart_speedup, chart_hist, chart_mat, download, history, session]

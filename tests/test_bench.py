@@ -189,6 +189,8 @@ def test_load_questions_keeps_file_order_per_category(tmp_path, monkeypatch):
     (["--methods", "ar,tr:auto:lukewarm"], "unknown start mode 'lukewarm'"),
     (["--methods", "ar,hf:auto"], "unknown method 'hf:auto'"),
     (["--methods", "tr:paper-81"], "unknown tree template"),
+    (["--methods", "tr:dynamic-0"], "dynamic-N with N from 1 to 256"),
+    (["--methods", "tr:dynamic-x"], "dynamic-N with N from 1 to 256"),
     # Found only once the model is loaded (its position limit): still one error line, after the load bars.
     (["--model", "{tiny}", "--prompts", "{tmp}/long.jsonl"], "the prompt is too long"),
 ])
@@ -214,11 +216,11 @@ def test_tree_variants_run_side_by_side_and_stay_identical(tiny_model_dir, tmp_p
     code, stdout, _ = run_main([
         "--model", str(tiny_model_dir), "--prompts", str(write_prompts(tmp_path / "p.jsonl")), "--per-category", "1",
         "--max-new-tokens", str(MAX_NEW), "--template", "auto", "--out", str(out),
-        "--methods", "ar,tr,tr:paper-80,tr:auto-nolookup:seeded,tr:auto:hot",  # the last repeats plain `tr`
+        "--methods", "ar,tr,tr:paper-80,tr:auto-nolookup:seeded,tr:dynamic-5,tr:auto:hot",  # the last repeats `tr`
     ])
     assert code == 0
     doc = json.loads(out.read_text())
-    variants = ["tr:auto", "tr:paper-80", "tr:auto-nolookup:seeded"]
+    variants = ["tr:auto", "tr:paper-80", "tr:auto-nolookup:seeded", "tr:dynamic-5"]
     assert doc["settings"]["methods"] == ["ar", *variants]
     assert [r["method"] for r in doc["results"]] == ["ar", *variants] * 2
     assert all(r["identical_to_ar"] for r in doc["results"])

@@ -49,12 +49,12 @@ from transformers import GenerationConfig
 from . import kernels
 from .calibrate import calibrate
 from .generate import (
-    DYNAMIC_TREES, MAX_NEW_TOKENS, START_MODES, check_request, decode_steps, first_divergence, make_drafter,
-    summarize,
+    DYNAMIC_TREES, FIXED_DYNAMIC, MAX_NEW_TOKENS, START_MODES, check_request, check_tree, decode_steps,
+    first_divergence, make_drafter, summarize,
 )
 from .matrix import MAX_K, AdjacencyMatrix
 from .model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, load_model
-from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError, load_template
+from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError
 
 BENCH_METHODS = ("ar", "hf", "pld", "tr")
 BASELINES = ("ar", "hf")  # speed-up is measured against the faster of these, per category
@@ -462,8 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default=",".join(BENCH_METHODS), help="comma list of " + ", ".join(BENCH_METHODS))
     parser.add_argument("--pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for pld")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE,
-                        help=f"tree of a plain `tr` method: {', '.join([*BUILTIN_TEMPLATES, *DYNAMIC_TREES])} "
-                             "or a JSON file")
+                        help=f"tree of a plain `tr` method: {', '.join([*BUILTIN_TEMPLATES, *DYNAMIC_TREES])}, "
+                             f"{FIXED_DYNAMIC}N (best-first with lookup, always N drafts) or a JSON file")
     parser.add_argument("--k", type=int, default=8, help=f"tr candidates per matrix row (1..{MAX_K})")
     parser.add_argument("--start", default="hot", choices=START_MODES,
                         help="tr matrix: hot keeps one matrix across all prompts, cold clears it per prompt, "
@@ -487,8 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         questions = load_questions(args.prompts, args.per_category)
         check_numbers(args.max_new_tokens, args.k, args.pld_tokens, args.warmup)
         for tree, _ in filter(None, map(tr_variant, methods)):
-            if tree not in DYNAMIC_TREES:
-                load_template(tree, args.k)
+            check_tree(tree, args.k)
         out = Path(args.out)
         if not out.parent.is_dir():
             raise OSError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")

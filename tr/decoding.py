@@ -189,9 +189,10 @@ def autoregressive(
             yield totals.record(Step(index, emitted, accepted=[0], finished=finished), clock)
 
 
-def _greedy_path(draft: Draft, parents: torch.Tensor, logits: torch.Tensor) -> tuple[list[int], list[int], int]:
+def _greedy_path(draft: Draft, logits: torch.Tensor) -> tuple[list[int], list[int], int]:
     """(accepted node indices, model choices per node, bonus token), all vectorised."""
     choices = logits.argmax(-1)
+    parents = torch.tensor([max(p, 0) for p in draft.parents], device=logits.device)
     correct = draft.tokens == choices[parents]
     correct[0] = True
     ok = ~(draft.ancestors & ~correct).any(1)
@@ -269,16 +270,16 @@ def token_recycling(
             logits = clock.timed_forward(model, cache, draft.tokens, draft.depths + start, bias[None, None])
             token_list = draft.tokens.tolist()
             if sampling.greedy:
-                parents = torch.tensor([max(p, 0) for p in draft.parents], device=device)
-                path, choices, root = _greedy_path(draft, parents, logits)
+                path, choices, root = _greedy_path(draft, logits)
             else:
                 path, choices, root = _sampled_path(draft.parents, token_list, logits, sampling, generator)
             cache.keep(start, torch.tensor(path, device=device))
             rows = matrix.write(draft.tokens, logits)
             emitted, finished = _clip([token_list[i] for i in path[1:]] + [root], max_new_tokens - totals.tokens, eos)
             drafter.commit(emitted)
-            step = Step(index, emitted, token_list, draft.parents, draft.depths.tolist(), draft.ranks,
-                        draft.sources, draft.scores, draft.predicted_cost, draft.considered, choices=choices, accepted=path,
-                        rows_written=rows, finished=finished)
+            step = Step(index, emitted, token_list, tree_parents=draft.parents, tree_depths=draft.depths.tolist(),
+                        tree_ranks=draft.ranks, tree_sources=draft.sources, tree_scores=draft.scores,
+                        predicted_cost=draft.predicted_cost, considered_scores=draft.considered, choices=choices,
+                        accepted=path, rows_written=rows, finished=finished)
             matrix.stats.observe(step)
             yield totals.record(step, clock)

@@ -11,12 +11,13 @@ from .drafts import DynamicDrafter, TemplateDrafter
 from .matrix import AdjacencyMatrix
 from .model import LoadedModel
 from .sampling import GREEDY, Sampling
-from .trees import DEFAULT_TEMPLATE, DraftTree, load_template
+from .trees import DEFAULT_TEMPLATE, DraftTree, TreeError, load_template
 
 METHODS = ("ar", "tr")
 AUTO = "auto"  # dynamic best-first trees with a prompt-lookup branch, sized by the device's cost curve
 AUTO_NO_LOOKUP = "auto-nolookup"  # the same without prompt lookup, to measure what lookup adds
 DYNAMIC_TREES = (AUTO, AUTO_NO_LOOKUP)
+FIXED_DYNAMIC = "dynamic-"  # dynamic-N: the same best-first tree with lookup, always N drafts (no calibration)
 START_MODES = ("hot", "cold", "seeded")  # keep the matrix / clear it first / keep it and seed from the prompt
 MAX_NEW_TOKENS = 4096
 
@@ -82,12 +83,30 @@ def check_request(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -
         )
 
 
-def make_drafter(lm: LoadedModel, template: str | list, k: int, curve: CostCurve | None = None) -> Drafter:
-    """The drafter for `auto` / `auto-nolookup` or for a named, JSON-file or listed template.
+def fixed_dynamic_size(template: str) -> int:
+    """N of a ``dynamic-N`` tree name; raises `TreeError` when N is not a whole number from 1 to 256."""
+    size = template.removeprefix(FIXED_DYNAMIC)
+    if not size.isdigit() or not 1 <= int(size) <= 256:
+        raise TreeError(f"{template!r}: a fixed dynamic tree is dynamic-N with N from 1 to 256, e.g. dynamic-16")
+    return int(size)
 
-    Dynamic trees need the device's cost curve: without `curve`, it is calibrated on first use
-    (a few seconds) and cached on disk. Templates take it only to report their predicted cost.
+
+def check_tree(template: str | list, k: int) -> None:
+    """Raise `TreeError` for a tree `make_drafter` would reject, without needing the model."""
+    if isinstance(template, str) and template.startswith(FIXED_DYNAMIC):
+        fixed_dynamic_size(template)
+    elif template not in DYNAMIC_TREES:
+        load_template(template, k)
+
+
+def make_drafter(lm: LoadedModel, template: str | list, k: int, curve: CostCurve | None = None) -> Drafter:
+    """The drafter for `auto` / `auto-nolookup` / `dynamic-N` or a named, JSON-file or listed template.
+
+    Sized dynamic trees need the device's cost curve: without `curve`, it is calibrated on first use
+    (a few seconds) and cached on disk. Other trees take it only to report their predicted cost.
     """
+    if isinstance(template, str) and template.startswith(FIXED_DYNAMIC):
+        return DynamicDrafter(None, max_nodes=fixed_dynamic_size(template), device=lm.device)
     if template in DYNAMIC_TREES:
         curve = curve or calibrate(lm.model, lm.name)
         return DynamicDrafter(curve, lookup=template == AUTO, device=lm.device)
