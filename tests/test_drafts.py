@@ -170,3 +170,33 @@ def test_calibration_measures_growing_costs_and_caches(tmp_path, monkeypatch):
     assert list(tmp_path.glob("calibration-*.json"))
     assert calibrate(model, "tiny", sizes=(1, 4, 64), context=32, repeats=2) == curve  # read back
     assert curve.relative(1) == 1.0 and curve.cost(2) > 0
+
+
+def test_children_never_claim_more_than_their_parent():
+    """Siblings exclude one another (at most one is the model's choice), so their chances sum to at most 1."""
+    matrix = confident_matrix()
+    matrix.probs[:] = torch.tensor([0.95, 0.9, 0.9, 0.9, 0.5, 0.5, 0.5, 0.5])  # rows that overstate
+    draft = DynamicDrafter(FREE, lookup=False).draft(0, matrix)
+    for node, score in enumerate(draft.scores):
+        children = [draft.scores[c] for c, p in enumerate(draft.parents) if p == node and c]
+        assert sum(children) <= score + 1e-9
+
+
+def test_pair_rows_hold_top_k_after_two_tokens_and_are_drafted_from():
+    model = tiny_model("llama", VOCAB, seed=0)
+    matrix = AdjacencyMatrix(VOCAB, 4)
+    prompt = [1, 2, 3]
+    steps = list(token_recycling(model, prompt, 12, matrix, DynamicDrafter(None, max_nodes=4), seed_from_prompt=True))
+    committed = prompt + tokens_of(steps[:-1])  # the last step's root is committed[-1]
+    with torch.no_grad():
+        logits = model(torch.tensor([committed])).logits[0, -1]
+    assert steps[-1].tree_tokens[0] == committed[-1]
+    assert matrix.pair_row(committed[-2], committed[-1])[0] == logits.topk(4).indices.tolist()
+    assert matrix.pair_row(2, 3) is not None  # seeded from the prompt
+    # A drafter rooted at a pair it has seen drafts from that pair's row first.
+    drafter = DynamicDrafter(None, max_nodes=1, lookup=False)
+    drafter.begin([7, 8])
+    matrix.reset()
+    matrix.pairs[(7, 8)] = ([42, 43, 44, 45], [0.9, 0.05, 0.03, 0.02])
+    draft = drafter.draft(8, matrix)
+    assert draft.tokens.tolist() == [8, 42] and draft.sources[1] == "c9"

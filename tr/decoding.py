@@ -252,8 +252,8 @@ def token_recycling(
         logits = clock.timed_forward(
             model, cache, ids, torch.arange(len(ids), device=device), last_only=not seed_from_prompt
         )
-        rows = matrix.write(ids, logits) if seed_from_prompt else []
-        root = int(choose(logits[-1], sampling, generator))
+        rows = matrix.write(ids, logits, [-1, *prompt_ids[:-1]]) if seed_from_prompt else []
+        root, before_root = int(choose(logits[-1], sampling, generator)), int(prompt_ids[-1])
         emitted, finished = _clip([root], max_new_tokens, eos)
         drafter.commit(emitted)
         yield totals.record(Step(0, emitted, rows_written=rows, finished=finished), clock)
@@ -274,7 +274,9 @@ def token_recycling(
             else:
                 path, choices, root = _sampled_path(draft.parents, token_list, logits, sampling, generator)
             cache.keep(start, torch.tensor(path, device=device))
-            rows = matrix.write(draft.tokens, logits)
+            previous = [before_root, *(token_list[p] for p in draft.parents[1:])]
+            rows = matrix.write(draft.tokens, logits, previous)
+            before_root = token_list[path[-1]]
             emitted, finished = _clip([token_list[i] for i in path[1:]] + [root], max_new_tokens - totals.tokens, eos)
             drafter.commit(emitted)
             step = Step(index, emitted, token_list, tree_parents=draft.parents, tree_depths=draft.depths.tolist(),

@@ -8,8 +8,9 @@ decides speed.
 - `TemplateDrafter`: the paper's method, a fixed template filled breadth-first from the matrix.
 - `DynamicDrafter` (the `auto` tree): a fresh tree each step, grown best-first by each node's estimated
   chance of being accepted (the product, along its path, of the acceptance rate of its source: matrix
-  candidates by the probability the model gave them, prompt-lookup copies by n-gram length). Beside the
-  matrix candidates it offers the continuation of the latest earlier occurrence of the text's last
+  candidates by the probability the model gave them, prompt-lookup copies by n-gram length). It drafts
+  from the row of the node's token and, where there is one, from the row of the pair (parent token,
+  token), which knows one more token of context. Beside the matrix candidates it offers the continuation of the latest earlier occurrence of the text's last
   n-gram (prompt lookup), which is what wins on summaries and retrieval answers. It stops growing at the
   size that maximises expected tokens per unit of verification cost, read off the device's calibrated
   cost curve: a large tree where verification is nearly free, a small one where it is not.
@@ -157,6 +158,7 @@ class DynamicDrafter:
     def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
         chain, match = self.index.continuation(self.max_depth) if self.lookup else ([], 0)
         stats, rates = matrix.stats, {}
+        before_root = self.index.tokens[-2] if len(self.index.tokens) >= 2 else -1
 
         def rate(source: str) -> float:
             if source not in rates:
@@ -165,39 +167,54 @@ class DynamicDrafter:
 
         tokens, parents, ranks, sources, scores, depths = [root], [-1], [-1], [""], [1.0], [0]
         children: list[set[int]] = [set()]
+        claimed = [0.0]  # per node: the chance its children already took (one child at most is right)
         chain_next = {0: 0}  # node on the lookup branch -> index in `chain` of the token after it
-        heap: list[tuple[float, int, int, int, int, str]] = []
+        heap: list[tuple[float, int, int, int, int, str, float]] = []
         order = itertools.count()  # ties break by push order, so trees are deterministic
+
+        def push(parent: int, token: int, rank: int, source: str, chance: float) -> None:
+            heapq.heappush(heap, (-scores[parent] * chance, next(order), parent, token, rank, source, chance))
 
         def expand(node: int) -> None:
             if depths[node] >= self.max_depth:
                 return
-            token, score = tokens[node], scores[node]
+            token, rows = tokens[node], []
+            pair = matrix.pair_row(tokens[parents[node]] if node else before_root, token)
+            if pair is not None:
+                rows.append((*pair, True))
             if bool(matrix.filled[token]):
-                row, probabilities = matrix.table[token].tolist(), matrix.probs[token].tolist()
+                rows.append((matrix.table[token].tolist(), matrix.probs[token].tolist(), False))
+            for row, probabilities, from_pair in rows:
                 for rank, (child, p) in enumerate(zip(row, probabilities)):
-                    source = confidence_source(p)
-                    heapq.heappush(heap, (-score * rate(source), next(order), node, child, rank, source))
+                    source = confidence_source(p, from_pair)
+                    push(node, child, rank, source, rate(source))
             j = chain_next.get(node)
             if j is not None and j < len(chain):
                 source = lookup_source(match)
-                heapq.heappush(heap, (-score * rate(source), next(order), node, chain[j], LOOKUP, source))
+                push(node, chain[j], LOOKUP, source, rate(source))
 
         expand(0)
         expected, best_size, best_ratio = 1.0, 1, 1.0 / self._cost(1)
         while heap and len(tokens) <= self.max_nodes:
-            negative, _, parent, token, rank, source = heapq.heappop(heap)
+            _, _, parent, token, rank, source, chance = heapq.heappop(heap)
             if token in children[parent]:
                 continue
+            room = 1.0 - claimed[parent]
+            if chance > room + 1e-9:  # better siblings took most of the parent's chance: worth only the rest
+                if room > 1e-6:
+                    push(parent, token, rank, source, room)
+                continue
+            claimed[parent] += chance
             node = len(tokens)
             children[parent].add(token)
             children.append(set())
+            claimed.append(0.0)
             tokens.append(token), parents.append(parent), ranks.append(rank), sources.append(source)
-            scores.append(-negative), depths.append(depths[parent] + 1)
+            scores.append(scores[parent] * chance), depths.append(depths[parent] + 1)
             j = chain_next.get(parent)
             if j is not None and j < len(chain) and chain[j] == token:
                 chain_next[node] = j + 1
-            expected += -negative
+            expected += scores[node]
             ratio = expected / self._cost(node + 1)
             if ratio >= best_ratio or self.curve is None:
                 best_size, best_ratio = node + 1, ratio

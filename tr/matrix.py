@@ -2,12 +2,14 @@
 
 Rows are overwritten, never averaged: the matrix always holds the most recent "trash" candidates,
 which is what the paper recycles. Beside each candidate it keeps the probability the model gave it,
-which the dynamic drafter uses to decide which branches are worth verifying. It lives on the model's device and persists across calls (hot
+which the dynamic drafter uses to decide which branches are worth verifying, and it keeps a second
+table keyed by pairs of tokens (see `pair_row`). It lives on the model's device and persists across calls (hot
 start) until `reset`.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +17,7 @@ import torch
 from .acceptance import AcceptanceStats
 
 MAX_K = 32
+MAX_PAIRS = 1 << 18  # pair rows kept (about 100 MB of Python lists at k=8); the oldest go first
 
 
 @dataclass
@@ -39,12 +42,16 @@ class AdjacencyMatrix:
         self.table = torch.zeros(vocab_size, k, dtype=torch.long, device=device)
         self.probs = torch.zeros(vocab_size, k, dtype=torch.float32, device=device)
         self.filled = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        # Rows keyed by two tokens: what the model predicted after `b` when `b` followed `a`. A second
+        # order of the same recycling, which the dynamic drafter prefers where it has one.
+        self.pairs: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
         self.stats = AcceptanceStats(k)
 
     def reset(self) -> None:
         self.table.zero_()
         self.probs.zero_()
         self.filled.zero_()
+        self.pairs.clear()
         self.stats.reset()
 
     @property
@@ -61,25 +68,42 @@ class AdjacencyMatrix:
             raise ValueError(f"token id {token} is outside the vocabulary (0..{self.vocab_size - 1})")
         return self.table[token].tolist() if bool(self.filled[token]) else None
 
-    def write(self, tokens: torch.Tensor, logits: torch.Tensor) -> list[RowWrite]:
-        """Overwrite the row of each token with the top-k of the logits at its position.
+    def pair_row(self, previous: int, token: int) -> tuple[list[int], list[float]] | None:
+        """Candidates and probabilities last seen after the two tokens `previous`, `token`, if any."""
+        return self.pairs.get((previous, token))
+
+    def write(self, tokens: torch.Tensor, logits: torch.Tensor, previous: list[int] | None = None) -> list[RowWrite]:
+        """Overwrite the row of each token with the top-k of the logits at its position, and, where
+        `previous` names the token before it (-1: unknown), the row of that pair of tokens.
 
         A token that occurs several times keeps its last occurrence (deepest in the tree), so the
         result does not depend on how a device orders duplicate writes.
         """
         token_list = tokens.tolist()
+        rows = logits.float()
+        top = rows.topk(self.k, dim=-1)
+        probs = (top.values - rows.logsumexp(-1, keepdim=True)).exp()
+        if previous is not None:
+            self._write_pairs(previous, token_list, top.indices.tolist(), probs.tolist())
         last = {token: i for i, token in enumerate(token_list)}
         index = torch.tensor(list(last.values()), device=tokens.device)
-        unique = tokens[index]
-        rows = logits[index].float()
-        top = rows.topk(self.k, dim=-1)
-        new = top.indices
+        unique, new = tokens[index], top.indices[index]
         old = self.table[unique]
         was_filled = self.filled[unique]
         self.table[unique] = new
-        self.probs[unique] = (top.values - rows.logsumexp(-1, keepdim=True)).exp()
+        self.probs[unique] = probs[index]
         self.filled[unique] = True
         return [
             RowWrite(token, o, n, f)
             for token, o, n, f in zip(last, old.tolist(), new.tolist(), was_filled.tolist())
         ]
+
+    def _write_pairs(self, previous: list[int], tokens: list[int], candidates: list[list[int]],
+                     probs: list[list[float]]) -> None:
+        for before, token, row, p in zip(previous, tokens, candidates, probs):
+            if before >= 0:
+                self.pairs.pop((before, token), None)  # re-insert: the dict's order is last-written order
+                self.pairs[(before, token)] = (row, p)
+        if len(self.pairs) > MAX_PAIRS:  # forget the least recently written quarter
+            for key in list(itertools.islice(self.pairs, MAX_PAIRS // 4)):
+                del self.pairs[key]

