@@ -35,6 +35,7 @@ def test_cpu_lm_head_equals_the_linear_head(rows):
     assert head.weight is linear.weight
     assert torch.allclose(head(hidden), linear(hidden), rtol=1e-5, atol=1e-4)
     assert torch.allclose(head(hidden[:, -1:]), linear(hidden[:, -1:]), rtol=1e-5, atol=1e-4)
+    assert head.double().weight_t.dtype == torch.float64  # the copy moves with the module
 
 
 def test_installed_only_where_it_applies_and_decoding_is_unchanged():

@@ -60,7 +60,8 @@ class CpuLmHead(torch.nn.Module):
     def __init__(self, head: torch.nn.Linear):
         super().__init__()
         self.weight = head.weight
-        self.weight_t = head.weight.detach().t().contiguous()
+        # A buffer, so moving the model to another device moves the copy too (not saved with the model).
+        self.register_buffer("weight_t", head.weight.detach().t().contiguous(), persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = hidden.reshape(-1, hidden.shape[-1])
