@@ -33,6 +33,7 @@ def test_cpu_lm_head_equals_the_linear_head(rows):
     hidden = torch.randn(2, rows, 64, generator=generator)
     head = kernels.CpuLmHead(linear)
     assert head.weight is linear.weight
+    assert head(hidden).is_contiguous()  # what argmax and top-k read fast
     assert torch.allclose(head(hidden), linear(hidden), rtol=1e-5, atol=1e-4)
     assert torch.allclose(head(hidden[:, -1:]), linear(hidden[:, -1:]), rtol=1e-5, atol=1e-4)
     assert head.double().weight_t.dtype == torch.float64  # the copy moves with the module

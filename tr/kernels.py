@@ -65,7 +65,8 @@ class CpuLmHead(torch.nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = hidden.reshape(-1, hidden.shape[-1])
-        logits = rows @ self.weight_t if rows.shape[0] == 1 else (self.weight @ rows.t()).t()
+        # Contiguous rows: argmax, top-k and softmax over a transposed result cost several times more.
+        logits = rows @ self.weight_t if rows.shape[0] == 1 else (self.weight @ rows.t()).t().contiguous()
         return logits.reshape(*hidden.shape[:-1], -1)
 
 
