@@ -39,8 +39,8 @@ def benchmark_figure(table: list[dict], title: str = "") -> go.Figure:
                         hovertemplate=f"{method}<br>%{{x}}: %{{y:.2f}}<extra></extra>")
     fig.add_hline(y=1.0, line=dict(color="#111827", width=1, dash="dot"), row=1, col=1)
     fig.update_layout(template=TEMPLATE, font=FONT, barmode="group", height=640, width=1200,
-                      title=dict(text=title, x=0.02), legend=dict(orientation="h", y=1.08, x=0),
-                      margin=dict(l=60, r=20, t=110, b=60))
+                      title=dict(text=title, x=0.02), legend=dict(orientation="h", y=1.13, x=0),
+                      margin=dict(l=60, r=20, t=130, b=60))
     return fig
 
 
