@@ -13,7 +13,7 @@ from tr.calibrate import CostCurve, calibrate
 from tr.decoding import autoregressive, token_recycling
 from tr.drafts import LOOKUP, DynamicDrafter, NgramIndex
 from tr.matrix import AdjacencyMatrix
-from tr.trees import DraftTree, grow, load_template
+from tr.trees import DraftTree, load_template
 
 VOCAB = 96
 FREE = CostCurve([1, 8, 16, 32, 81], [0.010, 0.0101, 0.0102, 0.0104, 0.0108], 256, "cuda")
@@ -121,15 +121,6 @@ def test_prompt_lookup_is_accepted_on_repetitive_text_and_exact():
     looked_up = sum(s.tree_ranks[n] == LOOKUP for s in steps[1:] for n in s.accepted[1:])
     drafted = sum(r == LOOKUP for s in steps[1:] for r in s.tree_ranks)
     assert drafted > 0 and looked_up > 0
-
-
-def test_grown_probabilities_are_products_of_rates():
-    rates = torch.rand(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.9
-    for path, p in grow(rates.tolist(), 30, 6):
-        expected = 1.0
-        for depth, rank in enumerate(path):
-            expected *= float(rates[depth, rank])
-        assert abs(p - expected) < 1e-12
 
 
 def test_statistics_count_reached_and_correct_nodes():

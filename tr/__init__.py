@@ -6,7 +6,8 @@ from . import kernels  # noqa: F401  isort: skip
 from .decoding import Step, autoregressive, token_recycling
 from .drafts import Draft, DynamicDrafter, TemplateDrafter
 from .generate import (
-    AUTO, AUTO_NO_LOOKUP, METHODS, START_MODES, Generation, Stats, decode_steps, first_divergence, generate, make_drafter, summarize,
+    AUTO, AUTO_NO_LOOKUP, METHODS, START_MODES, Generation, Stats, decode_steps, first_divergence, generate,
+    make_drafter, summarize,
 )
 from .matrix import AdjacencyMatrix, RowWrite
 from .model import BUNDLED, LoadedModel, ModelLoadError, load_model
@@ -15,8 +16,9 @@ from .sampling import GREEDY, Sampling
 from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, DraftTree, TreeError, load_template
 
 __all__ = [
-    "AdjacencyMatrix", "Draft", "DynamicDrafter", "TemplateDrafter", "BUILTIN_TEMPLATES", "BUNDLED", "DEFAULT_TEMPLATE", "DraftTree", "GREEDY", "Generation",
-    "LoadedModel", "METHODS", "ModelLoadError", "RowWrite", "START_MODES", "Sampling", "Stats", "Step",
-    "TreeError", "AUTO", "AUTO_NO_LOOKUP", "autoregressive", "decode_steps", "first_divergence", "make_drafter", "generate", "load_model", "load_template", "race",
-    "summarize", "token_recycling",
+    "AUTO", "AUTO_NO_LOOKUP", "AdjacencyMatrix", "BUILTIN_TEMPLATES", "BUNDLED", "DEFAULT_TEMPLATE", "Draft",
+    "DraftTree", "DynamicDrafter", "GREEDY", "Generation", "LoadedModel", "METHODS", "ModelLoadError", "RowWrite",
+    "START_MODES", "Sampling", "Stats", "Step", "TemplateDrafter", "TreeError", "autoregressive", "decode_steps",
+    "first_divergence", "generate", "load_model", "load_template", "make_drafter", "race", "summarize",
+    "token_recycling",
 ]

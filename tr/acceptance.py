@@ -3,7 +3,7 @@
 For every tree node whose parent was on the accepted path, count whether the node's token was the
 model's own choice after that parent, two ways:
 
-- by tree depth and candidate rank (what the paper's static templates are shaped by, shown in the app);
+- by tree depth and candidate rank (the axes the paper's static templates are shaped along);
 - by where the node came from (its source): a candidate from a one-token row (q0..q9) or from a pair
   row (c0..c9), bucketed by the probability the model gave it when the row was written, or a
   prompt-lookup copy, by the length of the n-gram match. These rates are the dynamic drafter's
@@ -11,10 +11,6 @@ model's own choice after that parent, two ways:
 """
 
 from __future__ import annotations
-
-import torch
-
-from .trees import RANK_PRIOR
 
 MAX_DEPTH = 8
 PRIOR_WEIGHT = 4.0  # pseudo-observations that keep early estimates near their prior
@@ -76,11 +72,3 @@ class AcceptanceStats:
         """Estimated chance that a reached node from `source` is right."""
         reached, correct = self.by_source.get(source, (0, 0))
         return (correct + PRIOR_WEIGHT * source_prior(source)) / (reached + PRIOR_WEIGHT)
-
-    def rates(self) -> torch.Tensor:
-        """(max_depth, k) estimated chance that a reached node of that depth and rank is right."""
-        prior = torch.tensor([RANK_PRIOR[r] if r < len(RANK_PRIOR) else RANK_PRIOR[-1] / 2 for r in range(self.k)],
-                             dtype=torch.float64)
-        correct = torch.tensor(self.correct, dtype=torch.float64)
-        reached = torch.tensor(self.reached, dtype=torch.float64)
-        return (correct + PRIOR_WEIGHT * prior) / (reached + PRIOR_WEIGHT)

@@ -223,7 +223,7 @@ def run_own(lm: LoadedModel, prompt_ids: list[int], method: str, max_new_tokens:
 
 def make_runners(lm: LoadedModel, methods: Sequence[str], max_new_tokens: int, pld_tokens: int, k: int) -> dict:
     """One callable `prompt_ids -> figures` per method; each TR variant's matrix is shared by all prompts."""
-    runners = {}
+    runners, curve = {}, None
     for method in methods:
         if method == "ar":
             runners[method] = lambda ids: run_own(lm, ids, "ar", max_new_tokens)
@@ -233,7 +233,8 @@ def make_runners(lm: LoadedModel, methods: Sequence[str], max_new_tokens: int, p
         elif variant := tr_variant(method):
             tree, start = variant
             matrix = AdjacencyMatrix(lm.vocab_size, k, device=lm.device)
-            drafter = make_drafter(lm, tree, k, calibrate(lm.model, lm.name))
+            curve = curve or calibrate(lm.model, lm.name)  # once: every variant reads the same device curve
+            drafter = make_drafter(lm, tree, k, curve)
             runners[method] = lambda ids, matrix=matrix, drafter=drafter, start=start: run_own(
                 lm, ids, "tr", max_new_tokens, matrix=matrix, tree=drafter, start=start
             )

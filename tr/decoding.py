@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .drafts import Draft, Drafter, TemplateDrafter
 from .kv_cache import PreallocatedCache
 from .matrix import AdjacencyMatrix, RowWrite
 from .sampling import GREEDY, Sampling, choose
-from .drafts import Draft, DynamicDrafter, TemplateDrafter
 from .trees import DraftTree
-
-Drafter = TemplateDrafter | DynamicDrafter
 
 
 @dataclass

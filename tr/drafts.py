@@ -28,7 +28,7 @@ import torch
 
 from .acceptance import AcceptanceStats, confidence_source, lookup_source
 from .matrix import AdjacencyMatrix
-from .trees import DraftTree
+from .trees import DraftTree, ancestor_mask
 
 if TYPE_CHECKING:  # calibrate imports the decoder, which imports this module
     from .calibrate import CostCurve
@@ -116,17 +116,6 @@ class NgramIndex:
             if start is not None:
                 return self.tokens[start : start + length], n
         return [], 0
-
-
-def ancestor_mask(parents: Sequence[int], depth: int, device: torch.device | str) -> torch.Tensor:
-    """(n, n) bool ancestors-or-self, by `depth` rounds of following parent pointers."""
-    n = len(parents)
-    eye = torch.eye(n, dtype=torch.bool, device=device)
-    up = torch.tensor([max(p, 0) for p in parents], device=device)
-    mask = eye
-    for _ in range(depth):
-        mask = eye | mask[up]
-    return mask
 
 
 class DynamicDrafter:
@@ -229,3 +218,6 @@ class DynamicDrafter:
             ancestors=ancestor_mask(parents[:n], max(depths[:n]), self.device),
             predicted_cost=self._cost(n) if self.curve else 0.0, considered=scores[1:],
         )
+
+
+Drafter = TemplateDrafter | DynamicDrafter

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .calibrate import CostCurve, calibrate
-from .decoding import Drafter, Step, autoregressive, token_recycling
-from .drafts import DynamicDrafter, TemplateDrafter
+from .decoding import Step, autoregressive, token_recycling
+from .drafts import Drafter, DynamicDrafter, TemplateDrafter
 from .matrix import AdjacencyMatrix
 from .model import LoadedModel
 from .sampling import GREEDY, Sampling

@@ -27,29 +27,33 @@ class TreeError(ValueError):
     """A template that cannot be used as a draft tree."""
 
 
-def grow(rates: list[list[float]], budget: int, max_depth: int) -> list[tuple[Path_, float]]:
-    """Up to `budget` paths in best-first order of the product of `rates[depth][rank]` along them,
-    each with that product. Products shrink along a path, so every prefix of the result is closed
-    under parents."""
-    k = len(rates[0])
-    chosen: list[tuple[Path_, float]] = []
-    heap = [(-rates[0][r], (r,)) for r in range(k)]
+def best_first_paths(budget: int, max_depth: int, prior: tuple[float, ...] = RANK_PRIOR) -> list[Path_]:
+    """The `budget` paths with the highest product of rank priors, at most `max_depth` deep.
+
+    Products shrink along a path, so the chosen set is closed under parents; sorting by depth then
+    gives a valid template.
+    """
+    chosen: list[Path_] = []
+    heap = [(-p, (rank,)) for rank, p in enumerate(prior)]
     heapq.heapify(heap)
     while heap and len(chosen) < budget:
-        neg, path = heapq.heappop(heap)
-        chosen.append((path, -neg))
-        depth = len(path)
-        if depth < min(max_depth, len(rates)):
-            for r in range(k):
-                heapq.heappush(heap, (neg * rates[depth][r], path + (r,)))
-    return chosen
+        neg_score, path = heapq.heappop(heap)
+        chosen.append(path)
+        if len(path) < max_depth:
+            for rank, p in enumerate(prior):
+                heapq.heappush(heap, (neg_score * p, path + (rank,)))
+    return sorted(chosen, key=lambda path: (len(path), path))
 
 
-def best_first_paths(budget: int, max_depth: int, prior: tuple[float, ...] = RANK_PRIOR) -> list[Path_]:
-    """The `budget` paths with the highest product of rank priors, at most `max_depth` deep, as a
-    template (sorted by depth)."""
-    grown = grow([list(prior)] * max_depth, budget, max_depth)
-    return sorted((path for path, _ in grown), key=lambda path: (len(path), path))
+def ancestor_mask(parents: list[int], depth: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n, n) bool ancestors-or-self of a tree given by parent indices (-1 for the root), `depth` deep."""
+    n = len(parents)
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    up = torch.tensor([max(p, 0) for p in parents], device=device)
+    mask = eye
+    for _ in range(depth):  # each round follows parent pointers one level further up
+        mask = eye | mask[up]
+    return mask
 
 
 # 80 draft nodes, depth 6, widest in the middle layers (8, 18, 22, 14, 11, 7): the size and shape of
@@ -139,13 +143,7 @@ class DraftTree:
             parents.append(index[path[:-1]])
             ranks.append(path[-1])
             depths.append(len(path))
-        n = len(parents)
-        ancestors = torch.zeros(n, n, dtype=torch.bool)
-        for i in range(n):
-            j = i
-            while j >= 0:
-                ancestors[i, j] = True
-                j = parents[j]
+        ancestors = ancestor_mask(parents, max(depths))
         parents_t = torch.tensor(parents)
         ranks_t = torch.tensor(ranks)
         depths_t = torch.tensor(depths)
