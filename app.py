@@ -179,7 +179,7 @@ class Session:
         if self.matrix is not None and self.matrix.k == k:
             return self.matrix, False
         replaced = self.matrix is not None
-        self.matrix = AdjacencyMatrix(lm.vocab_size, k, device=lm.device)
+        self.matrix = AdjacencyMatrix(lm.vocab_size, k)
         return self.matrix, replaced
 
 

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from tiny_models import ARCHITECTURES, tiny_model
+from tiny_models import ARCHITECTURES, DEVICE, tiny_model
 from tr.acceptance import confidence_source
 from tr.calibrate import CostCurve, calibrate
 from tr.decoding import autoregressive, token_recycling
@@ -146,10 +146,10 @@ def test_matrix_keeps_candidate_probabilities():
     next(token_recycling(model, prompt, 5, matrix, DraftTree.from_paths(load_template("tiny-4", 4)),
                          seed_from_prompt=True))
     with torch.no_grad():
-        probs = model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
+        probs = model(torch.tensor([prompt], device=DEVICE)).logits[0, -1].softmax(-1)
     top = probs.topk(4)
     assert matrix.row(3) == top.indices.tolist()
-    assert torch.allclose(matrix.probs[3].double(), top.values, atol=1e-6)
+    assert torch.allclose(matrix.probs[3].double(), top.values.cpu(), atol=1e-6)
     assert confidence_source(0.999) == "q9" and confidence_source(0.0) == "q0"
 
 
@@ -180,7 +180,7 @@ def test_pair_rows_hold_top_k_after_two_tokens_and_are_drafted_from():
     steps = list(token_recycling(model, prompt, 12, matrix, DynamicDrafter(None, max_nodes=4), seed_from_prompt=True))
     committed = prompt + tokens_of(steps[:-1])  # the last step's root is committed[-1]
     with torch.no_grad():
-        logits = model(torch.tensor([committed])).logits[0, -1]
+        logits = model(torch.tensor([committed], device=DEVICE)).logits[0, -1]
     assert steps[-1].tree_tokens[0] == committed[-1]
     assert matrix.pair_row(committed[-2], committed[-1])[0] == logits.topk(4).indices.tolist()
     assert matrix.pair_row(2, 3) is not None  # seeded from the prompt

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from tiny_models import ARCHITECTURES, tiny_model
+from tiny_models import ARCHITECTURES, DEVICE, tiny_model
 from tr.decoding import autoregressive, token_recycling
 from tr.matrix import AdjacencyMatrix
 from tr.trees import BUILTIN_TEMPLATES, DraftTree, load_template
@@ -122,7 +122,7 @@ def test_matrix_rows_hold_top_k_of_the_last_pass():
     prefix = [1, 2, 3] + tokens_of(steps[:-1])
     root = last.tree_tokens[0]
     with torch.no_grad():
-        logits = model(torch.tensor([prefix])).logits[0, -1]
+        logits = model(torch.tensor([prefix], device=DEVICE)).logits[0, -1]
     assert written[root] == logits.topk(4).indices.tolist()
 
 
@@ -134,6 +134,6 @@ def test_prompt_seeding_fills_prompt_rows():
                                  seed_from_prompt=True))
     assert sorted(w.token for w in first.rows_written) == prompt
     with torch.no_grad():
-        logits = model(torch.tensor([prompt])).logits[0]
+        logits = model(torch.tensor([prompt], device=DEVICE)).logits[0]
     for i, token in enumerate(prompt):
         assert matrix.row(token) == logits[i].topk(8).indices.tolist()

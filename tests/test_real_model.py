@@ -25,8 +25,8 @@ def spread_over_categories(questions: list[dict], count: int) -> list[dict]:
 
 
 def test_recycling_is_lossless_on_spec_bench(real_lm, spec_bench_questions):
-    matrix = AdjacencyMatrix(real_lm.vocab_size, device=real_lm.device)
-    trees = [DraftTree.from_paths(load_template(name, 8), real_lm.device) for name in TEMPLATES]
+    matrix = AdjacencyMatrix(real_lm.vocab_size)
+    trees = [DraftTree.from_paths(load_template(name, 8)) for name in TEMPLATES]
     questions = spread_over_categories(spec_bench_questions, 10)
     assert len({q["category"] for q in questions}) == 10
     drafts = 0

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
-from tiny_models import tiny_model
+from tiny_models import DEVICE, tiny_model
 from tr.decoding import autoregressive, token_recycling
 from tr.drafts import DynamicDrafter
 from tr.matrix import AdjacencyMatrix
@@ -37,7 +37,7 @@ def exact_distribution(model, sampling: Sampling) -> dict[tuple[int, ...], float
         for _ in range(LENGTH):
             nxt = {}
             for prefix, p in probs.items():
-                logits = model(torch.tensor([PROMPT + list(prefix)])).logits[0, -1]
+                logits = model(torch.tensor([PROMPT + list(prefix)], device=DEVICE)).logits[0, -1]
                 for token, q in enumerate(next_token_probs(logits, sampling).tolist()):
                     if q > 0:
                         nxt[prefix + (token,)] = p * q

@@ -1,11 +1,18 @@
-"""Tiny randomly initialised causal LMs of several architectures, built from configs (no downloads)."""
+"""Tiny randomly initialised causal LMs of several architectures, built from configs (no downloads).
+
+They live on `$TR_TEST_DEVICE` (default cpu), so the same lossless tests can check a GPU: run
+`TR_TEST_DEVICE=cuda python -m pytest tests/test_lossless.py tests/test_drafts.py tests/test_sampling.py`.
+"""
 
 from __future__ import annotations
+
+import os
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
+DEVICE = torch.device(os.environ.get("TR_TEST_DEVICE", "cpu"))
 
 
 def tiny_model(arch: str, vocab_size: int = 96, seed: int = 0, dtype: torch.dtype = torch.float64):
@@ -24,4 +31,4 @@ def tiny_model(arch: str, vocab_size: int = 96, seed: int = 0, dtype: torch.dtyp
         model = GPT2LMHeadModel(config)
     else:
         raise ValueError(arch)
-    return model.to(dtype).eval()
+    return model.to(DEVICE, dtype).eval()

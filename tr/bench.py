@@ -232,7 +232,7 @@ def make_runners(lm: LoadedModel, methods: Sequence[str], max_new_tokens: int, p
             runners[method] = lambda ids, config=config: run_hf(lm, ids, config)
         elif variant := tr_variant(method):
             tree, start = variant
-            matrix = AdjacencyMatrix(lm.vocab_size, k, device=lm.device)
+            matrix = AdjacencyMatrix(lm.vocab_size, k)
             curve = curve or calibrate(lm.model, lm.name)  # once: every variant reads the same device curve
             drafter = make_drafter(lm, tree, k, curve)
             runners[method] = lambda ids, matrix=matrix, drafter=drafter, start=start: run_own(

@@ -188,9 +188,9 @@ def autoregressive(
 
 
 def _greedy_path(draft: Draft, logits: torch.Tensor) -> tuple[list[int], list[int], int]:
-    """(accepted node indices, model choices per node, bonus token), all vectorised."""
-    choices = logits.argmax(-1)
-    parents = torch.tensor([max(p, 0) for p in draft.parents], device=logits.device)
+    """(accepted node indices, model choices per node, bonus token), vectorised on the CPU beside the draft."""
+    choices = logits.argmax(-1).cpu()  # the step's one wait for the device
+    parents = torch.tensor([max(p, 0) for p in draft.parents])
     correct = draft.tokens == choices[parents]
     correct[0] = True
     ok = ~(draft.ancestors & ~correct).any(1)
@@ -239,8 +239,6 @@ def token_recycling(
     if matrix.vocab_size != _vocab_size(model):
         raise ValueError(f"matrix has {matrix.vocab_size} rows but the model has {_vocab_size(model)} logits")
     drafter = TemplateDrafter(tree) if isinstance(tree, DraftTree) else tree
-    if matrix.table.device != device:
-        raise ValueError(f"the matrix is on {matrix.table.device}, the model on {device}")
     eos, generator, totals = set(eos_ids), sampling.generator(device), _Totals()
     cache = PreallocatedCache(len(ids) + max_new_tokens + drafter.max_size)
     drafter.begin(list(prompt_ids))
@@ -250,7 +248,7 @@ def token_recycling(
         logits = clock.timed_forward(
             model, cache, ids, torch.arange(len(ids), device=device), last_only=not seed_from_prompt
         )
-        rows = matrix.write(ids, logits, [-1, *prompt_ids[:-1]]) if seed_from_prompt else []
+        rows = matrix.write(list(prompt_ids), logits, [-1, *prompt_ids[:-1]]) if seed_from_prompt else []
         root, before_root = int(choose(logits[-1], sampling, generator)), int(prompt_ids[-1])
         emitted, finished = _clip([root], max_new_tokens, eos)
         drafter.commit(emitted)
@@ -261,11 +259,12 @@ def token_recycling(
             index += 1
             start = cache.length
             draft = drafter.draft(root, matrix)
-            if draft.tokens.device != device:
-                raise ValueError(f"the draft tree is on {draft.tokens.device}, the model on {device}")
+            tree_bias = torch.zeros(draft.size, draft.size, dtype=dtype)
+            tree_bias.masked_fill_(~draft.ancestors, torch.finfo(dtype).min)
             bias = torch.zeros(draft.size, start + draft.size, dtype=dtype, device=device)
-            bias[:, start:].masked_fill_(~draft.ancestors, torch.finfo(dtype).min)
-            logits = clock.timed_forward(model, cache, draft.tokens, draft.depths + start, bias[None, None])
+            bias[:, start:] = tree_bias.to(device)
+            positions = (draft.depths + start).to(device)
+            logits = clock.timed_forward(model, cache, draft.tokens.to(device), positions, bias[None, None])
             token_list = draft.tokens.tolist()
             if sampling.greedy:
                 path, choices, root = _greedy_path(draft, logits)
@@ -273,7 +272,7 @@ def token_recycling(
                 path, choices, root = _sampled_path(draft.parents, token_list, logits, sampling, generator)
             cache.keep(start, torch.tensor(path, device=device))
             previous = [before_root, *(token_list[p] for p in draft.parents[1:])]
-            rows = matrix.write(draft.tokens, logits, previous)
+            rows = matrix.write(token_list, logits, previous)
             before_root = token_list[path[-1]]
             emitted, finished = _clip([token_list[i] for i in path[1:]] + [root], max_new_tokens - totals.tokens, eos)
             drafter.commit(emitted)

@@ -2,8 +2,8 @@
 
 A drafter turns the last committed token into a `Draft`, the tree one verification pass checks. Its
 interface is three calls: `begin(prompt_ids)` and `commit(tokens)` let it follow the text, and
-`draft(root, matrix)` builds the tree. Verification makes every drafter lossless, so a drafter only
-decides speed.
+`draft(root, matrix)` builds the tree, on the CPU beside the matrix (the decoder moves it to the model's
+device). Verification makes every drafter lossless, so a drafter only decides speed.
 
 - `TemplateDrafter`: the paper's method, a fixed template filled breadth-first from the matrix.
 - `DynamicDrafter` (the `auto` tree): a fresh tree each step, grown best-first by each node's estimated
@@ -40,7 +40,7 @@ LOOKUP = -2  # the "rank" of a node copied from an n-gram match rather than read
 class Draft:
     """One step's tree. Node 0 is the root (the last committed token); parents come before children."""
 
-    tokens: torch.Tensor  # (n,) on the model's device
+    tokens: torch.Tensor  # (n,)
     parents: list[int]
     ranks: list[int]  # candidate rank in the parent's row; -1 for the root, LOOKUP for n-gram copies
     sources: list[str]  # acceptance-statistics key of each node ("" for the root)
@@ -84,7 +84,7 @@ class TemplateDrafter:
 
     def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
         tree = self.tree
-        tokens = tree.fill(torch.tensor(root, device=tree.parents.device), matrix.table)
+        tokens = tree.fill(torch.tensor(root), matrix.table)
         probabilities = matrix.probs[tokens[tree.parents[1:]], tree.ranks[1:]].tolist()
         sources = [""] + [confidence_source(p) for p in probabilities]
         scores = path_scores(self.parents, sources, matrix.stats)
@@ -126,11 +126,11 @@ class DynamicDrafter:
     """
 
     def __init__(self, curve: CostCurve | None = None, max_nodes: int = 80, max_depth: int = 10,
-                 lookup: bool = True, lookahead: int = 8, device: torch.device | str = "cpu"):
+                 lookup: bool = True, lookahead: int = 8):
         if not 1 <= max_nodes <= 256:
             raise ValueError(f"max_nodes must be from 1 to 256, got {max_nodes}")
         self.curve, self.max_nodes, self.max_depth = curve, max_nodes, max_depth
-        self.lookup, self.lookahead, self.device = lookup, lookahead, torch.device(device)
+        self.lookup, self.lookahead = lookup, lookahead
         self.max_size = max_nodes + 1  # the root included
         self.index = NgramIndex()
 
@@ -212,10 +212,8 @@ class DynamicDrafter:
             expand(node)
         n = best_size
         return Draft(
-            tokens=torch.tensor(tokens[:n], device=self.device),
-            parents=parents[:n], ranks=ranks[:n], sources=sources[:n], scores=scores[:n],
-            depths=torch.tensor(depths[:n], device=self.device),
-            ancestors=ancestor_mask(parents[:n], max(depths[:n]), self.device),
+            tokens=torch.tensor(tokens[:n]), parents=parents[:n], ranks=ranks[:n], sources=sources[:n],
+            scores=scores[:n], depths=torch.tensor(depths[:n]), ancestors=ancestor_mask(parents[:n], max(depths[:n])),
             predicted_cost=self._cost(n) if self.curve else 0.0, considered=scores[1:],
         )
 

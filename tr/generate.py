@@ -106,11 +106,11 @@ def make_drafter(lm: LoadedModel, template: str | list, k: int, curve: CostCurve
     (a few seconds) and cached on disk. Other trees take it only to report their predicted cost.
     """
     if isinstance(template, str) and template.startswith(FIXED_DYNAMIC):
-        return DynamicDrafter(None, max_nodes=fixed_dynamic_size(template), device=lm.device)
+        return DynamicDrafter(None, max_nodes=fixed_dynamic_size(template))
     if template in DYNAMIC_TREES:
         curve = curve or calibrate(lm.model, lm.name)
-        return DynamicDrafter(curve, lookup=template == AUTO, device=lm.device)
-    return TemplateDrafter(DraftTree.from_paths(load_template(template, k), lm.device), curve)
+        return DynamicDrafter(curve, lookup=template == AUTO)
+    return TemplateDrafter(DraftTree.from_paths(load_template(template, k)), curve)
 
 
 def decode_steps(
@@ -132,8 +132,8 @@ def decode_steps(
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if start not in START_MODES:
         raise ValueError(f"unknown start mode {start!r}: use one of {', '.join(START_MODES)}")
-    matrix = matrix or AdjacencyMatrix(lm.vocab_size, device=lm.device)
-    tree = tree or DraftTree.from_paths(load_template(DEFAULT_TEMPLATE, matrix.k), lm.device)
+    matrix = matrix or AdjacencyMatrix(lm.vocab_size)
+    tree = tree or DraftTree.from_paths(load_template(DEFAULT_TEMPLATE, matrix.k))
     if start == "cold":
         matrix.reset()
     return token_recycling(

@@ -3,8 +3,10 @@
 Rows are overwritten, never averaged: the matrix always holds the most recent "trash" candidates,
 which is what the paper recycles. Beside each candidate it keeps the probability the model gave it,
 which the dynamic drafter uses to decide which branches are worth verifying, and it keeps a second
-table keyed by pairs of tokens (see `pair_row`). It lives on the model's device and persists across calls (hot
-start) until `reset`.
+table keyed by pairs of tokens (see `pair_row`). It persists across calls (hot start) until `reset`.
+
+It lives on the CPU whatever the model's device: drafting reads it row by row, which on a GPU would
+cost one synchronisation per row, while a step's write needs only one copy of its top-k back.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class RowWrite:
 
 
 class AdjacencyMatrix:
-    def __init__(self, vocab_size: int, k: int = 8, device: torch.device | str = "cpu"):
+    def __init__(self, vocab_size: int, k: int = 8):
         if not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         if vocab_size < k:
@@ -39,9 +41,9 @@ class AdjacencyMatrix:
         self.k = k
         self.vocab_size = vocab_size
         # A cold row drafts token 0 everywhere: harmless, verification rejects what the model disagrees with.
-        self.table = torch.zeros(vocab_size, k, dtype=torch.long, device=device)
-        self.probs = torch.zeros(vocab_size, k, dtype=torch.float32, device=device)
-        self.filled = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        self.table = torch.zeros(vocab_size, k, dtype=torch.long)
+        self.probs = torch.zeros(vocab_size, k, dtype=torch.float32)
+        self.filled = torch.zeros(vocab_size, dtype=torch.bool)
         # Rows keyed by two tokens: what the model predicted after `b` when `b` followed `a`. A second
         # order of the same recycling, which the dynamic drafter prefers where it has one.
         self.pairs: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
@@ -72,22 +74,22 @@ class AdjacencyMatrix:
         """Candidates and probabilities last seen after the two tokens `previous`, `token`, if any."""
         return self.pairs.get((previous, token))
 
-    def write(self, tokens: torch.Tensor, logits: torch.Tensor, previous: list[int] | None = None) -> list[RowWrite]:
-        """Overwrite the row of each token with the top-k of the logits at its position, and, where
-        `previous` names the token before it (-1: unknown), the row of that pair of tokens.
+    def write(self, tokens: list[int], logits: torch.Tensor, previous: list[int] | None = None) -> list[RowWrite]:
+        """Overwrite the row of each token with the top-k of the logits at its position (on any
+        device), and, where `previous` names the token before it (-1: unknown), the row of that pair.
 
         A token that occurs several times keeps its last occurrence (deepest in the tree), so the
         result does not depend on how a device orders duplicate writes.
         """
-        token_list = tokens.tolist()
         rows = logits.float()
         top = rows.topk(self.k, dim=-1)
-        probs = (top.values - rows.logsumexp(-1, keepdim=True)).exp()
+        candidates = top.indices.cpu()
+        probs = (top.values - rows.logsumexp(-1, keepdim=True)).exp().cpu()
         if previous is not None:
-            self._write_pairs(previous, token_list, top.indices.tolist(), probs.tolist())
-        last = {token: i for i, token in enumerate(token_list)}
-        index = torch.tensor(list(last.values()), device=tokens.device)
-        unique, new = tokens[index], top.indices[index]
+            self._write_pairs(previous, tokens, candidates.tolist(), probs.tolist())
+        last = {token: i for i, token in enumerate(tokens)}
+        index = torch.tensor(list(last.values()))
+        unique, new = torch.tensor(list(last)), candidates[index]
         old = self.table[unique]
         was_filled = self.filled[unique]
         self.table[unique] = new

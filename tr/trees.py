@@ -45,11 +45,11 @@ def best_first_paths(budget: int, max_depth: int, prior: tuple[float, ...] = RAN
     return sorted(chosen, key=lambda path: (len(path), path))
 
 
-def ancestor_mask(parents: list[int], depth: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def ancestor_mask(parents: list[int], depth: int) -> torch.Tensor:
     """(n, n) bool ancestors-or-self of a tree given by parent indices (-1 for the root), `depth` deep."""
     n = len(parents)
-    eye = torch.eye(n, dtype=torch.bool, device=device)
-    up = torch.tensor([max(p, 0) for p in parents], device=device)
+    eye = torch.eye(n, dtype=torch.bool)
+    up = torch.tensor([max(p, 0) for p in parents])
     mask = eye
     for _ in range(depth):  # each round follows parent pointers one level further up
         mask = eye | mask[up]
@@ -135,7 +135,7 @@ class DraftTree:
         return len(self.layers)
 
     @classmethod
-    def from_paths(cls, paths: list[Path_], device: torch.device | str = "cpu") -> "DraftTree":
+    def from_paths(cls, paths: list[Path_]) -> "DraftTree":
         index = {(): 0}
         parents, ranks, depths = [-1], [-1], [0]
         for i, path in enumerate(paths, start=1):
@@ -150,19 +150,13 @@ class DraftTree:
         layers = []
         for d in range(1, max(depths) + 1):
             nodes = (depths_t == d).nonzero().flatten()
-            layers.append((nodes.to(device), parents_t[nodes].to(device), ranks_t[nodes].to(device)))
-        return cls(
-            paths=list(paths),
-            parents=parents_t.to(device),
-            ranks=ranks_t.to(device),
-            depths=depths_t.to(device),
-            ancestors=ancestors.to(device),
-            layers=layers,
-        )
+            layers.append((nodes, parents_t[nodes], ranks_t[nodes]))
+        return cls(paths=list(paths), parents=parents_t, ranks=ranks_t, depths=depths_t, ancestors=ancestors,
+                   layers=layers)
 
     def fill(self, root_token: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         """Draft tokens for every node, breadth-first from the adjacency matrix: one gather per layer."""
-        tokens = torch.empty(self.size, dtype=torch.long, device=matrix.device)
+        tokens = torch.empty(self.size, dtype=torch.long)
         tokens[0] = root_token
         for nodes, parents, ranks in self.layers:
             tokens[nodes] = matrix[tokens[parents], ranks]

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     document = json.loads(Path(args[0]).read_text())
     machine, settings = document["machine"], document["settings"]
-    title = (f"{Path(args[0]).name}: {machine['cpu']}, {machine['device']}, {machine['dtype']}, "
+    title = (f"{Path(args[0]).name}: {machine.get('gpu') or machine['cpu']}, {machine['device']}, {machine['dtype']}, "
              f"{settings['max_new_tokens']} new tokens")
     # Static export goes through kaleido, which drives a Chrome or Chromium found on the machine.
     benchmark_figure(document["table"], title).write_image(args[1], scale=1)
