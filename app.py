@@ -18,14 +18,10 @@ import argparse
 import html
 import json
 import logging
-import math
-import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,69 +29,31 @@ import gradio as gr
 
 import viz
 from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, howto_charts
-from tr import (
-    AUTO, BUILTIN_TEMPLATES, BUNDLED, START_MODES, AdjacencyMatrix, LoadedModel, ModelLoadError, Sampling, Step,
-    TreeError, decode_steps, load_model, load_template, make_drafter, race, summarize,
-)
+from tr import AUTO, BUNDLED, START_MODES, LoadedModel, ModelLoadError, Step, load_model
 from tr.calibrate import CostCurve, calibrate
-from tr.generate import DYNAMIC_TREES
 from tr.matrix import MAX_K
 from tr.model import DTYPES
+from tr.race import token_ids
+from tr.session import CUSTOM, CUSTOM_EXAMPLE, DECODING, MAX_NEW_TOKENS, NAMES, TEMPLATES, Run, Session, parse_settings
 
 log = logging.getLogger("token-recycling-app")
 
 PROMPTS_FILE = Path(__file__).resolve().parent / "assets" / "prompts.jsonl"
-CUSTOM = "custom JSON"
-TEMPLATES = (*DYNAMIC_TREES, *BUILTIN_TEMPLATES, CUSTOM)  # the first, auto, is the default
-CUSTOM_EXAMPLE = "[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]]"
-DECODING = ("greedy", "sampling")
-MAX_NEW_TOKENS = 1024
-MAX_PROMPT_CHARS = 8000
-MAX_TREE_NODES = 256  # a custom tree larger than this would make one step take seconds on a CPU
-MAX_TREE_JSON_CHARS = 20_000
 UPDATE_EVERY_S = 0.25  # at most ~4 UI updates a second (text panes and numbers)
 # Plotly figures are what costs the browser most (a slow machine can spend seconds per update on them and
 # stop responding, Stop button included): while running, redraw the tree less often and the charts rarely.
 TREE_EVERY_S = 2.0
 CHARTS_EVERY_S = 4.0
-HISTORY_LIMIT = 20
 QUEUE_SIZE = 16
 STATE_SESSIONS = 200  # each session holds a vocab x k matrix (~3 MB for SmolLM2): bound how many are kept
 MODEL_LOCK = threading.Lock()  # one forward pass on the model at a time, even from an abandoned (stopped) run
-NAMES = {"ar": "Autoregressive (plain decoding)", "tr": "Token Recycling"}
 
 # Fonts the browser already has: the default theme would fetch Google Fonts, which fails offline.
 THEME = gr.themes.Default(
     font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
     font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"],
 )
-CSS = """
-.gradio-container { max-width: 1500px !important; margin: 0 auto !important; }
-.title h1 { margin-bottom: 0 !important; }
-.title p { color: #4b5563; margin-top: 2px !important; }
-.intro { font-size: 14px !important; line-height: 1.5; }
-#examples .gallery-item { font-size: 13px; }
-.howto { font-size: 13px !important; color: #4b5563; line-height: 1.45; }
-.howto p { margin: 0 0 6px 0 !important; }
-.pane .tr-output > div { max-height: 420px; overflow-y: auto; }  /* scroll inside the bordered text box */
-.pane-title { font-weight: 600; font-size: 14px; margin: 0 0 2px 0; }
-.rows-box { max-height: 560px; overflow: auto; }
-.stats .headline { margin: 0 0 8px 0; display: flex; flex-wrap: wrap; gap: 8px; }
-.stats .metric { background: #f3f4f6; border-radius: 6px; padding: 4px 10px; font-size: 15px; }
-.stats .metric b { font-size: 17px; }
-.stats table { border-collapse: collapse !important; font-size: 14px; width: auto; min-width: 60%;
-  border: none !important; }
-.stats tr { border: none !important; }
-.stats th, .stats td { border: none !important; border-bottom: 1px solid #e5e7eb !important;
-  padding: 3px 12px !important; text-align: right; background: none !important; }
-.stats th:first-child, .stats td:first-child { text-align: left; color: #374151; }
-.stats .note { font-size: 13px; color: #4b5563; margin: 6px 0 0 0; }
-.stats .ok { color: #15803d; font-weight: 600; }
-.stats .bad { color: #b91c1c; font-weight: 600; }
-#rows-table th, #rows-table td { font-size: 11.5px !important; padding: 1px 3px !important; }
-.message p { margin: 2px 0 !important; }
-.history table { font-size: 13px; }
-"""
+CSS = (Path(__file__).resolve().parent / "assets" / "app.css").read_text()
 
 OUTPUTS = (
     "message", "ar_pane", "tr_pane", "stats", "slider", "tree", "why", "rows", "matrix_info", "lookup",
@@ -104,140 +62,14 @@ OUTPUTS = (
 
 
 # ---------------------------------------------------------------------------------------------------
-# Per-session state and request settings
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Settings:
-    """One validated request, as the user set it."""
-
-    prompt: str
-    max_new_tokens: int
-    template: str
-    custom_json: str
-    k: int
-    decoding: str
-    temperature: float
-    top_p: float
-    seed: int
-    start: str
-
-    def sampling(self) -> Sampling:
-        if self.decoding == "greedy":
-            return Sampling()
-        return Sampling(temperature=self.temperature, top_p=self.top_p, seed=self.seed)
-
-    def tree_paths(self) -> list[tuple[int, ...]]:
-        """The template's paths; raises TreeError with a readable reason."""
-        if self.template != CUSTOM:
-            return load_template(self.template, self.k)
-        text = self.custom_json.strip()
-        if not text:
-            raise TreeError(f"the custom tree is empty: give a JSON list of paths, e.g. {CUSTOM_EXAMPLE}")
-        if len(text) > MAX_TREE_JSON_CHARS:
-            raise TreeError(f"the custom tree JSON is too long ({len(text):,} characters, at most "
-                            f"{MAX_TREE_JSON_CHARS:,})")
-        # Parse here rather than handing the text to load_template, which would read a file by that name.
-        try:
-            paths = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise TreeError(f"the custom tree is not valid JSON: {err}") from None
-        if not isinstance(paths, list):
-            raise TreeError(f"the custom tree must be a JSON list of paths, e.g. {CUSTOM_EXAMPLE}")
-        paths = load_template(paths, self.k)
-        if len(paths) > MAX_TREE_NODES:
-            raise TreeError(f"the custom tree has {len(paths)} nodes; at most {MAX_TREE_NODES} are allowed here")
-        return paths
-
-
-@dataclass
-class Run:
-    """One race: the settings and every step record of both sides, in the order they were computed."""
-
-    number: int
-    settings: Settings
-    curve: CostCurve | None = None  # the device's verification cost, which sized the auto trees
-    steps: dict[str, list[Step]] = field(default_factory=lambda: {"ar": [], "tr": []})
-    wall_s: float = 0.0  # wall time of the whole race, rendering included (both sides, one after the other)
-    finished: bool = False
-    stopped: bool = False
-
-
-@dataclass
-class Session:
-    """What one browser session owns: its matrix (created lazily with its k), its runs, its download file."""
-
-    matrix: AdjacencyMatrix | None = None
-    run: Run | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    runs: int = 0
-    download_path: str | None = None
-
-    def matrix_for(self, lm: LoadedModel, k: int) -> tuple[AdjacencyMatrix, bool]:
-        """The session's matrix for this k, and whether an older one (with another k) was replaced."""
-        if self.matrix is not None and self.matrix.k == k:
-            return self.matrix, False
-        replaced = self.matrix is not None
-        self.matrix = AdjacencyMatrix(lm.vocab_size, k)
-        return self.matrix, replaced
-
-
-def _whole(name: str, value: Any, low: int, high: int) -> int:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value != int(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
-    return int(value)
-
-
-def _number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (low < value if low_open else low <= value) or not value <= high:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def parse_settings(prompt: Any, max_new_tokens: Any, template: Any, custom_json: Any, k: Any, decoding: Any,
-                   temperature: Any, top_p: Any, seed: Any, start: Any) -> Settings:
-    """Check every widget value (the API can send anything) and say exactly what is wrong."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("The prompt is empty: type some text or pick one of the examples.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"The prompt is too long: {len(prompt):,} characters, at most {MAX_PROMPT_CHARS:,}.")
-    if template not in TEMPLATES:
-        raise ValueError(f"Unknown tree template {template!r}: choose one of {', '.join(TEMPLATES)}.")
-    if decoding not in DECODING:
-        raise ValueError(f"Decoding must be one of {', '.join(DECODING)}, got {decoding!r}.")
-    if start not in START_MODES:
-        raise ValueError(f"Start mode must be one of {', '.join(START_MODES)}, got {start!r}.")
-    sampled = decoding == "sampling"
-    return Settings(
-        prompt=prompt,
-        max_new_tokens=_whole("Max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
-        template=template,
-        custom_json=custom_json if isinstance(custom_json, str) else "",
-        k=_whole("k", k, 1, MAX_K),
-        decoding=decoding,
-        # Sampling parameters only matter (and are only checked) when sampling.
-        temperature=_number("Temperature", temperature, 0.0, 2.0, low_open=True) if sampled else 0.0,
-        top_p=_number("Top-p", top_p, 0.0, 1.0, low_open=True) if sampled else 1.0,
-        seed=_whole("Seed", seed, 0, 2**31 - 1) if sampled else 0,
-        start=start,
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
 # Numbers and text for the views
 # ---------------------------------------------------------------------------------------------------
 
 
-def race_figures(run: Run) -> dict[str, Any]:
-    """The race's numbers as the views need them: speed-up, first difference, stats table."""
-    ar, tr = run.steps["ar"], run.steps["tr"]
+def stats_html(run: Run) -> str:
+    """The per-side numbers table, with the verdict (identical or the first difference)."""
     sampling = run.settings.decoding == "sampling"
-    return {"speedup": viz.speedup(ar, tr), "difference": viz.difference(ar, tr, run.finished),
-            "stats": viz.stats_html(ar, tr, run.finished, run.stopped, sampling)}
+    return viz.stats_html(run.steps["ar"], run.steps["tr"], run.finished, run.stopped, sampling)
 
 
 def pane_html(lm: LoadedModel, run: Run, name: str) -> str:
@@ -276,44 +108,6 @@ def lookup_html(lm: LoadedModel, session: Session, text: str | None) -> str:
             f"<code>{html.escape(lm.token_text(token))}</code>. (A leading space makes a different token.)</p>")
     row = session.matrix.row(token) if session.matrix is not None else None
     return note + viz.row_lookup_html(token, row, lm.token_text)
-
-
-def run_record(lm: LoadedModel, run: Run) -> dict[str, Any]:
-    """Everything about a run, for the JSON download: settings, both outputs, every step record."""
-    figures, outputs = race_figures(run), {}
-    for name, steps in run.steps.items():
-        ids = viz.token_ids(steps)
-        stats = summarize(steps) if steps else None
-        outputs[name] = {
-            "method": NAMES[name],
-            "text": lm.decode(ids),
-            "token_ids": ids,
-            "stats": dict(asdict(stats), seconds=stats.seconds, tokens_per_s=stats.tokens_per_s) if stats else None,
-        }
-    return {
-        "paper": "Luo et al., Turning Trash into Treasure: Accelerating Inference of Large Language Models with "
-                 "Token Recycling, ACL 2025, arXiv 2408.08696",
-        "model": lm.name,
-        "device": str(lm.device),
-        "run": run.number,
-        "finished": run.finished,
-        "settings": asdict(run.settings),
-        "outputs": outputs,
-        "identical": figures["difference"] is None,
-        "first_difference": figures["difference"],
-        "speedup": figures["speedup"],
-        "wall_s": run.wall_s,
-        "steps": {name: [asdict(s) for s in steps] for name, steps in run.steps.items()},
-    }
-
-
-def write_download(lm: LoadedModel, session: Session, run: Run) -> str:
-    """Write the run's JSON to this session's own file (overwritten each run, so files do not pile up)."""
-    if session.download_path is None:
-        handle, session.download_path = tempfile.mkstemp(prefix="token-recycling-run-", suffix=".json")
-        os.close(handle)
-    Path(session.download_path).write_text(json.dumps(run_record(lm, run)))
-    return session.download_path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -361,12 +155,12 @@ def chart_views(run: Run) -> dict[str, Any]:
 def live_views(lm: LoadedModel, session: Session, run: Run, tree: bool, charts: bool) -> dict[str, Any]:
     """What changes while a race runs: both panes and the numbers; when asked, the latest step's tree and
     rows (the view follows the run) and the charts."""
-    ar_n, tr_n = len(viz.token_ids(run.steps["ar"])), len(viz.token_ids(run.steps["tr"]))
+    ar_n, tr_n = len(token_ids(run.steps["ar"])), len(token_ids(run.steps["tr"]))
     views = {
         "message": f"Running… autoregressive {ar_n} tokens, Token Recycling {tr_n} tokens.",
         "ar_pane": pane_html(lm, run, "ar"),
         "tr_pane": pane_html(lm, run, "tr"),
-        "stats": race_figures(run)["stats"],
+        "stats": stats_html(run),
         "matrix_info": matrix_info(lm, session),
     }
     if tree:
@@ -406,29 +200,14 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
     views |= {
         "ar_pane": pane_html(lm, run, "ar"),
         "tr_pane": pane_html(lm, run, "tr"),
-        "stats": race_figures(run)["stats"],
+        "stats": stats_html(run),
         "slider": slider_for(run, shown),
         "tree": tree,
         "why": why,
         "rows": rows,
-        "download": gr.DownloadButton(value=write_download(lm, session, run), interactive=True),
+        "download": gr.DownloadButton(value=session.write_download(lm, run), interactive=True),
     }
     return views | chart_views(run)
-
-
-def remember(session: Session, run: Run) -> None:
-    """Add a finished (or stopped) run to the session's history."""
-    tr_steps = run.steps["tr"]
-    figures = race_figures(run)
-    ratio, identical = figures["speedup"], figures["difference"] is None
-    session.history.append({
-        "run": run.number, "prompt": run.settings.prompt, "template": run.settings.template, "k": run.settings.k,
-        "start": run.settings.start, "tokens": len(viz.token_ids(tr_steps)),
-        "mat": summarize(tr_steps).mat if tr_steps else 0.0,
-        "speedup": f"{ratio:.2f}×" if ratio else "–",
-        "identical": ("yes" if identical else "no") + (" so far (stopped)" if run.stopped else ""),
-    })
-    del session.history[:-HISTORY_LIMIT]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -436,54 +215,11 @@ def remember(session: Session, run: Run) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _advance(events: Iterator[tuple[str, Step]], run: Run, budget_s: float) -> bool:
-    """Take race steps for up to `budget_s` of wall time; True once both sides have finished or the run
-    was stopped (checked every step: gradio's cancel only takes effect at the next update)."""
-    deadline = time.perf_counter() + budget_s
-    for name, step in events:
-        run.steps[name].append(step)
-        if run.stopped:
-            return True
-        if time.perf_counter() >= deadline:
-            return False
-    return True
-
-
 def failure(message: str, session: Session) -> dict[str, Any]:
     """A bad request: a toast plus the message in the page; every other view stays as it was."""
     message = message[:1].upper() + message[1:]  # tr's messages start lower-case, mid-sentence style
     gr.Warning(message)
     return {"message": f"⚠️ **{message}**", "session": session}
-
-
-def start_race(lm: LoadedModel, session: Session, settings: Settings, curve: CostCurve
-               ) -> tuple[Run, Iterator[tuple[str, Step]], str]:
-    """Validate what only the model and tr can check, then set up both decoders; raises ValueError."""
-    sampling = settings.sampling()
-    prompt_ids = lm.encode(settings.prompt)
-    matrix, replaced = session.matrix_for(lm, settings.k)
-    dynamic = settings.template in DYNAMIC_TREES
-    drafter = make_drafter(lm, settings.template if dynamic else settings.tree_paths(), settings.k, curve)
-    runners = {
-        "ar": decode_steps(lm, prompt_ids, "ar", settings.max_new_tokens, sampling),
-        "tr": decode_steps(lm, prompt_ids, "tr", settings.max_new_tokens, sampling, matrix, drafter, settings.start),
-    }
-    session.runs += 1
-    note = f" (k changed: this run started a fresh matrix with k={settings.k})" if replaced else ""
-    return Run(session.runs, settings, curve), race(runners), note
-
-
-def tree_note(run: Run) -> str:
-    """What the auto trees were like over a run, and why: one sentence for the message line."""
-    steps = run.steps["tr"][1:]
-    if run.settings.template not in DYNAMIC_TREES or not steps:
-        return ""
-    sizes = [len(s.tree_tokens) - 1 for s in steps]
-    expected = sum(s.expected_tokens for s in steps) / len(steps)
-    cost = sum(s.predicted_cost for s in steps) / len(steps)
-    return (f" (auto tree: {sum(sizes) / len(sizes):.1f} draft nodes on average, from {min(sizes)} to {max(sizes)}; "
-            f"expected {expected:.2f} tokens per pass for {cost:.2f}× the cost of a one-token pass on this device, "
-            f"got {summarize(run.steps['tr']).mat:.2f})")
 
 
 def run_handler(lm: LoadedModel, curve: CostCurve, session: Session | None, widgets: tuple,
@@ -495,18 +231,17 @@ def run_handler(lm: LoadedModel, curve: CostCurve, session: Session | None, widg
     session = session or Session()
     try:
         settings = parse_settings(*widgets)
-        run, events, note = start_race(lm, session, settings, curve)
+        run, events, note = session.start(lm, settings, curve)
     except ValueError as err:  # TreeError is a ValueError; tr's messages are written for users
         yield ordered(failure(str(err), session))
         return
-    session.run = run
     begin = time.perf_counter()
     tree_pacer, chart_pacer = Pacer(TREE_EVERY_S), Pacer(CHARTS_EVERY_S)
     budget_s, done = UPDATE_EVERY_S, False
     try:
         while not done:
             with MODEL_LOCK:  # released between updates, so a stopped run never blocks the next one
-                done = _advance(events, run, budget_s)
+                done = run.advance(events, budget_s)
             rendering = time.perf_counter()
             run.wall_s = rendering - begin
             if not done:
@@ -528,8 +263,8 @@ def run_handler(lm: LoadedModel, curve: CostCurve, session: Session | None, widg
     if run.stopped:  # the Stop handler has already shown what the run got to
         return
     run.finished = True
-    remember(session, run)
-    message = (f"Done{note}{tree_note(run)}: run {run.number}, {run.wall_s:.1f} s of wall time for both decoders together "
+    session.remember(run)
+    message = (f"Done{note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for both decoders together "
                "(each side's own compute time is in the table).")
     yield ordered(final_views(lm, session, lookup_text, message))
 
@@ -542,7 +277,7 @@ def stop_handler(lm: LoadedModel, session: Session | None, lookup_text: str | No
     if run is None or run.finished or run.stopped:
         return ordered({"message": "Nothing is running.", "session": session})
     run.stopped = True
-    remember(session, run)
+    session.remember(run)
     return ordered(final_views(lm, session, lookup_text, f"Stopped run {run.number}."))
 
 
@@ -578,8 +313,8 @@ def load_examples(path: Path = PROMPTS_FILE) -> tuple[list[list[str]], list[str]
 
 def forget(session: Session | None) -> None:
     """Gradio drops a closed session's state after a while: remove its download file with it."""
-    if session is not None and session.download_path:
-        Path(session.download_path).unlink(missing_ok=True)
+    if session is not None:
+        session.forget()
 
 
 class App(gr.Blocks):

@@ -4,6 +4,7 @@ uses the bundled tokenizer, for fast end-to-end tests of the CLI and the app."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -18,6 +19,16 @@ from tr.model import BUNDLED, LoadedModel, load_model, resolve
 torch.set_num_threads(1)
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "spec_bench" / "question.jsonl"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def calibrations_kept_out_of_the_user_cache(tmp_path_factory):
+    """Tests calibrate tiny models in temporary folders and with one thread: keep those curves in a
+    temporary folder too (a test that sets TR_CACHE_DIR still gets its own), not in ~/.cache."""
+    folder = tmp_path_factory.mktemp("calibrations")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tr.calibrate.cache_dir", lambda: Path(os.environ.get("TR_CACHE_DIR", folder)))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest
 from gradio_client import Client
 
 import app
+from tr.session import MAX_PROMPT_CHARS, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 # Outputs of /run and /stop, in app.OUTPUTS order without the session state (the API never sees it).
@@ -87,7 +88,7 @@ def test_run_returns_identical_outputs_steps_figures_and_download(app_url):
 
 @pytest.mark.parametrize("changes, expected", [
     (dict(prompt="   "), "prompt is empty"),
-    (dict(prompt="x" * (app.MAX_PROMPT_CHARS + 1)), "prompt is too long"),
+    (dict(prompt="x" * (MAX_PROMPT_CHARS + 1)), "prompt is too long"),
     (dict(template="custom JSON", custom_json="[[0], [1"), "not valid JSON"),
     (dict(template="custom JSON", custom_json="[[0, 0]]"), "no parent"),
     (dict(template="paper-800"), "Unknown tree template"),
@@ -116,17 +117,17 @@ def test_out_of_range_settings_are_refused_with_a_message_and_the_app_keeps_serv
     assert run(c, max_new_tokens=4)["message"].startswith("Done")
 
 
-def test_settings_are_checked_again_in_the_app():
+def test_settings_are_checked_again_before_a_run():
     # What a widget cannot send (e.g. an empty number box) still gets a clear message, not a stack trace.
     args = ["Hi", 8, "paper-80", "", 8, "sampling", 0.7, 0.9, None, "hot"]
     with pytest.raises(ValueError, match="Seed must be a whole number"):
-        app.parse_settings(*args)
+        parse_settings(*args)
     for index, value, expected in [(4, 33, "k must be"), (1, 2.5, "Max new tokens must be"),
                                    (7, 0.0, "Top-p must be"), (5, "beam", "Decoding must be")]:
         bad = list(args)
         bad[8], bad[index] = 0, value
         with pytest.raises(ValueError, match=expected):
-            app.parse_settings(*bad)
+            parse_settings(*bad)
 
 
 def test_custom_tree_and_sampling_run(app_url):

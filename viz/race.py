@@ -1,4 +1,4 @@
-"""The race in numbers: speed-up, agreement and the per-side table, from both decoders' step records.
+"""The race as HTML: the verdict, the per-side table and the history, from both decoders' step records.
 
 Everything takes the two step lists as they stand (mid-run or finished) and returns values or HTML;
 the app only places the result.
@@ -10,27 +10,8 @@ import html
 from typing import Any
 
 from tr.decoding import Step
-from tr.generate import first_divergence, summarize
-
-
-def token_ids(steps: list[Step]) -> list[int]:
-    return [t for s in steps for t in s.tokens]
-
-
-def speedup(ar: list[Step], tr: list[Step]) -> float | None:
-    """Token Recycling's tokens per second over plain decoding's, each on its own compute clock."""
-    if not ar or not tr:
-        return None
-    ar_rate, tr_rate = summarize(ar).tokens_per_s, summarize(tr).tokens_per_s
-    return tr_rate / ar_rate if ar_rate else None
-
-
-def difference(ar: list[Step], tr: list[Step], finished: bool) -> int | None:
-    """First token where the outputs differ; until the run has finished, only as far as both sides got."""
-    a, b = token_ids(ar), token_ids(tr)
-    if not finished:
-        a, b = a[:len(b)], b[:len(a)]
-    return first_divergence(a, b)
+from tr.generate import summarize
+from tr.race import difference, speedup, token_ids
 
 
 def verdict_html(ar: list[Step], tr: list[Step], finished: bool, sampling: bool) -> str:
