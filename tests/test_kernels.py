@@ -9,7 +9,8 @@ import torch
 
 from tiny_models import tiny_model
 from tr import kernels
-from tr.decoding import autoregressive
+from tr.decoding import autoregressive, forward, tree_mask
+from tr.kv_cache import PreallocatedCache
 
 
 def test_mkl_branch_is_the_widest_the_cpu_has():
@@ -17,12 +18,40 @@ def test_mkl_branch_is_the_widest_the_cpu_has():
     assert kernels.best_mkl_branch({"avx", "avx2", "fma"}) == "AVX2"
     assert kernels.best_mkl_branch({"sse4_2"}) is None
     # Importing tr applied it (unless the environment already said otherwise), and the bench reports it.
-    assert kernels.SETTINGS["MKL_CBWR"] == os.environ.get("MKL_CBWR", "")
+    assert kernels.settings()["MKL_CBWR"] == os.environ.get("MKL_CBWR", "")
 
 
 def test_configure_leaves_a_user_setting_alone(monkeypatch):
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
-    assert kernels.configure() == {"MKL_CBWR": "COMPATIBLE"}
+    kernels.configure()
+    assert kernels.settings()["MKL_CBWR"] == "COMPATIBLE"
+
+
+def test_grouped_attention_is_switched_on_for_cpu_models_only_and_keeps_a_user_setting(monkeypatch):
+    monkeypatch.delenv(kernels.GROUPED_ATTENTION, raising=False)
+    kernels.install_cpu_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32).to("meta"))
+    assert kernels.GROUPED_ATTENTION not in os.environ  # not a CPU model: left alone
+    kernels.install_cpu_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32))
+    assert kernels.settings()[kernels.GROUPED_ATTENTION] == "1"
+    monkeypatch.setenv(kernels.GROUPED_ATTENTION, "0")
+    kernels.install_cpu_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32))
+    assert os.environ[kernels.GROUPED_ATTENTION] == "0"
+
+
+def test_tree_passes_give_the_same_logits_with_and_without_grouped_attention(monkeypatch):
+    """The switch changes how grouped heads are fed to the kernel, not what attention computes."""
+    model = tiny_model("llama", 96, seed=0, dtype=torch.float64)
+    prompt, tree = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7])
+    ancestors = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)  # a root with two children
+    logits = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv(kernels.GROUPED_ATTENTION, switch)
+        cache = PreallocatedCache(16)
+        with torch.inference_mode():
+            forward(model, cache, prompt, torch.arange(4))
+            mask = tree_mask(ancestors, 4, torch.float64, torch.device("cpu"))
+            logits[switch] = forward(model, cache, tree, torch.tensor([4, 5, 5]), mask)
+    assert torch.allclose(logits["0"], logits["1"], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 17])

@@ -366,7 +366,7 @@ def machine_info(lm: LoadedModel) -> dict:
         "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
         "dtype": str(lm.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
-        "kernels": kernels.SETTINGS,  # process-wide, so every method ran with them
+        "kernels": kernels.settings(),  # process-wide, so every method ran with them
         # The device's verification cost curve (cached per model, device, dtype, threads): what `auto` sizes trees by.
         "forward_cost": asdict(calibrate(lm.model, lm.name)),
     }
@@ -390,7 +390,7 @@ def describe_machine(info: dict) -> str:
     curve = ", ".join(f"{n}: {s / cost['seconds'][0]:.2f}x" for n, s in zip(cost["sizes"][1:], cost["seconds"][1:]))
     return (f"machine: {info['cpu']}, {info['platform']}; torch {info['torch']}, transformers "
             f"{info['transformers']}; device {device}, dtype {info['dtype']}, {info['threads']} threads; "
-            f"kernels {' '.join(f'{k}={v}' for k, v in info['kernels'].items()) or 'default'}\n"
+            f"kernels {' '.join(f'{k}={v}' for k, v in info['kernels'].items() if v) or 'default'}\n"
             f"forward cost of n new tokens behind {cost['context']} cached, relative to n=1 "
             f"({cost['seconds'][0] * 1000:.1f} ms): {curve}")
 

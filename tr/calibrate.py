@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import kernels
-from .decoding import Clock, forward
+from .decoding import Clock, forward, tree_mask
 from .kv_cache import PreallocatedCache
 from .model import cache_dir
 
@@ -49,7 +49,7 @@ class CostCurve:
 
 
 def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repeats: int) -> list[float]:
-    device = next(model.parameters()).device
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     vocab = model.get_output_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (context + max(sizes),), generator=generator).to(device)
@@ -58,11 +58,16 @@ def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repea
     with torch.inference_mode():
         forward(model, cache, ids[:context], torch.arange(context, device=device), last_only=True)
         timings = {n: [] for n in sizes}
+        # The masks decoding passes (a chain is a tree too; none for one token, as plain decoding passes
+        # none): attention kernels differ with and without one.
+        masks = {n: tree_mask(torch.ones(n, n, dtype=torch.bool).tril(), context, dtype, device) if n > 1 else None
+                 for n in sizes}
         # Interleave sizes so drift of the machine's speed hits all sizes alike; the first round warms up.
         for round_ in range(repeats + 1):
             for n in sizes:
                 begin = clock.now()
-                forward(model, cache, ids[context : context + n], torch.arange(context, context + n, device=device))
+                positions = torch.arange(context, context + n, device=device)
+                forward(model, cache, ids[context : context + n], positions, masks[n])
                 elapsed = clock.now() - begin
                 cache.truncate(context)
                 if round_:
@@ -83,7 +88,7 @@ def calibrate(
     dtype = next(model.parameters()).dtype
     head = type(model.get_output_embeddings()).__name__
     key = (f"{name}|{device}|{dtype}|{torch.get_num_threads()}|{sizes}|{context}|{torch.__version__}|"
-           f"{kernels.SETTINGS}|{head}")
+           f"{kernels.settings()}|{head}")
     file = _cache_file(key)
     if use_cache and name and file.is_file():
         return CostCurve(**json.loads(file.read_text()))

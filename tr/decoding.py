@@ -116,6 +116,16 @@ def forward(
     return out.logits[0]
 
 
+def tree_mask(ancestors: torch.Tensor, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The additive attention mask of a tree pass behind `start` cached tokens: each node sees the cache,
+    itself and its ancestors. Built on the CPU beside the tree, then copied over once."""
+    n = ancestors.shape[0]
+    tree = torch.zeros(n, n, dtype=dtype).masked_fill_(~ancestors, torch.finfo(dtype).min)
+    mask = torch.zeros(n, start + n, dtype=dtype, device=device)
+    mask[:, start:] = tree.to(device)
+    return mask[None, None]
+
+
 def _clip(tokens: list[int], room: int, eos: set[int]) -> tuple[list[int], bool]:
     """Cut emitted tokens after the first EOS and to the room left; say whether decoding is over."""
     for i, token in enumerate(tokens[:room]):
@@ -259,12 +269,9 @@ def token_recycling(
             index += 1
             start = cache.length
             draft = drafter.draft(root, matrix)
-            tree_bias = torch.zeros(draft.size, draft.size, dtype=dtype)
-            tree_bias.masked_fill_(~draft.ancestors, torch.finfo(dtype).min)
-            bias = torch.zeros(draft.size, start + draft.size, dtype=dtype, device=device)
-            bias[:, start:] = tree_bias.to(device)
+            mask = tree_mask(draft.ancestors, start, dtype, device)
             positions = (draft.depths + start).to(device)
-            logits = clock.timed_forward(model, cache, draft.tokens.to(device), positions, bias[None, None])
+            logits = clock.timed_forward(model, cache, draft.tokens.to(device), positions, mask)
             token_list = draft.tokens.tolist()
             if sampling.greedy:
                 path, choices, root = _greedy_path(draft, logits)

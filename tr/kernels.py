@@ -1,4 +1,5 @@
-"""CPU kernel choices: MKL's code branch, applied when `tr` is imported, and a faster LM head.
+"""CPU kernel choices: MKL's code branch, applied when `tr` is imported; a faster LM head and grouped
+attention for tree passes, applied when a model is loaded on the CPU.
 
 Intel's MKL picks a conservative code path on AMD processors, and its small-row products (a forward
 over a few tree tokens) then cost nearly as much per row as separate one-row products. Pinning MKL's
@@ -12,6 +13,14 @@ CPU in other layouts than `nn.Linear` uses: for one row, a product with a contig
 of the weight; for a few rows, the weight times the transposed rows. On the bundled model that cut a
 whole fp32 forward pass by about 20% at every tree size from 1 to 16 tokens (2-core AMD EPYC, AVX2).
 `load_model` installs it on the CPU, where both decoders and transformers' `generate` share it.
+
+A tree pass carries an explicit attention mask, and with a mask transformers' SDPA attention copies
+every key and value head once per query head that shares it (`repeat_kv`) over the whole context,
+unless told that grouped-query attention is safe with a mask. On the CPU it is (torch's CPU kernel takes
+grouped heads and a mask together, with the same result): measured side by side on the bundled model,
+an 8-token pass behind 1,024 cached tokens went from 137 to 114 ms (4 tokens: 119 to 105 ms), a
+one-token pass unchanged. On CUDA a mask with grouped heads falls back to a slower kernel, so the switch
+is set only when a model is loaded on the CPU (process-wide, like MKL's branch, so every method gets it).
 """
 
 from __future__ import annotations
@@ -42,12 +51,19 @@ def best_mkl_branch(flags: set[str]) -> str | None:
     return None
 
 
-def configure() -> dict[str, str]:
-    """Set the kernel environment (unless already set) and return what is in force, for reports."""
+GROUPED_ATTENTION = "TRANSFORMERS_SDPA_FORCE_GQA"  # transformers reads it at every attention call
+
+
+def configure() -> None:
+    """Set MKL's code branch (unless already set): MKL reads it at its first matrix product."""
     branch = best_mkl_branch(cpu_flags())
     if branch and "MKL_CBWR" not in os.environ:
         os.environ["MKL_CBWR"] = branch
-    return {"MKL_CBWR": os.environ.get("MKL_CBWR", "")}
+
+
+def settings() -> dict[str, str]:
+    """The kernel environment in force, for reports and calibration keys."""
+    return {name: os.environ.get(name, "") for name in ("MKL_CBWR", GROUPED_ATTENTION)}
 
 
 class CpuLmHead(torch.nn.Module):
@@ -80,4 +96,11 @@ def install_cpu_lm_head(model: torch.nn.Module) -> bool:
     return fits
 
 
-SETTINGS = configure()
+def install_cpu_kernels(model: torch.nn.Module) -> None:
+    """On the CPU: the faster LM head (float32) and grouped attention with masks, unless the user set it."""
+    if next(model.parameters()).device.type == "cpu":
+        install_cpu_lm_head(model)
+        os.environ.setdefault(GROUPED_ATTENTION, "1")
+
+
+configure()
