@@ -50,7 +50,7 @@ from . import kernels
 from .calibrate import calibrate
 from .generate import (
     DYNAMIC_TREES, FIXED_DYNAMIC, MAX_NEW_TOKENS, START_MODES, check_request, check_tree, decode_steps,
-    first_divergence, make_drafter, summarize,
+    first_divergence, make_drafter, summarize, token_ids,
 )
 from .matrix import MAX_K, AdjacencyMatrix
 from .model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, load_model
@@ -211,7 +211,7 @@ def run_own(lm: LoadedModel, prompt_ids: list[int], method: str, max_new_tokens:
     seconds = now(lm.device) - begin
     stats = summarize(steps)
     return dict(
-        output_ids=[t for s in steps for t in s.tokens],
+        output_ids=token_ids(steps),
         seconds=seconds,
         steps=stats.steps,
         # No decoding step (EOS or the limit at the prefill token) leaves MAT undefined, not 0.

@@ -40,6 +40,11 @@ class Stats:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
+def token_ids(steps: list[Step]) -> list[int]:
+    """Every token the steps emitted, in order."""
+    return [t for s in steps for t in s.tokens]
+
+
 def summarize(steps: list[Step]) -> Stats:
     decode = steps[1:]
     last = steps[-1]
@@ -144,5 +149,5 @@ def decode_steps(
 def generate(lm: LoadedModel, prompt: str, method: str = "tr", **options) -> Generation:
     """Decode a text prompt (chat template applied); options as for `decode_steps`."""
     steps = list(decode_steps(lm, lm.encode(prompt), method, **options))
-    ids = [t for s in steps for t in s.tokens]
+    ids = token_ids(steps)
     return Generation(lm.decode(ids), ids, steps, summarize(steps))

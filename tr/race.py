@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from .decoding import Step
-from .generate import first_divergence, summarize
+from .generate import first_divergence, summarize, token_ids
 
 
 def race(runners: Mapping[str, Iterator[Step]]) -> Iterator[tuple[str, Step]]:
@@ -24,10 +24,6 @@ def race(runners: Mapping[str, Iterator[Step]]) -> Iterator[tuple[str, Step]]:
         yield name, step
         if step.finished:
             del live[name]
-
-
-def token_ids(steps: list[Step]) -> list[int]:
-    return [t for s in steps for t in s.tokens]
 
 
 def speedup(ar: list[Step], tr: list[Step]) -> float | None:
