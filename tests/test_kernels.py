@@ -29,12 +29,12 @@ def test_configure_leaves_a_user_setting_alone(monkeypatch):
 
 def test_grouped_attention_is_switched_on_for_cpu_models_only_and_keeps_a_user_setting(monkeypatch):
     monkeypatch.delenv(kernels.GROUPED_ATTENTION, raising=False)
-    kernels.install_cpu_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32).to("meta"))
+    kernels.install_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32).to("meta"))
     assert kernels.GROUPED_ATTENTION not in os.environ  # not a CPU model: left alone
-    kernels.install_cpu_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32))
+    kernels.install_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32))
     assert kernels.settings()[kernels.GROUPED_ATTENTION] == "1"
     monkeypatch.setenv(kernels.GROUPED_ATTENTION, "0")
-    kernels.install_cpu_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32))
+    kernels.install_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32))
     assert os.environ[kernels.GROUPED_ATTENTION] == "0"
 
 
