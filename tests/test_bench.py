@@ -21,7 +21,7 @@ PROMPTS = [
 ]
 FIELDS = {
     "question_id", "category", "method", "tokens", "seconds", "tokens_per_s", "steps", "mat", "forward_s",
-    "overhead_s", "identical_to_ar", "first_divergence", "output_ids",
+    "overhead_s", "repeat_seconds", "identical_to_ar", "first_divergence", "output_ids",
 }
 MAX_NEW = 12
 
@@ -185,6 +185,7 @@ def test_load_questions_keeps_file_order_per_category(tmp_path, monkeypatch):
     (["--out", "{tmp}/no/such/folder/r.json"], "does not exist"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be from 1"),
     (["--pld-tokens", "0"], "--pld-tokens must be at least 1"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
     (["--start", "lukewarm"], "invalid choice"),
     (["--methods", "ar,tr:auto:lukewarm"], "unknown start mode 'lukewarm'"),
     (["--methods", "ar,hf:auto"], "unknown method 'hf:auto'"),
@@ -226,3 +227,30 @@ def test_tree_variants_run_side_by_side_and_stay_identical(tiny_model_dir, tmp_p
     assert all(r["identical_to_ar"] for r in doc["results"])
     assert all(any(line.split()[:2] == ["overall", v] for line in stdout.splitlines()) for v in variants)
     assert list(tmp_path.glob("calibration-*.json"))
+
+
+def test_repeats_keep_the_fastest_and_start_each_round_from_the_same_matrix(tiny_model_dir, tmp_path, monkeypatch):
+    """Repeated rounds change the timing only: tokens, steps and MAT equal a single round's, and the
+    matrix carried to the next prompt is the one a single round leaves."""
+    monkeypatch.setenv("TR_CACHE_DIR", str(tmp_path))
+    prompts = write_prompts(tmp_path / "p.jsonl")
+    docs = {}
+    for repeats in (1, 3):
+        out = tmp_path / f"r{repeats}.json"
+        code, _, _ = run_main([
+            "--model", str(tiny_model_dir), "--prompts", str(prompts), "--max-new-tokens", str(MAX_NEW),
+            "--methods", "ar,hf,tr:auto", "--repeats", str(repeats), "--out", str(out),
+        ])
+        assert code == 0
+        docs[repeats] = json.loads(out.read_text())["results"]
+    for once, thrice in zip(docs[1], docs[3]):
+        assert [once[f] for f in ("method", "output_ids", "steps", "mat")] == [thrice[f] for f in ("method", "output_ids", "steps", "mat")]
+        assert len(thrice["repeat_seconds"]) == 3 and thrice["seconds"] == min(thrice["repeat_seconds"])
+        assert once["repeat_seconds"] == [once["seconds"]]
+
+
+def test_fastest_refuses_runs_that_disagree():
+    runs = [dict(output_ids=[1, 2], seconds=2.0), dict(output_ids=[1, 2], seconds=1.0)]
+    assert bench.fastest(runs)["seconds"] == 1.0
+    with pytest.raises(ValueError, match="not deterministic"):
+        bench.fastest([*runs, dict(output_ids=[1, 3], seconds=0.5)])

@@ -1,4 +1,5 @@
-"""Kernel choices: MKL's code branch from the CPU flags, and the CPU LM head that must equal nn.Linear."""
+"""Kernel choices: MKL's code branch from the CPU flags, the CPU LM head that must equal nn.Linear, grouped
+attention on the CPU, no cuDNN attention on CUDA."""
 
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ def test_tree_passes_give_the_same_logits_with_and_without_grouped_attention(mon
             mask = tree_mask(ancestors, 4, torch.float64, torch.device("cpu"))
             logits[switch] = forward(model, cache, tree, torch.tensor([4, 5, 5]), mask)
     assert torch.allclose(logits["0"], logits["1"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cudnn_attention_is_switched_off_for_cuda_models():
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    kernels.install_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32).to("cuda"))
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
 
 
 @pytest.mark.parametrize("rows", [1, 3, 17])

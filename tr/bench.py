@@ -24,6 +24,10 @@ Per category, speed-up is a method's tokens/s (total tokens / total seconds) ove
 ``ar`` and ``hf`` in that category; "overall" pools every prompt the same way, so it is not the mean
 of the category figures.
 
+On a shared or noisy machine, ``--repeats N`` times every generation N times, in rounds over all
+methods (so drift hits each alike), and keeps the fastest; ``tr`` variants repeat from the same matrix,
+so tokens, steps and MAT are those of a single round. Each row keeps every round's seconds.
+
 Warm-up (``--warmup``, default 1) runs each method on the first prompt before timing. For ``tr``
 with a hot or seeded start this also fills the adjacency matrix from that prompt, so the first
 timed prompt starts with a warm matrix: that is what hot start means in a long-running server, but
@@ -33,6 +37,7 @@ it flatters the first prompt's MAT a little. ``--start cold`` clears the matrix 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -150,7 +155,7 @@ def tr_variant(method: str) -> tuple[str, str] | None:
     return tree, mode or "hot"
 
 
-def check_numbers(max_new_tokens: int, k: int, pld_tokens: int, warmup: int) -> None:
+def check_numbers(max_new_tokens: int, k: int, pld_tokens: int, warmup: int, repeats: int = 1) -> None:
     """Range checks done before the model loads; the decoders repeat them, but only after the slow load."""
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise ValueError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens}")
@@ -160,6 +165,8 @@ def check_numbers(max_new_tokens: int, k: int, pld_tokens: int, warmup: int) -> 
         raise ValueError(f"--pld-tokens must be at least 1, got {pld_tokens}")
     if warmup < 0:
         raise ValueError(f"--warmup must be 0 or more, got {warmup}")
+    if repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {repeats}")
 
 
 # --- running ----------------------------------------
@@ -222,25 +229,35 @@ def run_own(lm: LoadedModel, prompt_ids: list[int], method: str, max_new_tokens:
 
 
 def make_runners(lm: LoadedModel, methods: Sequence[str], max_new_tokens: int, pld_tokens: int, k: int) -> dict:
-    """One callable `prompt_ids -> figures` per method; each TR variant's matrix is shared by all prompts."""
+    """One callable `(prompt_ids, scratch) -> figures` per method. Each TR variant's matrix is shared by
+    all prompts; a `scratch` run decodes on a copy of it, so a repeat starts from the same matrix."""
     runners, curve = {}, None
     for method in methods:
         if method == "ar":
-            runners[method] = lambda ids: run_own(lm, ids, "ar", max_new_tokens)
+            runners[method] = lambda ids, scratch: run_own(lm, ids, "ar", max_new_tokens)
         elif method in ("hf", "pld"):
             config = generation_config(lm, max_new_tokens, pld_tokens if method == "pld" else None)
-            runners[method] = lambda ids, config=config: run_hf(lm, ids, config)
+            runners[method] = lambda ids, scratch, config=config: run_hf(lm, ids, config)
         elif variant := tr_variant(method):
             tree, start = variant
             matrix = AdjacencyMatrix(lm.vocab_size, k)
             curve = curve or calibrate(lm.model, lm.name)  # once: every variant reads the same device curve
             drafter = make_drafter(lm, tree, k, curve)
-            runners[method] = lambda ids, matrix=matrix, drafter=drafter, start=start: run_own(
-                lm, ids, "tr", max_new_tokens, matrix=matrix, tree=drafter, start=start
+            runners[method] = lambda ids, scratch, matrix=matrix, drafter=drafter, start=start: run_own(
+                lm, ids, "tr", max_new_tokens, matrix=copy.deepcopy(matrix) if scratch else matrix, tree=drafter,
+                start=start,
             )
         else:
             raise ValueError(f"unknown method {method!r}")
     return runners
+
+
+def fastest(runs: Sequence[dict]) -> dict:
+    """The fastest of repeated runs of one generation, with every run's seconds beside it."""
+    if any(run["output_ids"] != runs[0]["output_ids"] for run in runs):
+        raise ValueError("a repeated generation gave other tokens: decoding is not deterministic here")
+    best = min(runs, key=lambda run: run["seconds"])
+    return dict(best, repeat_seconds=[run["seconds"] for run in runs])
 
 
 def run_benchmark(
@@ -252,11 +269,13 @@ def run_benchmark(
     pld_tokens: int = 10,
     k: int = 8,
     warmup: int = 1,
+    repeats: int = 1,
     progress: bool = True,
 ) -> list[dict]:
     """Per-prompt figures for every (question, method) pair, compared with `ar` where it ran.
-    `methods` as returned by `parse_methods`."""
-    check_numbers(max_new_tokens, k, pld_tokens, warmup)
+    `methods` as returned by `parse_methods`. With `repeats` > 1 every generation is timed that many
+    times, in rounds over all methods, and the fastest time is kept."""
+    check_numbers(max_new_tokens, k, pld_tokens, warmup, repeats)
     # Encode and check every prompt first, so a too-long one fails before minutes of timing.
     encoded = [lm.encode(q["prompt"]) for q in questions]
     for ids in encoded:
@@ -264,15 +283,19 @@ def run_benchmark(
     runners = make_runners(lm, methods, max_new_tokens, pld_tokens, k)
     for method in methods:
         for _ in range(warmup):
-            runners[method](encoded[0])
+            runners[method](encoded[0], False)
     results = []
-    with tqdm(total=len(questions) * len(methods), desc="bench", unit="gen", disable=not progress) as bar:
+    total = len(questions) * len(methods) * repeats
+    with tqdm(total=total, desc="bench", unit="gen", disable=not progress) as bar:
         for question, ids in zip(questions, encoded):
-            for method in methods:
-                bar.set_postfix_str(f"{question['category']} #{question['question_id']} {method}")
-                figures = runners[method](ids)
-                results.append(result_row(question, method, figures))
-                bar.update()
+            runs = {method: [] for method in methods}
+            for round_ in range(repeats):
+                for method in methods:
+                    bar.set_postfix_str(f"{question['category']} #{question['question_id']} {method}")
+                    # Only the last round advances the TR matrices: every round starts from the same state.
+                    runs[method].append(runners[method](ids, round_ < repeats - 1))
+                    bar.update()
+            results += [result_row(question, method, fastest(runs[method])) for method in methods]
     return compare_to_ar(results)
 
 
@@ -290,6 +313,7 @@ def result_row(question: dict, method: str, figures: dict) -> dict:
         "mat": figures["mat"],
         "forward_s": figures["forward_s"],
         "overhead_s": figures["overhead_s"],
+        "repeat_seconds": figures["repeat_seconds"],
         "identical_to_ar": None,
         "first_divergence": None,
         "output_ids": figures["output_ids"],
@@ -475,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="results.json", help="JSON file for per-prompt figures")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs per method on the first prompt (for tr this also warms the matrix)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time every generation N times, in rounds over all methods, and keep the fastest "
+                             "(tr repeats start from the same matrix)")
     parser.add_argument("--seed", type=int, default=0,
                         help="torch seed (decoding is greedy, so outputs do not depend on it)")
     return parser
@@ -486,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Everything that can be checked without the model is checked before the slow load.
         methods = parse_methods(args.methods, args.template, args.start)
         questions = load_questions(args.prompts, args.per_category)
-        check_numbers(args.max_new_tokens, args.k, args.pld_tokens, args.warmup)
+        check_numbers(args.max_new_tokens, args.k, args.pld_tokens, args.warmup, args.repeats)
         for tree, _ in filter(None, map(tr_variant, methods)):
             check_tree(tree, args.k)
         out = Path(args.out)
@@ -496,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lm = load_model(args.model, args.device, args.dtype)
         results = run_benchmark(
             lm, questions, methods, args.max_new_tokens, pld_tokens=args.pld_tokens, k=args.k, warmup=args.warmup,
+            repeats=args.repeats,
         )
         table = summarize_table(results)
         machine = machine_info(lm)
