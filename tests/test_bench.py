@@ -243,8 +243,9 @@ def test_repeats_keep_the_fastest_and_start_each_round_from_the_same_matrix(tiny
         ])
         assert code == 0
         docs[repeats] = json.loads(out.read_text())["results"]
+    same = ("method", "output_ids", "steps", "mat")
     for once, thrice in zip(docs[1], docs[3]):
-        assert [once[f] for f in ("method", "output_ids", "steps", "mat")] == [thrice[f] for f in ("method", "output_ids", "steps", "mat")]
+        assert [once[f] for f in same] == [thrice[f] for f in same]
         assert len(thrice["repeat_seconds"]) == 3 and thrice["seconds"] == min(thrice["repeat_seconds"])
         assert once["repeat_seconds"] == [once["seconds"]]
 

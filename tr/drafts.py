@@ -10,8 +10,9 @@ device). Verification makes every drafter lossless, so a drafter only decides sp
   chance of being accepted (the product, along its path, of the acceptance rate of its source: matrix
   candidates by the probability the model gave them, prompt-lookup copies by n-gram length). It drafts
   from the row of the node's token and, where there is one, from the row of the pair (parent token,
-  token), which knows one more token of context. Beside the matrix candidates it offers the continuation of the latest earlier occurrence of the text's last
-  n-gram (prompt lookup), which is what wins on summaries and retrieval answers. It stops growing at the
+  token), which knows one more token of context. Beside the matrix candidates it offers the
+  continuation of the latest earlier occurrence of the text's last n-gram (prompt lookup), which is
+  what wins on summaries and retrieval answers. It stops growing at the
   size that maximises expected tokens per unit of verification cost, read off the device's calibrated
   cost curve: a large tree where verification is nearly free, a small one where it is not.
 """
