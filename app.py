@@ -29,7 +29,7 @@ import gradio as gr
 
 import viz
 from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, howto_charts
-from tr import AUTO, BUNDLED, START_MODES, LoadedModel, ModelLoadError, Step, load_model
+from tr import AUTO, BUNDLED, START_MODES, LoadedModel, ModelLoadError, Step, load_model, primed_path
 from tr.calibrate import CostCurve, calibrate
 from tr.matrix import MAX_K
 from tr.model import DTYPES
@@ -282,11 +282,12 @@ def stop_handler(lm: LoadedModel, session: Session | None, lookup_text: str | No
 
 
 def reset_handler(lm: LoadedModel, session: Session | None, lookup_text: str | None) -> tuple[str, str, str, Session]:
-    """Reset matrix: forget every row this session learned (the next run starts cold)."""
+    """Reset matrix: forget every row this session learned (the next run starts cold, or primed)."""
     session = session or Session()
     if session.matrix is not None:
         session.matrix.reset()
-    return "Matrix reset: every row is empty again.", matrix_info(lm, session), lookup_html(
+    note = " A primed start fills the empty rows from the primed matrix again." if primed_path(lm.name).is_file() else ""
+    return "Matrix reset: every row is empty again." + note, matrix_info(lm, session), lookup_html(
         lm, session, lookup_text), session
 
 
@@ -350,7 +351,8 @@ def build_demo(lm: LoadedModel) -> gr.Blocks:
                                          lines=2, visible=False)
                 with gr.Row():
                     decoding = gr.Radio(list(DECODING), value="greedy", label="Decoding", min_width=120)
-                    start = gr.Radio(list(START_MODES), value="hot", label="Start", min_width=120)
+                    start = gr.Radio(list(START_MODES), value="primed" if primed_path(lm.name).is_file() else "hot",
+                                     label="Start", min_width=120)
                 with gr.Row(visible=False) as sampling_row:
                     temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature", min_width=90)
                     top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", min_width=90)

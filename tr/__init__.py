@@ -11,6 +11,7 @@ from .generate import (
 )
 from .matrix import AdjacencyMatrix, RowWrite
 from .model import BUNDLED, LoadedModel, ModelLoadError, load_model
+from .priming import load_primed, primed_path
 from .race import race
 from .sampling import GREEDY, Sampling
 from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, DraftTree, TreeError, load_template
@@ -19,6 +20,6 @@ __all__ = [
     "AUTO", "AUTO_NO_LOOKUP", "AdjacencyMatrix", "BUILTIN_TEMPLATES", "BUNDLED", "DEFAULT_TEMPLATE", "Draft",
     "DraftTree", "DynamicDrafter", "GREEDY", "Generation", "LoadedModel", "METHODS", "ModelLoadError", "RowWrite",
     "START_MODES", "Sampling", "Stats", "Step", "TemplateDrafter", "TreeError", "autoregressive", "decode_steps",
-    "first_divergence", "generate", "load_model", "load_template", "make_drafter", "race", "summarize",
+    "first_divergence", "generate", "load_model", "load_primed", "load_template", "make_drafter", "primed_path", "race", "summarize",
     "token_recycling",
 ]

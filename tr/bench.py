@@ -32,6 +32,8 @@ Warm-up (``--warmup``, default 1) runs each method on the first prompt before ti
 with a hot or seeded start this also fills the adjacency matrix from that prompt, so the first
 timed prompt starts with a warm matrix: that is what hot start means in a long-running server, but
 it flatters the first prompt's MAT a little. ``--start cold`` clears the matrix before every prompt.
+``--start primed`` (or ``tr:TREE:primed``) is hot, with every empty row filled from the model's primed
+matrix (`tr.priming`): the matrix a long-running server would have.
 """
 
 from __future__ import annotations
@@ -492,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k", type=int, default=8, help=f"tr candidates per matrix row (1..{MAX_K})")
     parser.add_argument("--start", default="hot", choices=START_MODES,
                         help="tr matrix: hot keeps one matrix across all prompts, cold clears it per prompt, "
-                             "seeded keeps it and also seeds it from each prompt")
+                             "seeded keeps it and also seeds it from each prompt, primed keeps it and fills "
+                             "its empty rows from the model's primed matrix (tr.priming)")
     parser.add_argument("--model", default=BUNDLED, help="bundled, a local folder or a hub id")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model weights and compute")

@@ -10,6 +10,7 @@ from .decoding import Step, autoregressive, token_recycling
 from .drafts import Drafter, DynamicDrafter, TemplateDrafter
 from .matrix import AdjacencyMatrix
 from .model import LoadedModel
+from .priming import load_primed
 from .sampling import GREEDY, Sampling
 from .trees import DEFAULT_TEMPLATE, DraftTree, TreeError, load_template
 
@@ -18,7 +19,9 @@ AUTO = "auto"  # dynamic best-first trees with a prompt-lookup branch, sized by 
 AUTO_NO_LOOKUP = "auto-nolookup"  # the same without prompt lookup, to measure what lookup adds
 DYNAMIC_TREES = (AUTO, AUTO_NO_LOOKUP)
 FIXED_DYNAMIC = "dynamic-"  # dynamic-N: the same best-first tree with lookup, always N drafts (no calibration)
-START_MODES = ("hot", "cold", "seeded")  # keep the matrix / clear it first / keep it and seed from the prompt
+# hot: keep the matrix; cold: clear it first; seeded: keep it and seed it from the prompt; primed: keep it
+# and fill its empty rows from the model's primed matrix (`tr.priming`), as a long-running server would have
+START_MODES = ("hot", "cold", "seeded", "primed")
 MAX_NEW_TOKENS = 4096
 
 
@@ -138,6 +141,8 @@ def decode_steps(
     if start not in START_MODES:
         raise ValueError(f"unknown start mode {start!r}: use one of {', '.join(START_MODES)}")
     matrix = matrix or AdjacencyMatrix(lm.vocab_size)
+    if start == "primed":
+        matrix.fill_from(load_primed(lm, matrix.k))
     tree = tree or DraftTree.from_paths(load_template(DEFAULT_TEMPLATE, matrix.k))
     if start == "cold":
         matrix.reset()

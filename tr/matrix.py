@@ -7,14 +7,20 @@ table keyed by pairs of tokens (see `pair_row`). It persists across calls (hot s
 
 It lives on the CPU whatever the model's device: drafting reads it row by row, which on a GPU would
 cost one synchronisation per row, while a step's write needs only one copy of its top-k back.
+
+`save` and `load` keep a matrix in a safetensors file (filled rows and pair rows only), so a primed
+matrix (`tr.priming`) can ship with the app.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .acceptance import AcceptanceStats
 
@@ -73,6 +79,51 @@ class AdjacencyMatrix:
     def pair_row(self, previous: int, token: int) -> tuple[list[int], list[float]] | None:
         """Candidates and probabilities last seen after the two tokens `previous`, `token`, if any."""
         return self.pairs.get((previous, token))
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        """Write the filled rows and the pair rows (oldest first) to a safetensors file."""
+        rows = self.filled.nonzero().flatten()
+        keys = list(self.pairs)
+        tensors = {
+            "rows": rows.int(), "table": self.table[rows].int(), "probs": self.probs[rows],
+            "pair_keys": torch.tensor(keys, dtype=torch.int32).reshape(-1, 2),
+            "pair_table": torch.tensor([self.pairs[key][0] for key in keys], dtype=torch.int32).reshape(-1, self.k),
+            "pair_probs": torch.tensor([self.pairs[key][1] for key in keys], dtype=torch.float32).reshape(-1, self.k),
+        }
+        save_file(tensors, str(path), {**(metadata or {}), "vocab_size": str(self.vocab_size), "k": str(self.k)})
+
+    @classmethod
+    def load(cls, path: str | Path, vocab_size: int, k: int = 8) -> AdjacencyMatrix:
+        """A matrix with the rows of a `save`d file. A file with more candidates per row than `k` gives
+        its first `k`; one with fewer leaves the rest of each row empty (probability 0, never drafted
+        before a real candidate). Raises ValueError when the file belongs to another vocabulary."""
+        with safe_open(str(path), "pt") as file:
+            saved_vocab = int(file.metadata().get("vocab_size", -1))
+        if saved_vocab != vocab_size:
+            raise ValueError(f"{path} holds a matrix for a vocabulary of {saved_vocab} tokens, not {vocab_size}")
+        saved = load_file(str(path))
+        matrix = cls(vocab_size, k)
+        rows, width = saved["rows"].long(), min(k, saved["table"].shape[1])
+        matrix.table[rows, :width] = saved["table"][:, :width].long()
+        matrix.probs[rows, :width] = saved["probs"][:, :width]
+        matrix.filled[rows] = True
+        pad = [0] * (k - width), [0.0] * (k - width)
+        for key, row, p in zip(saved["pair_keys"].tolist(), saved["pair_table"].tolist(), saved["pair_probs"].tolist()):
+            matrix.pairs[tuple(key)] = (row[:width] + pad[0], p[:width] + pad[1])
+        return matrix
+
+    def fill_from(self, other: AdjacencyMatrix) -> int:
+        """Copy into every row still empty here the row `other` has, and the pair rows this matrix
+        lacks (as its oldest, the first to go); rows already written here are fresher and stay.
+        Returns how many rows it filled."""
+        if other.vocab_size != self.vocab_size or other.k != self.k:
+            raise ValueError("fill_from needs a matrix of the same vocabulary size and k")
+        rows = (other.filled & ~self.filled).nonzero().flatten()
+        self.table[rows], self.probs[rows], self.filled[rows] = other.table[rows], other.probs[rows], True
+        missing = {key: (list(row), list(p)) for key, (row, p) in other.pairs.items() if key not in self.pairs}
+        if missing:
+            self.pairs = {**missing, **self.pairs}
+        return len(rows)
 
     def write(self, tokens: list[int], logits: torch.Tensor, previous: list[int] | None = None) -> list[RowWrite]:
         """Overwrite the row of each token with the top-k of the logits at its position (on any
