@@ -71,7 +71,8 @@ def howto_charts(device: str) -> str:
 
 HOWTO_CONTROLS = """\
 **Start**: *hot* keeps this session's matrix from earlier runs, *cold* clears it first, *seeded* keeps it and \
-also fills rows from the prompt's own prefill. **k**: candidates kept per row (changing it starts a fresh \
+also fills rows from the prompt's own prefill, *primed* keeps it and fills its empty rows from the rows the model \
+wrote answering 560 generic instructions (the matrix a server has after a while; rows written since win). **k**: candidates kept per row (changing it starts a fresh \
 matrix). **Tree**: *auto* (the default) grows a fresh tree every step, best candidates first by their \
 estimated chance of being accepted, adds a branch copied from the last repeated phrase in the text (prompt \
 lookup), and stops where verifying one more token would cost more than it is expected to bring on this \
