@@ -286,7 +286,8 @@ def reset_handler(lm: LoadedModel, session: Session | None, lookup_text: str | N
     session = session or Session()
     if session.matrix is not None:
         session.matrix.reset()
-    note = " A primed start fills the empty rows from the primed matrix again." if primed_path(lm.name).is_file() else ""
+    primed = primed_path(lm.name).is_file()
+    note = " A primed start fills the empty rows from the primed matrix again." if primed else ""
     return "Matrix reset: every row is empty again." + note, matrix_info(lm, session), lookup_html(
         lm, session, lookup_text), session
 

@@ -28,7 +28,7 @@ def test_save_and_load_keep_rows_and_pair_rows_in_order(tmp_path):
     assert torch.equal(loaded.filled, matrix.filled) and matrix.rows_filled > 5
     assert list(loaded.pairs.items()) == list(matrix.pairs.items()) and matrix.pairs
 
-    narrow, wide = AdjacencyMatrix.load(tmp_path / "m.safetensors", 40, 2), AdjacencyMatrix.load(tmp_path / "m.safetensors", 40, 6)
+    narrow, wide = (AdjacencyMatrix.load(tmp_path / "m.safetensors", 40, k) for k in (2, 6))
     assert torch.equal(narrow.table, matrix.table[:, :2]) and torch.equal(wide.table[:, :4], matrix.table)
     assert not wide.probs[:, 4:].any()  # missing candidates have probability 0
     assert all(len(row) == 6 and p[4:] == [0.0, 0.0] for row, p in wide.pairs.values())

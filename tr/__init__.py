@@ -20,6 +20,7 @@ __all__ = [
     "AUTO", "AUTO_NO_LOOKUP", "AdjacencyMatrix", "BUILTIN_TEMPLATES", "BUNDLED", "DEFAULT_TEMPLATE", "Draft",
     "DraftTree", "DynamicDrafter", "GREEDY", "Generation", "LoadedModel", "METHODS", "ModelLoadError", "RowWrite",
     "START_MODES", "Sampling", "Stats", "Step", "TemplateDrafter", "TreeError", "autoregressive", "decode_steps",
-    "first_divergence", "generate", "load_model", "load_primed", "load_template", "make_drafter", "primed_path", "race", "summarize",
+    "first_divergence", "generate", "load_model", "load_primed", "load_template", "make_drafter", "primed_path",
+    "race", "summarize",
     "token_recycling",
 ]

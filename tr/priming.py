@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    numbers = {"--limit": 1 if args.limit is None else args.limit, "--max-new-tokens": args.max_new_tokens, "--batch": args.batch}
+    numbers = {"--limit": 1 if args.limit is None else args.limit, "--max-new-tokens": args.max_new_tokens,
+               "--batch": args.batch}
     bad = [f"{name} must be a positive integer" for name, value in numbers.items() if value < 1]
     if not 1 <= args.k <= MAX_K:
         bad.append(f"--k must be from 1 to {MAX_K}")

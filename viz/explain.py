@@ -70,13 +70,14 @@ def howto_charts(device: str) -> str:
 
 
 HOWTO_CONTROLS = """\
-**Start**: *hot* keeps this session's matrix from earlier runs, *cold* clears it first, *seeded* keeps it and \
-also fills rows from the prompt's own prefill, *primed* keeps it and fills its empty rows from the rows the model \
-wrote answering 560 generic instructions (the matrix a server has after a while; rows written since win). **k**: candidates kept per row (changing it starts a fresh \
-matrix). **Tree**: *auto* (the default) grows a fresh tree every step, best candidates first by their \
-estimated chance of being accepted, adds a branch copied from the last repeated phrase in the text (prompt \
-lookup), and stops where verifying one more token would cost more than it is expected to bring on this \
-device; *auto-nolookup* is the same without the copied branch; *paper-80* is the paper's fixed 80-node \
-tree, and the smaller fixed trees suit slow devices. A custom tree is a JSON \
-list of paths of candidate ranks, each path's parent listed before it, e.g. `[[0], [1], [0, 0]]`.
+**Start**: *hot* keeps this session's matrix from earlier runs, *cold* clears it first, *seeded* keeps it \
+and also fills rows from the prompt's own prefill, *primed* keeps it and fills its empty rows from the rows \
+the model wrote answering 560 generic instructions (the matrix a server has after a while; rows written \
+since win). **k**: candidates kept per row (changing it starts a fresh matrix). **Tree**: *auto* (the \
+default) grows a fresh tree every step, best candidates first by their estimated chance of being accepted, \
+adds a branch copied from the last repeated phrase in the text (prompt lookup), and stops where verifying \
+one more token would cost more than it is expected to bring on this device; *auto-nolookup* is the same \
+without the copied branch; *paper-80* is the paper's fixed 80-node tree, and the smaller fixed trees suit \
+slow devices. A custom tree is a JSON list of paths of candidate ranks, each path's parent listed before it, \
+e.g. `[[0], [1], [0, 0]]`.
 """
