@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .acceptance import AcceptanceStats
 
@@ -98,10 +98,10 @@ class AdjacencyMatrix:
         its first `k`; one with fewer leaves the rest of each row empty (probability 0, never drafted
         before a real candidate). Raises ValueError when the file belongs to another vocabulary."""
         with safe_open(str(path), "pt") as file:
-            saved_vocab = int(file.metadata().get("vocab_size", -1))
-        if saved_vocab != vocab_size:
-            raise ValueError(f"{path} holds a matrix for a vocabulary of {saved_vocab} tokens, not {vocab_size}")
-        saved = load_file(str(path))
+            saved_vocab = int((file.metadata() or {}).get("vocab_size", -1))
+            if saved_vocab != vocab_size:
+                raise ValueError(f"{path} holds a matrix for a vocabulary of {saved_vocab} tokens, not {vocab_size}")
+            saved = {name: file.get_tensor(name) for name in file.keys()}
         matrix = cls(vocab_size, k)
         rows, width = saved["rows"].long(), min(k, saved["table"].shape[1])
         matrix.table[rows, :width] = saved["table"][:, :width].long()
