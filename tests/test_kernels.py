@@ -1,5 +1,5 @@
-"""Kernel choices: MKL's code branch from the CPU flags, the CPU LM head that must equal nn.Linear, grouped
-attention on the CPU, no cuDNN attention on CUDA."""
+"""Kernel choices: MKL's code branch from the CPU flags, the CPU LM head that must equal nn.Linear (and keep
+the fp32 argmax when it screens in half precision), grouped attention on the CPU, no cuDNN attention on CUDA."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tiny_models import tiny_model
 from tr import kernels
 from tr.decoding import autoregressive, forward, tree_mask
 from tr.kv_cache import PreallocatedCache
+from tr.sampling import Sampling
 
 
 def test_mkl_branch_is_the_widest_the_cpu_has():
@@ -83,3 +84,48 @@ def test_installed_only_where_it_applies_and_decoding_is_unchanged():
     assert isinstance(model.get_output_embeddings(), kernels.CpuLmHead)
     assert [t for s in autoregressive(model, [1, 2, 3], 20) for t in s.tokens] == expected
     assert not kernels.install_cpu_lm_head(tiny_model("llama", 96, seed=0, dtype=torch.float64))
+
+
+def near_tie_head(vocab: int = 400, hidden: int = 64, seed: int = 0) -> torch.nn.Linear:
+    """A head whose rows come in pairs closer together than half precision can tell apart."""
+    generator = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(hidden, vocab, bias=False)
+    weight = torch.randn(vocab // 2, hidden, generator=generator)
+    twin = weight + 1e-3 * torch.randn(vocab // 2, hidden, generator=generator)
+    head.weight.data = torch.cat([weight, twin])
+    return head
+
+
+def test_the_screened_head_keeps_the_fp32_argmax_even_where_half_precision_cannot_tell():
+    linear = near_tie_head()
+    head = kernels.CpuLmHead(linear)
+    if head.screen.packed is None:
+        pytest.skip("this torch build has no fbgemm fp16 kernels")
+    generator = torch.Generator().manual_seed(1)
+    # Hidden rows pointing at a row of the head: its twin is the only rival, a near tie every time.
+    picks = torch.randint(0, 400, (300,), generator=generator)
+    hidden = 3 * linear.weight.detach()[picks] + 0.1 * torch.randn(300, 64, generator=generator)
+    truth = hidden.double() @ linear.weight.detach().double().t()
+    top2 = truth.topk(2, dim=1).values
+    clear = top2[:, 0] - top2[:, 1] > 1e-3  # ties closer than that are float32 rounding's to break
+    half_only = torch.ops.quantized.linear_dynamic_fp16(hidden, head.screen.packed)
+    assert (half_only.argmax(1) != truth.argmax(1))[clear].sum() > 20  # the screen alone gets these wrong
+    head.argmax_only = True
+    with torch.inference_mode():
+        for rows in (1, 6, 7, 300):  # below, at and above fbgemm's six-row block
+            screened = head(hidden[:rows])
+            assert torch.equal(screened.argmax(1)[clear[:rows]], truth[:rows].argmax(1)[clear[:rows]])
+            margin = head.screen.bound * hidden[:rows].norm(dim=1, keepdim=True)
+            assert ((screened - truth[:rows]).abs() <= margin).all()  # the rest: within the proven bound
+
+
+def test_greedy_logits_is_scoped_to_greedy_decoding_and_sampling_reads_exact_logits():
+    model = tiny_model("llama", 96, seed=0, dtype=torch.float32)
+    assert kernels.install_cpu_lm_head(model)
+    head, seen = model.get_output_embeddings(), []
+    head.register_forward_pre_hook(lambda module, args: seen.append(module.argmax_only))
+    list(autoregressive(model, [1, 2, 3], 5))
+    assert seen and all(seen) and not head.argmax_only  # on while decoding, off afterwards
+    seen.clear()
+    list(autoregressive(model, [1, 2, 3], 5, Sampling(temperature=1.0, seed=0)))
+    assert seen and not any(seen)

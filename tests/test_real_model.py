@@ -4,6 +4,7 @@ and bad requests fail with clear messages."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tr.generate import decode_steps, generate
 from tr.matrix import AdjacencyMatrix
@@ -38,6 +39,35 @@ def test_recycling_is_lossless_on_spec_bench(real_lm, spec_bench_questions):
         assert recycled.text == plain.text
         drafts += sum(s.accepted_drafts for s in recycled.steps)
     assert drafts > len(questions) * 5  # Token Recycling really accepted drafts along the way
+
+
+def test_the_screened_head_changes_no_greedy_token(real_lm):
+    """Greedy decoding screens the LM head in half precision (`kernels.greedy_logits`); on the real model
+    its argmax is the fp32 head's at every position, and the error bound it relies on holds."""
+    head = real_lm.model.get_output_embeddings()
+    hidden: list[torch.Tensor] = []
+    width = head.weight.shape[1]
+    hook = head.register_forward_pre_hook(lambda module, args: hidden.append(args[0].reshape(-1, width).clone()))
+    try:
+        screened = generate(real_lm, "Explain how a rainbow forms.", "tr", max_new_tokens=MAX_NEW)
+    finally:
+        hook.remove()
+    rows = torch.cat(hidden)
+    assert len(rows) > MAX_NEW  # tree passes, several rows each
+    head.argmax_only = True
+    try:
+        with torch.inference_mode():
+            approx, exact = head(rows), rows @ head.weight.t()
+    finally:
+        head.argmax_only = False
+    assert torch.equal(approx.argmax(1), exact.argmax(1))
+    assert ((approx - exact).abs() <= head.screen.bound * rows.norm(dim=1, keepdim=True)).all()
+    packed, head.screen.packed = head.screen.packed, None  # the exact head everywhere
+    try:
+        plain = generate(real_lm, "Explain how a rainbow forms.", "ar", max_new_tokens=MAX_NEW)
+    finally:
+        head.screen.packed = packed
+    assert screened.token_ids == plain.token_ids
 
 
 def test_seeded_and_cold_starts_are_lossless_too(real_lm):

@@ -203,9 +203,10 @@ def generation_config(lm: LoadedModel, max_new_tokens: int, pld_tokens: int | No
 
 
 def run_hf(lm: LoadedModel, prompt_ids: list[int], config: GenerationConfig) -> dict:
-    """One `model.generate` call: output ids and wall seconds; steps are not known."""
+    """One `model.generate` call: output ids and wall seconds; steps are not known. Greedy, so with the same
+    LM head as `ar` (`kernels.greedy_logits`): the comparison is of decoding loops, not of heads."""
     ids = torch.tensor([prompt_ids], device=lm.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), kernels.greedy_logits(lm.model):
         begin = now(lm.device)
         out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
         seconds = now(lm.device) - begin

@@ -67,7 +67,7 @@ def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repea
             for n in sizes:
                 begin = clock.now()
                 positions = torch.arange(context, context + n, device=device)
-                forward(model, cache, ids[context : context + n], positions, masks[n])
+                forward(model, cache, ids[context : context + n], positions, masks[n], greedy=True)
                 elapsed = clock.now() - begin
                 cache.truncate(context)
                 if round_:
@@ -88,7 +88,7 @@ def calibrate(
     dtype = next(model.parameters()).dtype
     head = type(model.get_output_embeddings()).__name__
     key = (f"{name}|{device}|{dtype}|{torch.get_num_threads()}|{sizes}|{context}|{torch.__version__}|"
-           f"{kernels.settings()}|{head}")
+           f"{kernels.settings()}|{head}|greedy")
     file = _cache_file(key)
     if use_cache and name and file.is_file():
         return CostCurve(**json.loads(file.read_text()))

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from .drafts import Draft, Drafter, TemplateDrafter
+from .kernels import greedy_logits
 from .kv_cache import PreallocatedCache
 from .matrix import AdjacencyMatrix, RowWrite
 from .sampling import GREEDY, Sampling, choose
@@ -103,16 +105,19 @@ def forward(
     positions: torch.Tensor,
     mask: torch.Tensor | None = None,
     last_only: bool = False,
+    greedy: bool = False,
 ) -> torch.Tensor:
-    """Logits (n, vocab) for `ids` at `positions`, appending their keys and values to the cache."""
-    out = model(
-        input_ids=ids[None],
-        position_ids=positions[None],
-        attention_mask=mask,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1 if last_only else 0,
-    )
+    """Logits (n, vocab) for `ids` at `positions`, appending their keys and values to the cache. With
+    `greedy`, exact only at each row's argmax (`kernels.greedy_logits`): enough for greedy decoding."""
+    with greedy_logits(model) if greedy else nullcontext():
+        out = model(
+            input_ids=ids[None],
+            position_ids=positions[None],
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1 if last_only else 0,
+        )
     return out.logits[0]
 
 
@@ -182,7 +187,9 @@ def autoregressive(
     cache = PreallocatedCache(len(ids) + max_new_tokens)
     with torch.inference_mode():
         clock = Clock(device)
-        logits = clock.timed_forward(model, cache, ids, torch.arange(len(ids), device=device), last_only=True)
+        greedy = sampling.greedy
+        logits = clock.timed_forward(model, cache, ids, torch.arange(len(ids), device=device), last_only=True,
+                                     greedy=greedy)
         token = choose(logits[-1], sampling, generator)
         emitted, finished = _clip([int(token)], max_new_tokens, eos)
         yield totals.record(Step(0, emitted, finished=finished), clock)
@@ -191,7 +198,7 @@ def autoregressive(
             clock.resume()
             index += 1
             position = torch.tensor([cache.length], device=device)
-            logits = clock.timed_forward(model, cache, token.view(1), position)
+            logits = clock.timed_forward(model, cache, token.view(1), position, greedy=greedy)
             token = choose(logits[-1], sampling, generator)
             emitted, finished = _clip([int(token)], max_new_tokens - totals.tokens, eos)
             yield totals.record(Step(index, emitted, accepted=[0], finished=finished), clock)
@@ -255,8 +262,9 @@ def token_recycling(
     with torch.inference_mode():
         dtype = next(model.parameters()).dtype
         clock = Clock(device)
+        greedy = sampling.greedy
         logits = clock.timed_forward(
-            model, cache, ids, torch.arange(len(ids), device=device), last_only=not seed_from_prompt
+            model, cache, ids, torch.arange(len(ids), device=device), last_only=not seed_from_prompt, greedy=greedy
         )
         rows = matrix.write(list(prompt_ids), logits, [-1, *prompt_ids[:-1]]) if seed_from_prompt else []
         root, before_root = int(choose(logits[-1], sampling, generator)), int(prompt_ids[-1])
@@ -271,13 +279,13 @@ def token_recycling(
             draft = drafter.draft(root, matrix)
             mask = tree_mask(draft.ancestors, start, dtype, device)
             positions = (draft.depths + start).to(device)
-            logits = clock.timed_forward(model, cache, draft.tokens.to(device), positions, mask)
+            logits = clock.timed_forward(model, cache, draft.tokens.to(device), positions, mask, greedy=greedy)
             token_list = draft.tokens.tolist()
             if sampling.greedy:
                 path, choices, root = _greedy_path(draft, logits)
             else:
                 path, choices, root = _sampled_path(draft.parents, token_list, logits, sampling, generator)
-            cache.keep(start, torch.tensor(path, device=device))
+            cache.keep(start, path)
             previous = [before_root, *(token_list[p] for p in draft.parents[1:])]
             rows = matrix.write(token_list, logits, previous)
             before_root = token_list[path[-1]]

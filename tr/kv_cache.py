@@ -8,6 +8,7 @@ only, and after verification moves just the accepted entries into place (`keep`)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -78,10 +79,14 @@ class PreallocatedCache(Cache):
     def length(self) -> int:
         return self.layers[0].length if self.layers else 0
 
-    def keep(self, start: int, offsets: torch.Tensor) -> None:
-        """After a tree pass written at `start`: keep the entries at the given node offsets."""
+    def keep(self, start: int, offsets: Sequence[int]) -> None:
+        """After a tree pass written at `start`: keep the entries at the given node offsets (increasing)."""
+        if list(offsets) == list(range(len(offsets))):  # already in place (often: the first children)
+            self.truncate(start + len(offsets))
+            return
+        positions = torch.tensor(offsets, device=self.layers[0].keys.device)
         for layer in self.layers:
-            layer.keep(start, offsets)
+            layer.keep(start, positions)
 
     def truncate(self, length: int) -> None:
         for layer in self.layers:
