@@ -281,7 +281,7 @@ def token_recycling(
             positions = (draft.depths + start).to(device)
             logits = clock.timed_forward(model, cache, draft.tokens.to(device), positions, mask, greedy=greedy)
             token_list = draft.tokens.tolist()
-            if sampling.greedy:
+            if greedy:
                 path, choices, root = _greedy_path(draft, logits)
             else:
                 path, choices, root = _sampled_path(draft.parents, token_list, logits, sampling, generator)

@@ -115,7 +115,7 @@ class Fp16Screen:
 
     Why the argmax survives. For hidden row x and vocabulary row w (fp16 copy w16), the screened logit a
     (w16 . x in fp32 arithmetic) and the fp32 logit f (w . x, any summation order) each lie within
-    gamma * |w| |x| (gamma = hidden size x 2^-24, the worst-case rounding of a float32 dot product) of
+    gamma * |w| |x| (gamma ~ hidden size x 2^-24, the worst-case rounding of a float32 dot product) of
     the exact products w16 . x and w . x, which differ by at most |w - w16| |x|. So |a - f| <= B |x| with
     B = max over the vocabulary of |w - w16| + gamma (|w| + |w16|). The token with the largest f has
     a >= max(a) - 2 B |x|; every token that passes that test gets its fp32 logit, the rest keep a, which
