@@ -15,6 +15,11 @@ from tr.kv_cache import PreallocatedCache
 from tr.sampling import Sampling
 
 
+def cpu_model(dtype: torch.dtype) -> torch.nn.Module:
+    """A tiny model on the CPU even when the suite runs on $TR_TEST_DEVICE: these kernels are the CPU's."""
+    return tiny_model("llama", 96, seed=0, dtype=dtype).cpu()
+
+
 def test_mkl_branch_is_the_widest_the_cpu_has():
     assert kernels.best_mkl_branch({"avx", "avx2", "avx512f"}) == "AVX512"
     assert kernels.best_mkl_branch({"avx", "avx2", "fma"}) == "AVX2"
@@ -31,18 +36,18 @@ def test_configure_leaves_a_user_setting_alone(monkeypatch):
 
 def test_grouped_attention_is_switched_on_for_cpu_models_only_and_keeps_a_user_setting(monkeypatch):
     monkeypatch.delenv(kernels.GROUPED_ATTENTION, raising=False)
-    kernels.install_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32).to("meta"))
+    kernels.install_kernels(cpu_model(torch.float32).to("meta"))
     assert kernels.GROUPED_ATTENTION not in os.environ  # not a CPU model: left alone
-    kernels.install_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32))
+    kernels.install_kernels(cpu_model(torch.float32))
     assert kernels.settings()[kernels.GROUPED_ATTENTION] == "1"
     monkeypatch.setenv(kernels.GROUPED_ATTENTION, "0")
-    kernels.install_kernels(tiny_model("llama", 96, seed=0, dtype=torch.float32))
+    kernels.install_kernels(cpu_model(torch.float32))
     assert os.environ[kernels.GROUPED_ATTENTION] == "0"
 
 
 def test_tree_passes_give_the_same_logits_with_and_without_grouped_attention(monkeypatch):
     """The switch changes how grouped heads are fed to the kernel, not what attention computes."""
-    model = tiny_model("llama", 96, seed=0, dtype=torch.float64)
+    model = cpu_model(torch.float64)
     prompt, tree = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7])
     ancestors = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)  # a root with two children
     logits = {}
@@ -78,12 +83,12 @@ def test_cpu_lm_head_equals_the_linear_head(rows):
 
 
 def test_installed_only_where_it_applies_and_decoding_is_unchanged():
-    model = tiny_model("llama", 96, seed=0, dtype=torch.float32)
+    model = cpu_model(torch.float32)
     expected = [t for s in autoregressive(model, [1, 2, 3], 20) for t in s.tokens]
     assert kernels.install_cpu_lm_head(model)
     assert isinstance(model.get_output_embeddings(), kernels.CpuLmHead)
     assert [t for s in autoregressive(model, [1, 2, 3], 20) for t in s.tokens] == expected
-    assert not kernels.install_cpu_lm_head(tiny_model("llama", 96, seed=0, dtype=torch.float64))
+    assert not kernels.install_cpu_lm_head(cpu_model(torch.float64))
 
 
 def near_tie_head(vocab: int = 400, hidden: int = 64, seed: int = 0) -> torch.nn.Linear:
@@ -120,7 +125,7 @@ def test_the_screened_head_keeps_the_fp32_argmax_even_where_half_precision_canno
 
 
 def test_greedy_logits_is_scoped_to_greedy_decoding_and_sampling_reads_exact_logits():
-    model = tiny_model("llama", 96, seed=0, dtype=torch.float32)
+    model = cpu_model(torch.float32)
     assert kernels.install_cpu_lm_head(model)
     head, seen = model.get_output_embeddings(), []
     head.register_forward_pre_hook(lambda module, args: seen.append(module.argmax_only))
