@@ -82,7 +82,8 @@ def test_run_returns_identical_outputs_steps_figures_and_download(app_url):
     # Scrubbing: the first decoding step's tree and rows.
     tree, why, rows = c.predict(index=1, api_name="/show_step")
     assert "Step 1:" in json.loads(tree["plot"])["layout"]["title"]["text"]
-    assert len(plotly_traces(why)) == 1  # a fixed template: only the device's cost curve
+    # A fixed template: only the device's cost curve and the timings it is fitted to.
+    assert [trace["mode"] for trace in plotly_traces(why)] == ["lines", "markers"]
     assert "Step 1 " in rows
 
 
@@ -152,7 +153,7 @@ def test_auto_tree_run_says_what_it_chose_and_why(app_url):
     weighed = next(i for i, s in enumerate(steps, start=1) if s["considered_scores"])
     _, why, _ = c.predict(index=weighed, api_name="/show_step")
     why = plotly_traces(why)
-    assert [t["name"] for t in why] == ["verification cost (× one-token pass)", "expected tokens per step",
+    assert [t["name"] for t in why] == ["verification cost (× one-token pass)", "timed", "expected tokens per step",
                                         "expected tokens per unit of cost"]
 
 

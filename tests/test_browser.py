@@ -70,7 +70,7 @@ def test_race_in_the_browser(page):
     expect(page.locator("#tree-plot .gtitle")).to_contain_text(re.compile(r"drafted \d+"))
     assert page.locator("#tree-plot .scatterlayer .trace").count() >= 4
     expect(page.locator("#why-plot .gtitle")).to_contain_text("Why this tree size")
-    assert page.locator("#why-plot .scatterlayer .trace").count() == 3  # cost, expected tokens, their ratio
+    assert page.locator("#why-plot .scatterlayer .trace").count() == 4  # cost, its timings, expected, ratio
     assert page.locator("#rows-table table tbody tr").count() >= 2
     for chart in ("#chart-time", "#chart-speedup", "#chart-hist", "#chart-mat"):
         expect(page.locator(f"{chart} .main-svg").first).to_be_visible()

@@ -9,7 +9,7 @@ import torch
 
 from tiny_models import ARCHITECTURES, DEVICE, tiny_model
 from tr.acceptance import confidence_source
-from tr.calibrate import CostCurve, calibrate
+from tr.calibrate import CostCurve, calibrate, monotone
 from tr.decoding import autoregressive, token_recycling
 from tr.drafts import LOOKUP, DynamicDrafter, NgramIndex
 from tr.matrix import AdjacencyMatrix
@@ -46,6 +46,22 @@ def test_auto_grows_a_large_tree_when_verification_is_free_and_a_small_one_when_
         assert draft.scores == sorted(draft.scores, reverse=True)  # best-first
     # The confident rank-0 chain comes first: its nodes score 0.9^depth under the prior-only statistics.
     assert small.tokens.tolist()[:4] == [0, 1, 2, 3]
+
+
+def test_a_noisy_flat_curve_still_gets_a_large_tree():
+    """Calibration noise on a GPU: one size timed well under a one-token pass. The fitted curve
+    cannot dip, so the dip does not decide the tree."""
+    sizes = [1, 2, 4, 8, 16, 32, 48, 64, 81]
+    measured = [1.00, 0.93, 0.90, 0.87, 0.95, 0.96, 0.96, 0.99, 1.06]  # an H100's curve, in one-token passes
+    assert monotone(measured) == sorted(monotone(measured))
+    assert monotone([1.0, 1.2, 1.1, 1.5]) == pytest.approx([1.0, 1.15, 1.15, 1.5])
+    assert monotone([1.0, 1.1, 1.3]) == [1.0, 1.1, 1.3]  # a rising curve is left alone
+    doubtful = confident_matrix()
+    doubtful.probs[:, 0] = 0.3  # trees whose expected tokens grow slowly, so a dip can win
+    raw = DynamicDrafter(CostCurve(sizes, measured, 256, "cuda"), lookup=False).draft(0, doubtful)
+    fitted_curve = CostCurve(sizes, monotone(measured), 256, "cuda", measured)
+    fitted = DynamicDrafter(fitted_curve, lookup=False).draft(0, doubtful)
+    assert raw.size - 1 <= 16 and fitted.size - 1 >= 40
 
 
 def test_tree_size_follows_confidence():
@@ -160,6 +176,7 @@ def test_calibration_measures_growing_costs_and_caches(tmp_path, monkeypatch):
     assert curve.sizes == [1, 4, 64] and all(s > 0 for s in curve.seconds)
     assert list(tmp_path.glob("calibration-*.json"))
     assert calibrate(model, "tiny", sizes=(1, 4, 64), context=32, repeats=2) == curve  # read back
+    assert curve.seconds == monotone(curve.measured) and len(curve.measured) == 3
     assert curve.relative(1) == 1.0 and curve.cost(2) > 0
 
 

@@ -329,6 +329,10 @@ def test_tree_size_figure_marks_the_chosen_size_at_the_ratio_peak():
     assert fig.layout.shapes[0].x0 == 2
     assert len(viz.tree_size_figure(curve).data) == 1  # no step yet: the device's curve alone
     assert note_of(viz.tree_size_figure(None)) is not None
+    timed = CostCurve([1, 2, 8], [1.0, 1.05, 1.4], 64, "cpu", measured=[1.0, 1.1, 1.4])
+    markers = [trace for trace in viz.tree_size_figure(timed).data if trace.mode == "markers"]
+    assert len(markers) == 1 and list(markers[0].x) == [0, 1, 7]
+    assert list(markers[0].y) == pytest.approx([1.0, 1.1, 1.4])
 
 
 def test_benchmark_figure_draws_every_method_and_category():

@@ -21,10 +21,14 @@ LOOKUP_PRIOR = 0.5  # an n-gram continuation, before any evidence (prompt lookup
 STALE_FACTOR = 0.7
 
 
+_SOURCE_NAMES = {pair: [f"{'c' if pair else 'q'}{i}" for i in range(CONFIDENCE_BUCKETS)] for pair in (False, True)}
+
+
 def confidence_source(probability: float, pair: bool = False) -> str:
     """The source key of a candidate the model gave `probability`: q0 (under 10%) .. q9 from a
     one-token row, c0 .. c9 from a pair row."""
-    return f"{'c' if pair else 'q'}{min(int(probability * CONFIDENCE_BUCKETS), CONFIDENCE_BUCKETS - 1)}"
+    # Called for every candidate a dynamic tree weighs: names are looked up, not formatted.
+    return _SOURCE_NAMES[pair][min(int(probability * CONFIDENCE_BUCKETS), CONFIDENCE_BUCKETS - 1)]
 
 
 def lookup_source(match_length: int) -> str:

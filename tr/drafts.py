@@ -123,7 +123,9 @@ class DynamicDrafter:
     """Best-first trees with a prompt-lookup branch, sized by the calibrated cost curve.
 
     `curve` None means a fixed budget of `max_nodes` (no calibration); otherwise the tree stops at
-    the size with the most expected tokens per unit of cost, looking `lookahead` nodes past the best.
+    the size with the most expected tokens per unit of cost, looking past the best size so far by
+    `lookahead` nodes or by that size again, whichever is more: on a flat (GPU) curve the best size
+    can lie far beyond a small one that is nearly as good.
     """
 
     def __init__(self, curve: CostCurve | None = None, max_nodes: int = 80, max_depth: int = 10,
@@ -159,40 +161,51 @@ class DynamicDrafter:
         children: list[set[int]] = [set()]
         claimed = [0.0]  # per node: the chance its children already took (one child at most is right)
         chain_next = {0: 0}  # node on the lookup branch -> index in `chain` of the token after it
-        heap: list[tuple[float, int, int, int, int, str, float]] = []
+        # Heap entries: (-score, order, parent, rank, chance, row, next_pushed). `row` is (candidates,
+        # probabilities, from_pair) for a matrix candidate, or the token itself for a lookup copy.
+        heap: list[tuple] = []
         order = itertools.count()  # ties break by push order, so trees are deterministic
 
-        def push(parent: int, token: int, rank: int, source: str, chance: float) -> None:
-            heapq.heappush(heap, (-scores[parent] * chance, next(order), parent, token, rank, source, chance))
+        def push(parent: int, rank: int, chance: float, row, next_pushed: bool = False) -> None:
+            heapq.heappush(heap, (-scores[parent] * chance, next(order), parent, rank, chance, row, next_pushed))
+
+        def push_candidate(parent: int, row: tuple, rank: int, ceiling: float) -> None:
+            # A row's candidates are pushed one at a time, each when the one before it leaves the heap,
+            # so a step costs heap work for the nodes it weighs, not for all k candidates of every row.
+            # Their chances never rise along a row: the model ranked them, and a noisy rate must not
+            # put a lower-ranked candidate first.
+            chance = min(rate(confidence_source(row[1][rank], row[2])), ceiling)
+            push(parent, rank, chance, row)
 
         def expand(node: int) -> None:
             if depths[node] >= self.max_depth:
                 return
-            token, rows = tokens[node], []
+            token = tokens[node]
             pair = matrix.pair_row(tokens[parents[node]] if node else before_root, token)
             if pair is not None:
-                rows.append((*pair, True))
+                push_candidate(node, (*pair, True), 0, 1.0)
             if bool(matrix.filled[token]):
-                rows.append((matrix.table[token].tolist(), matrix.probs[token].tolist(), False))
-            for row, probabilities, from_pair in rows:
-                for rank, (child, p) in enumerate(zip(row, probabilities)):
-                    source = confidence_source(p, from_pair)
-                    push(node, child, rank, source, rate(source))
+                push_candidate(node, (matrix.table[token].tolist(), matrix.probs[token].tolist(), False), 0, 1.0)
             j = chain_next.get(node)
             if j is not None and j < len(chain):
-                source = lookup_source(match)
-                push(node, chain[j], LOOKUP, source, rate(source))
+                push(node, LOOKUP, rate(lookup_source(match)), chain[j])
 
         expand(0)
         expected, best_size, best_ratio = 1.0, 1, 1.0 / self._cost(1)
         while heap and len(tokens) <= self.max_nodes:
-            _, _, parent, token, rank, source, chance = heapq.heappop(heap)
+            _, _, parent, rank, chance, row, next_pushed = heapq.heappop(heap)
+            if rank == LOOKUP:
+                token, source = row, lookup_source(match)
+            else:
+                token, source = row[0][rank], confidence_source(row[1][rank], row[2])
+                if not next_pushed and rank + 1 < len(row[0]):
+                    push_candidate(parent, row, rank + 1, chance)
             if token in children[parent]:
                 continue
             room = 1.0 - claimed[parent]
             if chance > room + 1e-9:  # better siblings took most of the parent's chance: worth only the rest
                 if room > 1e-6:
-                    push(parent, token, rank, source, room)
+                    push(parent, rank, room, row, next_pushed=True)
                 continue
             claimed[parent] += chance
             node = len(tokens)
@@ -208,7 +221,7 @@ class DynamicDrafter:
             ratio = expected / self._cost(node + 1)
             if ratio >= best_ratio or self.curve is None:
                 best_size, best_ratio = node + 1, ratio
-            elif node + 1 - best_size >= self.lookahead:
+            elif node + 1 - best_size >= max(self.lookahead, best_size):
                 break
             expand(node)
         n = best_size

@@ -3,9 +3,9 @@ drafts were expected to bring.
 
 A step's tree pays off when its expected tokens (the bonus plus each node's estimated chance of
 acceptance) grow faster than the cost of verifying it. The figure draws, for every size n the drafter
-weighed: the calibrated cost of verifying n drafts plus the root (in one-token forward passes), the
-expected tokens of the best n nodes, and their ratio, the expected speed-up over plain decoding before
-overheads. The `auto` tree stops at the ratio's peak.
+weighed: the calibrated cost of verifying n drafts plus the root (in one-token forward passes; the
+timings it is fitted to as circles), the expected tokens of the best n nodes, and their ratio, the
+expected speed-up over plain decoding before overheads. The `auto` tree stops at the ratio's peak.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ def tree_size_figure(curve: CostCurve | None, step: Step | None = None) -> go.Fi
     fig.add_scatter(x=sizes, y=cost, mode="lines", name="verification cost (× one-token pass)",
                     line=dict(color=COST_COLOR, width=2),
                     hovertemplate="%{x} drafts: verifying costs %{y:.2f}× a one-token pass<extra></extra>")
+    if curve.measured:  # the timings the curve is fitted to (it may not fall with size: see tr.calibrate)
+        shown = [(n - 1, t / curve.seconds[0]) for n, t in zip(curve.sizes, curve.measured) if n - 1 <= largest]
+        fig.add_scatter(x=[n for n, _ in shown], y=[t for _, t in shown], mode="markers", name="timed",
+                        marker=dict(color=COST_COLOR, size=6, symbol="circle-open"),
+                        hovertemplate="%{x} drafts: timed at %{y:.2f}× the fitted one-token pass<extra></extra>")
     if weighed:
         expected = [1.0, *(1.0 + s for s in accumulate(weighed))]
         fig.add_scatter(x=sizes[: len(expected)], y=expected, mode="lines", name="expected tokens per step",
