@@ -15,8 +15,6 @@ fragment in `viz`. Each browser session keeps its own adjacency matrix and run h
 from __future__ import annotations
 
 import argparse
-import html
-import json
 import logging
 import sys
 import threading
@@ -29,16 +27,16 @@ import gradio as gr
 
 import viz
 from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, howto_charts
-from tr import AUTO, BUNDLED, START_MODES, LoadedModel, ModelLoadError, Step, load_model, primed_path
+from tr import AUTO, BUNDLED, START_MODES, LoadedModel, ModelLoadError, load_model, primed_path
 from tr.calibrate import CostCurve, calibrate
 from tr.matrix import MAX_K
 from tr.model import DTYPES
 from tr.race import token_ids
-from tr.session import CUSTOM, CUSTOM_EXAMPLE, DECODING, MAX_NEW_TOKENS, NAMES, TEMPLATES, Run, Session, parse_settings
+from tr.session import (CUSTOM, CUSTOM_EXAMPLE, DECODING, MAX_NEW_TOKENS, NAMES, TEMPLATES, Run, Session, load_examples,
+                        parse_settings)
 
 log = logging.getLogger("token-recycling-app")
 
-PROMPTS_FILE = Path(__file__).resolve().parent / "assets" / "prompts.jsonl"
 UPDATE_EVERY_S = 0.25  # at most ~4 UI updates a second (text panes and numbers)
 # Plotly figures are what costs the browser most (a slow machine can spend seconds per update on them and
 # stop responding, Stop button included): while running, redraw the tree less often and the charts rarely.
@@ -73,12 +71,7 @@ def stats_html(run: Run) -> str:
 
 
 def pane_html(lm: LoadedModel, run: Run, name: str) -> str:
-    """One side's text so far, with its own compute clock in the heading."""
-    steps = run.steps[name]
-    clock = f"{steps[-1].elapsed_s:.2f} s" if steps else "waiting"
-    done = " · done" if steps and steps[-1].finished else ""
-    body = viz.banded_html(steps, lm.decode) if name == "tr" else viz.plain_html(steps, lm.decode)
-    return f'<p class="pane-title">{NAMES[name]} · {clock}{done}</p>{body}'
+    return viz.pane_html(NAMES[name], run.steps[name], lm.decode, banded=name == "tr")
 
 
 def matrix_info(lm: LoadedModel, session: Session) -> str:
@@ -90,24 +83,13 @@ def matrix_info(lm: LoadedModel, session: Session) -> str:
 
 
 def lookup_html(lm: LoadedModel, session: Session, text: str | None) -> str:
-    """The current row of the first token of `text` (or of `#id`), from this session's matrix only."""
-    if not text or not text.strip():
-        return '<p class="howto">Type a word (or <code>#id</code> for a token id) to see its row.</p>'
-    if text.strip().startswith("#") and text.strip()[1:].isdigit():
-        token = int(text.strip()[1:])
-        if token >= lm.vocab_size:
-            return f'<p class="howto">Token id {token} is outside the vocabulary (0..{lm.vocab_size - 1}).</p>'
-        note = ""
-    else:
-        ids = lm.tokenizer(text[:200], add_special_tokens=False)["input_ids"]  # only the first token matters
-        if not ids:
-            return '<p class="howto">That text has no tokens.</p>'
-        token = ids[0]
-        note = "" if len(ids) == 1 else (
-            f'<p class="howto">"{html.escape(text)}" is {len(ids)} tokens; showing the first, '
-            f"<code>{html.escape(lm.token_text(token))}</code>. (A leading space makes a different token.)</p>")
-    row = session.matrix.row(token) if session.matrix is not None else None
-    return note + viz.row_lookup_html(token, row, lm.token_text)
+    """A token's current row, from this session's matrix only."""
+    matrix = session.matrix
+    def encode(text: str) -> list[int]:
+        return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    row_of = matrix.row if matrix is not None else lambda token: None
+    return viz.token_lookup_html(text, lm.vocab_size, encode, row_of, lm.token_text)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -134,12 +116,6 @@ def slider_for(run: Run, value: int | None = None) -> Any:
     last = max(len(run.steps["tr"]) - 1, 0)
     return gr.Slider(minimum=0, maximum=max(last, 1), value=last if value is None else value, step=1,
                      interactive=True, label=f"Token Recycling step (0 = prefill, {last} = last)")
-
-
-def best_step(steps: list[Step]) -> int:
-    """The step that accepted the most drafts (the first of them): the most telling tree to show first."""
-    decoding = range(1, len(steps)) if len(steps) > 1 else range(len(steps))  # step 0 (prefill) has no tree
-    return max(decoding, key=lambda i: (steps[i].accepted_drafts, -i)) if steps else 0
 
 
 def chart_views(run: Run) -> dict[str, Any]:
@@ -195,7 +171,7 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
     }
     if run is None:
         return views
-    shown = best_step(run.steps["tr"])  # after the run, open on its most successful step
+    shown = viz.most_accepted_step(run.steps["tr"])  # after the run, open on its most successful step
     tree, why, rows = step_views(lm, session, shown)
     views |= {
         "ar_pane": pane_html(lm, run, "ar"),
@@ -264,8 +240,8 @@ def run_handler(lm: LoadedModel, curve: CostCurve, session: Session | None, widg
         return
     run.finished = True
     session.remember(run)
-    message = (f"Done{note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for both decoders together "
-               "(each side's own compute time is in the table).")
+    message = (f"Done{note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for both decoders "
+               "together (each side's own compute time is in the table).")
     yield ordered(final_views(lm, session, lookup_text, message))
 
 
@@ -299,18 +275,6 @@ def slider_handler(lm: LoadedModel, session: Session | None, index: Any) -> tupl
 # ---------------------------------------------------------------------------------------------------
 # Layout
 # ---------------------------------------------------------------------------------------------------
-
-
-def load_examples(path: Path = PROMPTS_FILE) -> tuple[list[list[str]], list[str]]:
-    """Example prompts and their labels ("code: Write a Python…") from the Spec-Bench-style file."""
-    prompts, labels = [], []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            item = json.loads(line)
-            text = item["turns"][0]
-            prompts.append([text])
-            labels.append(f"{item['label']}: {text[:32]}…" if len(text) > 32 else f"{item['label']}: {text}")
-    return prompts, labels
 
 
 def forget(session: Session | None) -> None:

@@ -226,6 +226,29 @@ def test_row_lookup_and_summary():
     assert matrix_summary(0, 64, 900) == "0 of 64 rows filled · 900 B"
 
 
+def test_token_lookup_reads_a_word_or_an_id():
+    rows = {7: [1, 2], 9: None}
+
+    def lookup(text):
+        return viz.token_lookup_html(text, 10, lambda t: [7, 9][: len(t.split())], rows.get, nasty_text)
+
+    assert "Type a word" in lookup("  ") and "Type a word" in lookup(None)
+    assert "Candidates after" in lookup("one") and "is 2 tokens" not in lookup("one")
+    assert "is 2 tokens; showing the first" in lookup("one two")
+    assert "has not been written yet" in lookup("#9") and "(id 9)" in lookup("#9")
+    assert "outside the vocabulary (0..9)" in lookup("#10")
+    assert "no tokens" in viz.token_lookup_html("x", 10, lambda t: [], rows.get, nasty_text)
+
+
+def test_panes_and_the_step_to_open_on():
+    steps = [Step(0, [1]), Step(1, [2, 3], accepted=[0, 4]), Step(2, [4, 5], accepted=[0, 1]), Step(3, [6])]
+    assert viz.most_accepted_step(steps) == 1  # the first of the steps that accepted the most
+    assert viz.most_accepted_step(steps[:1]) == 0 and viz.most_accepted_step([]) == 0
+    pane = viz.pane_html("A <b>", steps, lambda ids: " ".join(map(str, ids)), banded=True)
+    assert pane.startswith('<p class="pane-title">A &lt;b&gt; · ') and pane.count('class="tr-band"') == 4
+    assert "waiting" in viz.pane_html("A", [], str, banded=False)
+
+
 # --- charts ------------------------------------------------------------------------------------------
 
 def test_speedup_matches_a_hand_computation():

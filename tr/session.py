@@ -39,6 +39,7 @@ MAX_PROMPT_CHARS = 8000
 MAX_TREE_NODES = 256  # a custom tree larger than this would make one step take seconds on a CPU
 MAX_TREE_JSON_CHARS = 20_000
 HISTORY_LIMIT = 20
+EXAMPLES_FILE = Path(__file__).resolve().parents[1] / "assets" / "prompts.jsonl"
 
 
 @dataclass
@@ -260,3 +261,15 @@ def parse_settings(prompt: Any, max_new_tokens: Any, template: Any, custom_json:
         seed=_whole("Seed", seed, 0, 2**31 - 1) if sampled else 0,
         start=start,
     )
+
+
+def load_examples(path: Path = EXAMPLES_FILE) -> tuple[list[list[str]], list[str]]:
+    """Example prompts and their labels ("code: Write a Python…") from the project's Spec-Bench-style file."""
+    prompts, labels = [], []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            item = json.loads(line)
+            text = item["turns"][0]
+            prompts.append([text])
+            labels.append(f"{item['label']}: {text[:32]}…" if len(text) > 32 else f"{item['label']}: {text}")
+    return prompts, labels

@@ -6,15 +6,15 @@ Pure functions of their inputs: no model, no UI framework; plotly and networkx o
 
 from .charts import accepted_histogram, mat_over_steps, speedup_over_steps, tokens_vs_time
 from .cost import tree_size_figure
-from .matrix import matrix_summary, row_lookup_html, rows_table_html
+from .matrix import matrix_summary, row_lookup_html, rows_table_html, token_lookup_html
 from .race import history_markdown, stats_html
 from .style import empty_figure
-from .text import banded_html, plain_html
-from .tree import tree_figure
+from .text import banded_html, pane_html, plain_html
+from .tree import most_accepted_step, tree_figure
 
 __all__ = [
     "history_markdown", "stats_html",
     "accepted_histogram", "banded_html", "empty_figure", "mat_over_steps", "matrix_summary", "plain_html",
-    "row_lookup_html", "rows_table_html", "speedup_over_steps", "tokens_vs_time", "tree_figure",
-    "tree_size_figure",
+    "most_accepted_step", "pane_html", "row_lookup_html", "rows_table_html", "speedup_over_steps",
+    "token_lookup_html", "tokens_vs_time", "tree_figure", "tree_size_figure",
 ]

@@ -87,6 +87,28 @@ def row_lookup_html(token: int, candidates: list[int] | None, token_text: Callab
             f"<tbody><tr>{cells}</tr></tbody></table></div>")
 
 
+def token_lookup_html(text: str | None, vocab_size: int, encode: Callable[[str], list[int]],
+                      row_of: Callable[[int], list[int] | None], token_text: Callable[[int], str]) -> str:
+    """The row of the first token of `text`, or of token id `#id`: what a user types to look one up."""
+    text = (text or "").strip()
+    if not text:
+        return f'<p style="{NOTE_STYLE}">Type a word (or <code>#id</code> for a token id) to see its row.</p>'
+    note = ""
+    if text.startswith("#") and text[1:].isdigit():
+        token = int(text[1:])
+        if token >= vocab_size:
+            return f'<p style="{NOTE_STYLE}">Token id {token} is outside the vocabulary (0..{vocab_size - 1}).</p>'
+    else:
+        ids = encode(text[:200])  # only the first token matters
+        if not ids:
+            return f'<p style="{NOTE_STYLE}">That text has no tokens.</p>'
+        token = ids[0]
+        if len(ids) > 1:
+            note = (f'<p style="{NOTE_STYLE}">"{html.escape(text)}" is {len(ids)} tokens; showing the first, '
+                    f"<code>{html.escape(token_text(token))}</code>. (A leading space makes a different token.)</p>")
+    return note + row_lookup_html(token, row_of(token), token_text)
+
+
 def human_bytes(n: int) -> str:
     for unit in ("B", "kB", "MB"):
         if n < 1000:

@@ -73,3 +73,11 @@ def plain_html(steps: list[Step], decode: Callable[[list[int]], str]) -> str:
     """The output in the same box as `banded_html`, without bands (for the baseline)."""
     text = decode([t for step in steps for t in step.tokens]) if steps else ""
     return _container(html.escape(text), "One token per forward pass.")
+
+
+def pane_html(title: str, steps: list[Step], decode: Callable[[list[int]], str], banded: bool) -> str:
+    """One decoder's text so far under a heading with its own compute clock."""
+    clock = f"{steps[-1].elapsed_s:.2f} s" if steps else "waiting"
+    done = " · done" if steps and steps[-1].finished else ""
+    body = banded_html(steps, decode) if banded else plain_html(steps, decode)
+    return f'<p class="pane-title">{html.escape(title)} · {clock}{done}</p>{body}'

@@ -53,6 +53,12 @@ def has_tree(step: Step) -> bool:
     return len(step.tree_tokens) > 1
 
 
+def most_accepted_step(steps: list[Step]) -> int:
+    """The step that accepted the most drafts (the first of them): the most telling tree to show first."""
+    decoding = range(1, len(steps)) if len(steps) > 1 else range(len(steps))  # step 0 (prefill) has no tree
+    return max(decoding, key=lambda i: (steps[i].accepted_drafts, -i)) if steps else 0
+
+
 def bonus_token(step: Step) -> int:
     """The model's choice after the last accepted node (the token emitted on top of the drafts)."""
     choice = step.choices[step.accepted[-1]] if step.accepted and step.choices else -1
