@@ -84,11 +84,11 @@ def matrix_info(lm: LoadedModel, session: Session) -> str:
 
 def lookup_html(lm: LoadedModel, session: Session, text: str | None) -> str:
     """A token's current row, from this session's matrix only."""
-    matrix = session.matrix
+
     def encode(text: str) -> list[int]:
         return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    row_of = matrix.row if matrix is not None else lambda token: None
+    row_of = session.matrix.row if session.matrix is not None else lambda token: None
     return viz.token_lookup_html(text, lm.vocab_size, encode, row_of, lm.token_text)
 
 
