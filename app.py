@@ -28,7 +28,8 @@ import gradio as gr
 import viz
 from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, howto_charts
 from tr import AUTO, BUNDLED, START_MODES, LoadedModel, ModelLoadError, load_model, primed_path
-from tr.calibrate import CostCurve, calibrate
+from tr.calibrate import calibrate
+from tr.costs import LearnedCost
 from tr.matrix import MAX_K
 from tr.model import DTYPES
 from tr.race import token_ids
@@ -108,7 +109,7 @@ def step_views(lm: LoadedModel, session: Session, index: Any) -> tuple[Any, Any,
         note = "No Token Recycling steps yet: start a run."
         return viz.empty_figure("Draft tree", note), gr.skip(), f'<p class="howto">{note}</p>'
     step = steps[min(max(int(index or 0), 0), len(steps) - 1)]
-    why = viz.tree_size_figure(session.run.curve, step)
+    why = viz.tree_size_figure(step.cost_curve or session.run.curve, step)
     return viz.tree_figure(step, lm.token_text), why, viz.rows_table_html(step, lm.token_text)
 
 
@@ -198,7 +199,7 @@ def failure(message: str, session: Session) -> dict[str, Any]:
     return {"message": f"⚠️ **{message}**", "session": session}
 
 
-def run_handler(lm: LoadedModel, curve: CostCurve, session: Session | None, widgets: tuple,
+def run_handler(lm: LoadedModel, costs: LearnedCost, session: Session | None, widgets: tuple,
                 lookup_text: str | None) -> Iterator[tuple]:
     """The Run button: race both decoders, streaming throttled updates, then render everything.
 
@@ -207,7 +208,7 @@ def run_handler(lm: LoadedModel, curve: CostCurve, session: Session | None, widg
     session = session or Session()
     try:
         settings = parse_settings(*widgets)
-        run, events, note = session.start(lm, settings, curve)
+        run, events, note = session.start(lm, settings, costs)
     except ValueError as err:  # TreeError is a ValueError; tr's messages are written for users
         yield ordered(failure(str(err), session))
         return
@@ -296,8 +297,9 @@ class App(gr.Blocks):
 def build_demo(lm: LoadedModel) -> gr.Blocks:
     """The whole app on an already loaded model; queued so one generation uses the model at a time."""
     examples, example_labels = load_examples()
-    # Measured once per model, device, dtype and kernel settings, then read from disk (a few seconds).
-    curve = calibrate(lm.model, lm.name)
+    # Measured once per model, device, dtype and kernel settings, then read from disk (a few seconds);
+    # every run's steps correct it, for all sessions: it is the device's.
+    costs = LearnedCost(calibrate(lm.model, lm.name))
     # delete_cache: gradio keeps a copy of every download; drop copies older than an hour, hourly.
     with App(title="Token Recycling, live", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         # A Session, made by the first handler that needs one (one per browser session).
@@ -354,7 +356,7 @@ def build_demo(lm: LoadedModel) -> gr.Blocks:
                 tree = gr.Plot(viz.empty_figure("Draft tree", "No steps yet: start a run."), show_label=False,
                                elem_id="tree-plot")
                 gr.Markdown(HOWTO_SIZE, elem_classes="howto")
-                why = gr.Plot(viz.tree_size_figure(curve), show_label=False, elem_id="why-plot")
+                why = gr.Plot(viz.tree_size_figure(costs.curve), show_label=False, elem_id="why-plot")
             with gr.Column(scale=6, min_width=420):
                 gr.Markdown("### Adjacency matrix rows written at that step")
                 gr.Markdown(HOWTO_MATRIX, elem_classes="howto")
@@ -384,7 +386,7 @@ def build_demo(lm: LoadedModel) -> gr.Blocks:
                 decoding: str, temperature: float, top_p: float, seed: int, start: str, lookup: str
                 ) -> Iterator[tuple]:
             values = (prompt, max_new_tokens, template, custom_json, k, decoding, temperature, top_p, seed, start)
-            yield from run_handler(lm, curve, state, values, lookup)
+            yield from run_handler(lm, costs, state, values, lookup)
 
         # One generation on the model at a time, across all sessions; the bounded queue holds the rest.
         run_event = run_button.click(run, [session, *widgets, lookup_text], outputs, api_name="run",

@@ -184,6 +184,8 @@ def test_tree_of_prefill_and_autoregressive_steps_is_a_note(runs):
     for step in (runs["tr"][0], runs["ar"][1]):
         fig = tree_figure(step, token_text)
         assert not fig.data and "No draft tree" in note_of(fig)
+    probe = Step(4, [7], tree_tokens=[3], tree_parents=[-1], tree_depths=[0], accepted=[0], probe=True)
+    assert "timing probe" in note_of(tree_figure(probe, token_text))
 
 
 # --- matrix ------------------------------------------------------------------------------------------
@@ -340,7 +342,7 @@ def test_plain_html_shares_the_container():
 
 
 def test_tree_size_figure_marks_the_chosen_size_at_the_ratio_peak():
-    from tr.calibrate import CostCurve
+    from tr.costs import CostCurve
 
     curve = CostCurve([1, 2, 8, 32], [1.0, 1.1, 1.4, 2.5], 64, "cpu")
     step = Step(3, [5], tree_tokens=[1, 2, 3], considered_scores=[0.8, 0.5, 0.05, 0.01])
@@ -356,6 +358,9 @@ def test_tree_size_figure_marks_the_chosen_size_at_the_ratio_peak():
     markers = [trace for trace in viz.tree_size_figure(timed).data if trace.mode == "markers"]
     assert len(markers) == 1 and list(markers[0].x) == [0, 1, 7]
     assert list(markers[0].y) == pytest.approx([1.0, 1.1, 1.4])
+    assert markers[0].name == "timed"
+    learned = CostCurve([1, 2, 8], [1.0, 1.05, 1.4], 64, "cpu", measured=[1.0, 1.1, 1.4], steps=212.4)
+    assert "corrected by ~212 decoding steps" in viz.tree_size_figure(learned).data[1].name
 
 
 def test_benchmark_figure_draws_every_method_and_category():

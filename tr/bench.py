@@ -59,6 +59,7 @@ from .generate import (
     DYNAMIC_TREES, FIXED_DYNAMIC, MAX_NEW_TOKENS, START_MODES, check_request, check_tree, decode_steps,
     first_divergence, make_drafter, summarize, token_ids,
 )
+from .decoding import Step
 from .matrix import MAX_K, AdjacencyMatrix
 from .model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, load_model
 from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError
@@ -214,12 +215,19 @@ def run_hf(lm: LoadedModel, prompt_ids: list[int], config: GenerationConfig) -> 
     return dict(output_ids=tokens, seconds=seconds, steps=None, mat=None, forward_s=None, overhead_s=None)
 
 
+def relative_costs(steps: list[Step]) -> list[float] | None:
+    """The cost curve the last step was sized by (one-token passes at each calibrated size), if any."""
+    curve = steps[-1].cost_curve
+    return [curve.relative(n) for n in curve.sizes] if curve else None
+
+
 def run_own(lm: LoadedModel, prompt_ids: list[int], method: str, max_new_tokens: int, **options) -> dict:
     """One `decode_steps` run (ar or tr): output ids, wall seconds, and the records' own split."""
     begin = now(lm.device)
     steps = list(decode_steps(lm, prompt_ids, method, max_new_tokens, **options))
     seconds = now(lm.device) - begin
     stats = summarize(steps)
+    drafted = [len(s.tree_tokens) - 1 for s in steps[1:]]
     return dict(
         output_ids=token_ids(steps),
         seconds=seconds,
@@ -228,12 +236,15 @@ def run_own(lm: LoadedModel, prompt_ids: list[int], method: str, max_new_tokens:
         mat=stats.mat if stats.steps else None,
         forward_s=stats.forward_s,
         overhead_s=stats.overhead_s,
+        draft_nodes=sum(drafted) / len(drafted) if drafted and method == "tr" else None,
+        probes=sum(s.probe for s in steps[1:]) if method == "tr" else None,
+        cost_curve=relative_costs(steps) if method == "tr" else None,
     )
 
 
 def make_runners(lm: LoadedModel, methods: Sequence[str], max_new_tokens: int, pld_tokens: int, k: int) -> dict:
-    """One callable `(prompt_ids, scratch) -> figures` per method. Each TR variant's matrix is shared by
-    all prompts; a `scratch` run decodes on a copy of it, so a repeat starts from the same matrix."""
+    """One callable `(prompt_ids, scratch) -> figures` per method. Each TR variant's matrix and drafter are
+    shared by all prompts; a `scratch` run decodes on copies, so a repeat starts from the same state."""
     runners, curve = {}, None
     for method in methods:
         if method == "ar":
@@ -246,9 +257,10 @@ def make_runners(lm: LoadedModel, methods: Sequence[str], max_new_tokens: int, p
             matrix = AdjacencyMatrix(lm.vocab_size, k)
             curve = curve or calibrate(lm.model, lm.name)  # once: every variant reads the same device curve
             drafter = make_drafter(lm, tree, k, curve)
+            # A scratch run works on copies: the matrix and the costs the drafter learned advance once per prompt.
             runners[method] = lambda ids, scratch, matrix=matrix, drafter=drafter, start=start: run_own(
-                lm, ids, "tr", max_new_tokens, matrix=copy.deepcopy(matrix) if scratch else matrix, tree=drafter,
-                start=start,
+                lm, ids, "tr", max_new_tokens, matrix=copy.deepcopy(matrix) if scratch else matrix,
+                tree=copy.deepcopy(drafter) if scratch else drafter, start=start,
             )
         else:
             raise ValueError(f"unknown method {method!r}")
@@ -317,6 +329,9 @@ def result_row(question: dict, method: str, figures: dict) -> dict:
         "forward_s": figures["forward_s"],
         "overhead_s": figures["overhead_s"],
         "repeat_seconds": figures["repeat_seconds"],
+        "draft_nodes": figures.get("draft_nodes"),  # tr: mean draft nodes per decoding step
+        "probes": figures.get("probes"),  # tr: steps that verified the root alone to time a one-token pass
+        "cost_curve": figures.get("cost_curve"),  # tr: relative costs at the calibrated sizes, after this prompt
         "identical_to_ar": None,
         "first_divergence": None,
         "output_ids": figures["output_ids"],
@@ -449,9 +464,18 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(out)
 
 
-def report(table: list[dict], machine: dict) -> str:
+def describe_learned(results: list[dict], sizes: list[int]) -> list[str]:
+    """Each sized tr method's cost curve after its last prompt, as decoding steps corrected it."""
+    last = {r["method"]: r for r in results if r["cost_curve"]}
+    return [f"{method}: cost after the last prompt, corrected by decoding steps: "
+            + ", ".join(f"{n}: {c:.2f}x" for n, c in zip(sizes[1:], row["cost_curve"][1:]))
+            for method, row in last.items() if tr_variant(method)[0] in DYNAMIC_TREES]
+
+
+def report(table: list[dict], machine: dict, results: list[dict]) -> str:
     return "\n".join([
         describe_machine(machine),
+        *describe_learned(results, machine["forward_cost"]["sizes"]),
         "speed-up: tokens/s (total tokens / total seconds) over the faster of ar and hf in the category; "
         "identical: outputs equal to ar; overhead (tr): non-forward time as % of forward time",
         "",
@@ -537,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"tr.bench: error: {message}", file=sys.stderr)
         return 2
-    print(report(table, machine))
+    print(report(table, machine, results))
     print(f"\nwrote {out}")
     return 0
 

@@ -1,21 +1,21 @@
-"""How much one verification pass costs on this model and device, as a function of tree size.
+"""Measure how much one verification pass costs on the running model and device, by tree size.
 
-Token Recycling pays for its drafts in verification: a forward pass over n tree tokens costs more
-than over one token, by how much depends on the device (about 1.4x at n=8 and 3.8x at n=81 on a
-2-core CPU, nearly flat on a GPU). `calibrate` measures that curve on the running model in a few
-seconds and caches it per model, device, dtype, thread count and kernel settings.
+`calibrate` times forward passes over 1 to 81 new tokens in a few seconds and caches the curve
+(`tr.costs.CostCurve`) per model, device, dtype, thread count and kernel settings. It is the prior the
+`auto` tree starts from; decoding steps then correct it (`tr.costs.LearnedCost`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from . import kernels
+from .costs import CostCurve, monotone
 from .decoding import Clock, forward, tree_mask
 from .kv_cache import PreallocatedCache
 from .model import cache_dir
@@ -24,53 +24,6 @@ from .model import cache_dir
 # (bundled model, 2-core AVX2 CPU, two runs: 3 nodes 1.08-1.09x, 4 nodes 1.02-1.06x, 7 nodes 1.22-1.24x,
 # 8 nodes 1.18-1.19x; fbgemm's half-precision product works in blocks of six rows).
 SIZES = (*range(1, 17), 20, 24, 32, 48, 64, 81)
-
-
-@dataclass
-class CostCurve:
-    """Seconds of one forward pass over `sizes[i]` new tokens behind a cache of `context` tokens:
-    `measured` as timed, `seconds` the closest non-decreasing fit to it (see `monotone`)."""
-
-    sizes: list[int]
-    seconds: list[float]
-    context: int
-    device: str
-    measured: list[float] = field(default_factory=list)
-
-    def cost(self, n: int) -> float:
-        """Linear interpolation; beyond the last size, extrapolated from the last two points."""
-        sizes, seconds = self.sizes, self.seconds
-        if n <= sizes[0]:
-            return seconds[0]
-        for (n0, s0), (n1, s1) in zip(zip(sizes, seconds), zip(sizes[1:], seconds[1:])):
-            if n <= n1:
-                return s0 + (s1 - s0) * (n - n0) / (n1 - n0)
-        (n0, s0), (n1, s1) = (sizes[-2], seconds[-2]), (sizes[-1], seconds[-1])
-        return s1 + (s1 - s0) * (n - n1) / (n1 - n0)
-
-    def relative(self, n: int) -> float:
-        """Cost of n tokens in units of one token's forward pass."""
-        return self.cost(n) / self.seconds[0]
-
-
-def monotone(values: list[float]) -> list[float]:
-    """The non-decreasing sequence closest to `values` in least squares (pool adjacent violators).
-
-    A pass over more tokens does more work, so a dip in a measured curve is timing noise; left in, it
-    decides the tree: on a GPU, where the curve is flat within a few percent, a curve that timed 8 tokens
-    13% under one kept `auto` to mid-sized trees (an H100 run: MAT 2.31 and 1.79x, where a smooth curve
-    gave 2.58 and 2.00x). Pooling averages each dip with the rises around it, so real steps stay (a
-    CPU's jump at 7 tokens); a real dip is flattened too (on the 2-core CPU, 2 tokens timed 1% under one
-    and 4 under 3, both in two calibrations), the price of not trusting noise.
-    """
-    blocks: list[list[float]] = []  # [sum, count] of runs pooled to their mean
-    for value in values:
-        blocks.append([value, 1])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, count = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += count
-    return [total / count for total, count in blocks for _ in range(count)]
 
 
 def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repeats: int) -> list[float]:

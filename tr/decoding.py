@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .costs import CostCurve
 from .drafts import Draft, Drafter, TemplateDrafter
 from .kernels import greedy_logits
 from .kv_cache import PreallocatedCache
@@ -41,8 +42,10 @@ class Step:
     tree_ranks: list[int] = field(default_factory=list)  # candidate rank in the parent's row (-2: prompt lookup)
     tree_sources: list[str] = field(default_factory=list)  # acceptance-statistics key of each node
     tree_scores: list[float] = field(default_factory=list)  # estimated chance each node is accepted
-    predicted_cost: float = 0.0  # the tree's calibrated verification cost, in one-token passes (0: unknown)
+    predicted_cost: float = 0.0  # the tree's expected verification cost, in one-token passes (0: unknown)
     considered_scores: list[float] = field(default_factory=list)  # a dynamic tree's candidates, best first
+    cost_curve: CostCurve | None = None  # the device's cost curve as the drafter saw it this step
+    probe: bool = False  # the drafter verified the root alone, to time a one-token pass
     choices: list[int] = field(default_factory=list)  # the model's token after each node (-1: not drawn)
     accepted: list[int] = field(default_factory=list)  # node indices of the accepted path, root first
     rows_written: list[RowWrite] = field(default_factory=list)
@@ -277,7 +280,8 @@ def token_recycling(
             index += 1
             start = cache.length
             draft = drafter.draft(root, matrix)
-            mask = tree_mask(draft.ancestors, start, dtype, device)
+            # The root alone is a plain decoding step, and runs as one (attention kernels differ with a mask).
+            mask = tree_mask(draft.ancestors, start, dtype, device) if draft.size > 1 else None
             positions = (draft.depths + start).to(device)
             logits = clock.timed_forward(model, cache, draft.tokens.to(device), positions, mask, greedy=greedy)
             token_list = draft.tokens.tolist()
@@ -293,7 +297,9 @@ def token_recycling(
             drafter.commit(emitted)
             step = Step(index, emitted, token_list, tree_parents=draft.parents, tree_depths=draft.depths.tolist(),
                         tree_ranks=draft.ranks, tree_sources=draft.sources, tree_scores=draft.scores,
-                        predicted_cost=draft.predicted_cost, considered_scores=draft.considered, choices=choices,
-                        accepted=path, rows_written=rows, finished=finished)
+                        predicted_cost=draft.predicted_cost, considered_scores=draft.considered,
+                        cost_curve=draft.curve, probe=draft.probe, choices=choices, accepted=path, rows_written=rows,
+                        finished=finished)
             matrix.stats.observe(step)
+            drafter.observe(draft.size, clock.forward_s)  # before the split, so its time counts as overhead
             yield totals.record(step, clock)

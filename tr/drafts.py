@@ -1,9 +1,10 @@
 """Drafters: where each step's draft tree comes from.
 
 A drafter turns the last committed token into a `Draft`, the tree one verification pass checks. Its
-interface is three calls: `begin(prompt_ids)` and `commit(tokens)` let it follow the text, and
+interface is four calls: `begin(prompt_ids)` and `commit(tokens)` let it follow the text,
 `draft(root, matrix)` builds the tree, on the CPU beside the matrix (the decoder moves it to the model's
-device). Verification makes every drafter lossless, so a drafter only decides speed.
+device), and `observe(size, seconds)` tells it what verifying that tree cost. Verification makes every
+drafter lossless, so a drafter only decides speed.
 
 - `TemplateDrafter`: the paper's method, a fixed template filled breadth-first from the matrix.
 - `DynamicDrafter` (the `auto` tree): a fresh tree each step, grown best-first by each node's estimated
@@ -13,8 +14,9 @@ device). Verification makes every drafter lossless, so a drafter only decides sp
   token), which knows one more token of context. Beside the matrix candidates it offers the
   continuation of the latest earlier occurrence of the text's last n-gram (prompt lookup), which is
   what wins on summaries and retrieval answers. It stops growing at the
-  size that maximises expected tokens per unit of verification cost, read off the device's calibrated
-  cost curve: a large tree where verification is nearly free, a small one where it is not.
+  size that maximises expected tokens per unit of verification cost, read off the device's cost curve
+  (calibrated, then corrected by the steps' own forward times: `tr.calibrate.LearnedCost`): a large tree
+  where verification is nearly free, a small one where it is not.
 """
 
 from __future__ import annotations
@@ -23,16 +25,13 @@ import heapq
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from .acceptance import AcceptanceStats, confidence_source, lookup_source
+from .costs import CostCurve, LearnedCost
 from .matrix import AdjacencyMatrix
 from .trees import DraftTree, ancestor_mask
-
-if TYPE_CHECKING:  # calibrate imports the decoder, which imports this module
-    from .calibrate import CostCurve
 
 LOOKUP = -2  # the "rank" of a node copied from an n-gram match rather than read from a matrix row
 
@@ -50,6 +49,8 @@ class Draft:
     ancestors: torch.Tensor  # (n, n) bool: ancestors[i, j] when j is i or an ancestor of i
     predicted_cost: float = 0.0  # verification cost in one-token forward passes, when calibrated
     considered: list[float] = field(default_factory=list)  # scores of every node weighed, best first (kept first)
+    curve: CostCurve | None = None  # the cost curve the size was chosen by
+    probe: bool = False  # the root alone, to time a one-token pass (`LearnedCost.needs_probe`)
 
     @property
     def size(self) -> int:
@@ -83,6 +84,9 @@ class TemplateDrafter:
     def commit(self, tokens: Sequence[int]) -> None:
         pass
 
+    def observe(self, size: int, seconds: float) -> None:
+        pass
+
     def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
         tree = self.tree
         tokens = tree.fill(torch.tensor(root), matrix.table)
@@ -90,7 +94,8 @@ class TemplateDrafter:
         sources = [""] + [confidence_source(p) for p in probabilities]
         scores = path_scores(self.parents, sources, matrix.stats)
         cost = self.curve.relative(tree.size) if self.curve else 0.0
-        return Draft(tokens, self.parents, self.ranks, sources, scores, tree.depths, tree.ancestors, cost)
+        return Draft(tokens, self.parents, self.ranks, sources, scores, tree.depths, tree.ancestors, cost,
+                     curve=self.curve)
 
 
 class NgramIndex:
@@ -120,19 +125,21 @@ class NgramIndex:
 
 
 class DynamicDrafter:
-    """Best-first trees with a prompt-lookup branch, sized by the calibrated cost curve.
+    """Best-first trees with a prompt-lookup branch, sized by the device's cost curve.
 
     `curve` None means a fixed budget of `max_nodes` (no calibration); otherwise the tree stops at
     the size with the most expected tokens per unit of cost, looking past the best size so far by
     `lookahead` nodes or by that size again, whichever is more: on a flat (GPU) curve the best size
-    can lie far beyond a small one that is nearly as good.
+    can lie far beyond a small one that is nearly as good. A calibrated `CostCurve` is corrected from
+    this drafter's own steps; pass a `LearnedCost` to share what one drafter learned with another.
     """
 
-    def __init__(self, curve: CostCurve | None = None, max_nodes: int = 80, max_depth: int = 10,
+    def __init__(self, curve: CostCurve | LearnedCost | None = None, max_nodes: int = 80, max_depth: int = 10,
                  lookup: bool = True, lookahead: int = 8):
         if not 1 <= max_nodes <= 256:
             raise ValueError(f"max_nodes must be from 1 to 256, got {max_nodes}")
-        self.curve, self.max_nodes, self.max_depth = curve, max_nodes, max_depth
+        self.costs = LearnedCost(curve) if isinstance(curve, CostCurve) else curve
+        self.max_nodes, self.max_depth = max_nodes, max_depth
         self.lookup, self.lookahead = lookup, lookahead
         self.max_size = max_nodes + 1  # the root included
         self.index = NgramIndex()
@@ -144,10 +151,17 @@ class DynamicDrafter:
     def commit(self, tokens: Sequence[int]) -> None:
         self.index.extend(tokens)
 
+    def observe(self, size: int, seconds: float) -> None:
+        if self.costs:
+            self.costs.observe(size, seconds)
+
     def _cost(self, n: int) -> float:
-        return self.curve.relative(n) if self.curve else 1.0
+        return self.costs.relative(n) if self.costs else 1.0
 
     def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
+        if self.costs and self.costs.needs_probe():
+            return Draft(torch.tensor([root]), [-1], [-1], [""], [1.0], torch.zeros(1, dtype=torch.long),
+                         torch.ones(1, 1, dtype=torch.bool), 1.0, curve=self.costs.curve, probe=True)
         chain, match = self.index.continuation(self.max_depth) if self.lookup else ([], 0)
         stats, rates = matrix.stats, {}
         before_root = self.index.tokens[-2] if len(self.index.tokens) >= 2 else -1
@@ -219,7 +233,7 @@ class DynamicDrafter:
                 chain_next[node] = j + 1
             expected += scores[node]
             ratio = expected / self._cost(node + 1)
-            if ratio >= best_ratio or self.curve is None:
+            if ratio >= best_ratio or self.costs is None:
                 best_size, best_ratio = node + 1, ratio
             elif node + 1 - best_size >= max(self.lookahead, best_size):
                 break
@@ -228,7 +242,8 @@ class DynamicDrafter:
         return Draft(
             tokens=torch.tensor(tokens[:n]), parents=parents[:n], ranks=ranks[:n], sources=sources[:n],
             scores=scores[:n], depths=torch.tensor(depths[:n]), ancestors=ancestor_mask(parents[:n], max(depths[:n])),
-            predicted_cost=self._cost(n) if self.curve else 0.0, considered=scores[1:],
+            predicted_cost=self._cost(n) if self.costs else 0.0, considered=scores[1:],
+            curve=self.costs.curve if self.costs else None,
         )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .calibrate import CostCurve, calibrate
+from .calibrate import calibrate
+from .costs import CostCurve, LearnedCost
 from .decoding import Step, autoregressive, token_recycling
 from .drafts import Drafter, DynamicDrafter, TemplateDrafter
 from .matrix import AdjacencyMatrix
@@ -107,18 +108,21 @@ def check_tree(template: str | list, k: int) -> None:
         load_template(template, k)
 
 
-def make_drafter(lm: LoadedModel, template: str | list, k: int, curve: CostCurve | None = None) -> Drafter:
+def make_drafter(lm: LoadedModel, template: str | list, k: int, curve: CostCurve | LearnedCost | None = None
+                 ) -> Drafter:
     """The drafter for `auto` / `auto-nolookup` / `dynamic-N` or a named, JSON-file or listed template.
 
     Sized dynamic trees need the device's cost curve: without `curve`, it is calibrated on first use
-    (a few seconds) and cached on disk. Other trees take it only to report their predicted cost.
+    (a few seconds) and cached on disk; a `LearnedCost` carries what earlier drafters learned from their
+    steps. Other trees take it only to report their predicted cost.
     """
     if isinstance(template, str) and template.startswith(FIXED_DYNAMIC):
         return DynamicDrafter(None, max_nodes=fixed_dynamic_size(template))
     if template in DYNAMIC_TREES:
         curve = curve or calibrate(lm.model, lm.name)
         return DynamicDrafter(curve, lookup=template == AUTO)
-    return TemplateDrafter(DraftTree.from_paths(load_template(template, k)), curve)
+    snapshot = curve.curve if isinstance(curve, LearnedCost) else curve
+    return TemplateDrafter(DraftTree.from_paths(load_template(template, k)), snapshot)
 
 
 def decode_steps(

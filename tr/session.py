@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .calibrate import CostCurve
+from .costs import CostCurve, LearnedCost
 from .decoding import Step
 from .generate import DYNAMIC_TREES, START_MODES, decode_steps, make_drafter, summarize
 from .matrix import MAX_K, AdjacencyMatrix
@@ -91,7 +91,7 @@ class Run:
 
     number: int
     settings: Settings
-    curve: CostCurve | None = None  # the device's verification cost, which sized the auto trees
+    curve: CostCurve | None = None  # the device's verification cost as the run began (steps carry their own)
     steps: dict[str, list[Step]] = field(default_factory=lambda: {"ar": [], "tr": []})
     wall_s: float = 0.0  # wall time of the whole race, rendering included (both sides, one after the other)
     finished: bool = False
@@ -174,22 +174,23 @@ class Session:
         self.matrix = AdjacencyMatrix(lm.vocab_size, k)
         return self.matrix, replaced
 
-    def start(self, lm: LoadedModel, settings: Settings, curve: CostCurve | None
+    def start(self, lm: LoadedModel, settings: Settings, costs: LearnedCost | None
               ) -> tuple[Run, Iterator[tuple[str, Step]], str]:
         """Check what only the model and tr can check, then set up both decoders as a race; raises
-        ValueError. Returns the run, its events and a note for the user ("" or why the matrix is new)."""
+        ValueError. Returns the run, its events and a note for the user ("" or why the matrix is new).
+        `costs` is the device's cost curve, corrected by every earlier run's steps and by this one's."""
         sampling = settings.sampling()
         prompt_ids = lm.encode(settings.prompt)
         matrix, replaced = self.matrix_for(lm, settings.k)
         dynamic = settings.template in DYNAMIC_TREES
-        drafter = make_drafter(lm, settings.template if dynamic else settings.tree_paths(), settings.k, curve)
+        drafter = make_drafter(lm, settings.template if dynamic else settings.tree_paths(), settings.k, costs)
         runners = {
             "ar": decode_steps(lm, prompt_ids, "ar", settings.max_new_tokens, sampling),
             "tr": decode_steps(lm, prompt_ids, "tr", settings.max_new_tokens, sampling, matrix, drafter,
                                settings.start),
         }
         self.runs += 1
-        self.run = Run(self.runs, settings, curve)
+        self.run = Run(self.runs, settings, costs.curve if costs else None)
         note = f" (k changed: this run started a fresh matrix with k={settings.k})" if replaced else ""
         return self.run, race(runners), note
 

@@ -3,9 +3,10 @@ drafts were expected to bring.
 
 A step's tree pays off when its expected tokens (the bonus plus each node's estimated chance of
 acceptance) grow faster than the cost of verifying it. The figure draws, for every size n the drafter
-weighed: the calibrated cost of verifying n drafts plus the root (in one-token forward passes; the
-timings it is fitted to as circles), the expected tokens of the best n nodes, and their ratio, the
-expected speed-up over plain decoding before overheads. The `auto` tree stops at the ratio's peak.
+weighed: the cost of verifying n drafts plus the root (in one-token forward passes; calibrated, then
+corrected by decoding steps' own timings, drawn as circles), the expected tokens of the best n nodes,
+and their ratio, the expected speed-up over plain decoding before overheads. The `auto` tree stops at
+the ratio's peak.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from itertools import accumulate
 
 import plotly.graph_objects as go
 
-from tr.calibrate import CostCurve
+from tr.costs import CostCurve
 from tr.decoding import Step
 
 from .style import base_layout, empty_figure
@@ -36,9 +37,10 @@ def tree_size_figure(curve: CostCurve | None, step: Step | None = None) -> go.Fi
     fig.add_scatter(x=sizes, y=cost, mode="lines", name="verification cost (× one-token pass)",
                     line=dict(color=COST_COLOR, width=2),
                     hovertemplate="%{x} drafts: verifying costs %{y:.2f}× a one-token pass<extra></extra>")
-    if curve.measured:  # the timings the curve is fitted to (it may not fall with size: see tr.calibrate)
+    if curve.measured:  # the timings the curve is fitted to (it may not fall with size: see tr.costs)
         shown = [(n - 1, t / curve.seconds[0]) for n, t in zip(curve.sizes, curve.measured) if n - 1 <= largest]
-        fig.add_scatter(x=[n for n, _ in shown], y=[t for _, t in shown], mode="markers", name="timed",
+        timed = f"timed, corrected by ~{curve.steps:.0f} decoding steps" if curve.steps else "timed"
+        fig.add_scatter(x=[n for n, _ in shown], y=[t for _, t in shown], mode="markers", name=timed,
                         marker=dict(color=COST_COLOR, size=6, symbol="circle-open"),
                         hovertemplate="%{x} drafts: timed at %{y:.2f}× the fitted one-token pass<extra></extra>")
     if weighed:

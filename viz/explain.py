@@ -37,7 +37,8 @@ any step; hover a node for details.
 
 HOWTO_SIZE = """\
 **Why this size**: verifying more drafts in one pass costs more (red: circles timed on this device when the \
-app started, the line the closest curve to them that never falls, since a dip is timing noise), while each \
+app started and corrected by the forward times of every step since, the line the closest curve to them that \
+never falls, since a dip is timing noise), while each \
 extra draft adds only its chance of being right to the tokens a step can expect (blue). \
 Their ratio (green) is the speed-up the step can expect over plain decoding; the *auto* tree stops at its peak.
 """

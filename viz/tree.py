@@ -183,7 +183,12 @@ def title_of(step: Step) -> str:
 def tree_figure(step: Step, token_text: Callable[[int], str]) -> go.Figure:
     """The step's draft tree: accepted path in green, bonus token as a gold star, the rest grey."""
     if not has_tree(step):
-        what = "the prefill over the prompt" if step.index == 0 else "a step without drafting"
+        if step.index == 0:
+            what = "the prefill over the prompt"
+        elif step.probe:
+            what = "a timing probe (the root alone, a plain decoding step: it keeps the cost curve honest)"
+        else:
+            what = "a step without drafting"
         return empty_figure(f"Step {step.index}", f"No draft tree: this is {what}.")
     graph = tree_graph(step, token_text)
     pos = layered_layout(graph)
