@@ -239,12 +239,22 @@ def test_repeats_keep_the_fastest_and_start_each_round_from_the_same_matrix(tiny
     docs = {}
     for repeats in (1, 3):
         out = tmp_path / f"r{repeats}.json"
-        code, _, _ = run_main([
+        code, stdout, _ = run_main([
             "--model", str(tiny_model_dir), "--prompts", str(prompts), "--max-new-tokens", str(MAX_NEW),
             "--methods", "ar,hf,tr:dynamic-8,tr:auto", "--repeats", str(repeats), "--out", str(out),
         ])
         assert code == 0
         docs[repeats] = json.loads(out.read_text())["results"]
+        # auto's rows carry the curve its steps corrected, reported after the machine; fixed trees' the prior.
+        sizes = json.loads(out.read_text())["machine"]["forward_cost"]["sizes"]
+        assert "tr:auto: cost after the last prompt, corrected by decoding steps" in stdout
+        assert "tr:dynamic-8: cost" not in stdout
+        for row in docs[repeats]:
+            tr_row = row["method"].startswith("tr:")
+            assert (row["cost_curve"] is not None) == (row["method"] == "tr:auto")
+            assert (row["draft_nodes"] is not None and row["probes"] is not None) == tr_row
+            if row["cost_curve"]:
+                assert len(row["cost_curve"]) == len(sizes) and row["cost_curve"][0] == 1.0
     same = ("method", "output_ids", "steps", "mat")
     for once, thrice in zip(docs[1], docs[3]):
         fields = same if once["method"] != "tr:auto" else same[:2]

@@ -98,7 +98,7 @@ def test_keeping_a_path_leaves_the_cache_of_that_sequence(arch):
     tree = DraftTree.from_paths(load_template("small-16", 8))
     tokens = torch.randint(0, 64, (tree.size,), generator=torch.Generator().manual_seed(1))
     deepest = int(tree.depths.argmax())
-    path = tree.ancestors[deepest].nonzero().flatten()
+    path = tree.ancestors[deepest].nonzero().flatten().tolist()
     cache, start, _ = tree_logits(model, prompt, tree, tokens)
     buffers = [layer.keys.data_ptr() for layer in cache.layers]
     cache.keep(start, path)
