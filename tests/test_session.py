@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tr.costs import CostCurve, LearnedCost
 from tr.model import load_model
 from tr.session import HISTORY_LIMIT, MAX_TREE_NODES, Session, parse_settings
 from tr.trees import TreeError
@@ -42,6 +43,20 @@ def test_runs_share_the_matrix_until_k_changes_and_records_are_complete(tiny_lm)
     _, note = race(tiny_lm, session, [*SETTINGS[:4], 4, *SETTINGS[5:]])
     assert "fresh matrix with k=4" in note and session.matrix is not matrix and session.matrix.k == 4
     assert [h["run"] for h in session.history] == [1, 2, 3]
+
+
+def test_auto_runs_keep_correcting_one_cost_curve(tiny_lm):
+    """The app hands every run the same `LearnedCost`: each run's steps go on correcting the device's curve."""
+    costs = LearnedCost(CostCurve([1, 2, 8, 32], [0.01, 0.011, 0.014, 0.025], 64, "cpu"))
+    settings = parse_settings("Count to five.", 12, "auto", "", 8, "greedy", 0.7, 0.9, 0, "hot")
+    session, steps = Session(), 0
+    for _ in range(2):
+        run, events, _ = session.start(tiny_lm, settings, costs)
+        assert run.advance(events, budget_s=60.0)
+        steps += len(run.steps["tr"]) - 1  # the prefill is not a verification pass
+    assert sum(costs.weights) == pytest.approx(steps, rel=0.01)
+    assert run.steps["tr"][-1].cost_curve is costs.curve and costs.curve.steps > 0
+    assert json.dumps(run.record(tiny_lm))  # the curve travels in the download
 
 
 def test_history_is_bounded_and_the_download_goes_with_the_session(tiny_lm):

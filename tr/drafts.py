@@ -15,7 +15,7 @@ drafter lossless, so a drafter only decides speed.
   continuation of the latest earlier occurrence of the text's last n-gram (prompt lookup), which is
   what wins on summaries and retrieval answers. It stops growing at the
   size that maximises expected tokens per unit of verification cost, read off the device's cost curve
-  (calibrated, then corrected by the steps' own forward times: `tr.calibrate.LearnedCost`): a large tree
+  (calibrated, then corrected by the steps' own forward times: `tr.costs.LearnedCost`): a large tree
   where verification is nearly free, a small one where it is not.
 """
 
