@@ -54,7 +54,7 @@ def test_auto_runs_keep_correcting_one_cost_curve(tiny_lm):
         run, events, _ = session.start(tiny_lm, settings, costs)
         assert run.advance(events, budget_s=60.0)
         steps += len(run.steps["tr"]) - 1  # the prefill is not a verification pass
-    assert sum(costs.weights) == pytest.approx(steps, rel=0.01)
+    assert sum(costs.weights) == pytest.approx(steps, rel=0.03)  # decayed, a little under the count
     assert run.steps["tr"][-1].cost_curve is costs.curve and costs.curve.steps > 0
     assert json.dumps(run.record(tiny_lm))  # the curve travels in the download
 
