@@ -55,7 +55,8 @@ def test_auto_runs_keep_correcting_one_cost_curve(tiny_lm):
         assert run.advance(events, budget_s=60.0)
         steps += len(run.steps["tr"]) - 1  # the prefill is not a verification pass
     assert sum(costs.weights) == pytest.approx(steps, rel=0.03)  # decayed, a little under the count
-    assert run.steps["tr"][-1].cost_curve is costs.curve and costs.curve.steps > 0
+    # The second run's trees were sized by a curve the first run's steps had already corrected.
+    assert run.steps["tr"][1].cost_curve.steps > 0.9 * (steps - len(run.steps["tr"]) + 1) > 0
     assert json.dumps(run.record(tiny_lm))  # the curve travels in the download
 
 
