@@ -215,10 +215,15 @@ def run_hf(lm: LoadedModel, prompt_ids: list[int], config: GenerationConfig) -> 
     return dict(output_ids=tokens, seconds=seconds, steps=None, mat=None, forward_s=None, overhead_s=None)
 
 
-def relative_costs(steps: list[Step]) -> list[float] | None:
-    """The cost curve the last step was sized by (one-token passes at each calibrated size), if any."""
-    curve = steps[-1].cost_curve
-    return [curve.relative(n) for n in curve.sizes] if curve else None
+def tree_figures(steps: list[Step]) -> dict:
+    """A tr run's trees: mean draft nodes per decoding step, probe steps, and the cost curve the last step
+    was sized by (one-token passes at each calibrated size; None without one)."""
+    decoding, curve = steps[1:], steps[-1].cost_curve
+    return dict(
+        draft_nodes=sum(len(s.tree_tokens) - 1 for s in decoding) / len(decoding) if decoding else None,
+        probes=sum(s.probe for s in decoding),
+        cost_curve=[curve.relative(n) for n in curve.sizes] if curve else None,
+    )
 
 
 def run_own(lm: LoadedModel, prompt_ids: list[int], method: str, max_new_tokens: int, **options) -> dict:
@@ -227,7 +232,6 @@ def run_own(lm: LoadedModel, prompt_ids: list[int], method: str, max_new_tokens:
     steps = list(decode_steps(lm, prompt_ids, method, max_new_tokens, **options))
     seconds = now(lm.device) - begin
     stats = summarize(steps)
-    drafted = [len(s.tree_tokens) - 1 for s in steps[1:]]
     return dict(
         output_ids=token_ids(steps),
         seconds=seconds,
@@ -236,9 +240,7 @@ def run_own(lm: LoadedModel, prompt_ids: list[int], method: str, max_new_tokens:
         mat=stats.mat if stats.steps else None,
         forward_s=stats.forward_s,
         overhead_s=stats.overhead_s,
-        draft_nodes=sum(drafted) / len(drafted) if drafted and method == "tr" else None,
-        probes=sum(s.probe for s in steps[1:]) if method == "tr" else None,
-        cost_curve=relative_costs(steps) if method == "tr" else None,
+        **(tree_figures(steps) if method == "tr" else {}),
     )
 
 

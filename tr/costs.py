@@ -74,8 +74,8 @@ class LearnedCost:
     back-to-back calibrations on the 2-core CPU timed 16 tokens at 1.37x to 1.99x of one, and one timed
     8 to 12 tokens at ~1.0x of one, so `auto` grew 13-draft trees whose passes cost 1.49x a plain step in
     decoding where the curve said 1.11x. Each step's forward time at its tree size n, divided by the
-    calibrated cost of n, is a correction factor; their decayed mean per calibrated size corrects the
-    curve wherever steps have been timed, interpolated between those sizes and held beyond them. Only
+    calibrated cost of n, is a correction factor; a straight line in n fitted to the decayed factors
+    (`_corrected`) scales the calibrated curve at every size. Only
     ratios between sizes choose a tree, so the unit must be timed in the same conditions: when too few
     one-token passes have been timed (`needs_probe`), the drafter's next step verifies the root alone (a
     plain decoding step: after every 8 timed trees at first, then about one step in 160).

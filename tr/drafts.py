@@ -161,7 +161,7 @@ class DynamicDrafter:
     def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
         if self.costs and self.costs.needs_probe():
             return Draft(torch.tensor([root]), [-1], [-1], [""], [1.0], torch.zeros(1, dtype=torch.long),
-                         torch.ones(1, 1, dtype=torch.bool), 1.0, curve=self.costs.curve, probe=True)
+                         ancestor_mask([-1], 0), 1.0, curve=self.costs.curve, probe=True)
         chain, match = self.index.continuation(self.max_depth) if self.lookup else ([], 0)
         stats, rates = matrix.stats, {}
         before_root = self.index.tokens[-2] if len(self.index.tokens) >= 2 else -1
