@@ -114,3 +114,18 @@ def test_probing_drafter_gives_the_greedy_tokens():
         assert all(len(s.tree_tokens) == 1 for s in steps if s.probe)
         assert all(s.cost_curve is not None for s in steps[1:])
     assert probes >= 3
+
+
+def test_sizes_beyond_the_timed_ones_keep_the_nearest_timed_correction():
+    """Small trees timed steeper than calibrated must not make an 81-token pass look ruinous: the line
+    through their factors is read only within the sizes timed (a CPU run put 81 tokens at 3.4x its
+    calibration by extrapolating one)."""
+    costs = LearnedCost(MISLED)
+    for i in range(400):
+        n = 1 + i % 8  # sizes 1..8 only, each costing more than calibrated the larger it is
+        costs.observe(n, MISLED.cost(n) * (1.0 + 0.05 * (n - 1)))
+    factor = costs.curve.cost(8) / MISLED.cost(8)
+    assert factor == pytest.approx(1.35, rel=0.05)
+    for n in (16, 32, 81):
+        assert costs.curve.cost(n) / MISLED.cost(n) == pytest.approx(factor, rel=0.05), n
+    assert costs.curve.cost(1) / MISLED.cost(1) == pytest.approx(1.0, abs=0.05)

@@ -137,3 +137,17 @@ def test_prompt_seeding_fills_prompt_rows():
         logits = model(torch.tensor([prompt], device=DEVICE)).logits[0]
     for i, token in enumerate(prompt):
         assert matrix.row(token) == logits[i].topk(8).indices.tolist()
+
+
+def test_the_caller_is_not_left_in_inference_mode_between_steps():
+    """A decoder is consumed step by step (the app renders, gradio copies its state): tensors the caller
+    makes between steps must be normal ones, and the matrix must stay writable outside the decoder (an
+    app session's Reset button once failed on an inference-mode matrix)."""
+    model = tiny_model("llama", VOCAB, seed=0)
+    matrix = AdjacencyMatrix(VOCAB, 4)
+    tree = DraftTree.from_paths(load_template("small-16", 4))
+    for steps in (autoregressive(model, [1, 2, 3], 6), token_recycling(model, [1, 2, 3], 6, matrix, tree)):
+        for _ in steps:
+            assert not torch.is_inference_mode_enabled()
+            assert not torch.zeros(1).is_inference()
+    matrix.reset()  # in place, outside inference mode

@@ -375,3 +375,24 @@ def test_benchmark_figure_draws_every_method_and_category():
     assert speed == {"ar": [1.0, 1.0], "pld": [1.1, 1.05], "tr:auto": [1.4, 1.3]}
     assert mat == {"ar": [1.0, 1.0], "tr:auto": [1.9, 1.8]}  # pld exposes no steps: no MAT bars
     assert list(fig.data[0].x) == ["qa", "overall"]
+
+
+def test_benchmark_plot_cli_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
+    from viz import bench
+
+    assert bench.main(["only-one.json"]) == 2
+    missing = tmp_path / "missing.json"
+    assert bench.main([str(missing), str(tmp_path / "out.png")]) == 2
+    assert "cannot read a bench file" in capsys.readouterr().err
+    good = tmp_path / "bench.json"
+    good.write_text(json.dumps({"machine": {"cpu": "CPU", "device": "cpu", "dtype": "float32"},
+                                "settings": {"max_new_tokens": 8},
+                                "table": [{"category": "overall", "method": "ar", "speedup": 1.0, "mat": 1.0}]}))
+
+    def no_browser(*args, **kwargs):
+        raise RuntimeError("\nKaleido requires Google Chrome to be installed.")
+
+    monkeypatch.setattr(bench.go.Figure, "write_image", no_browser)
+    assert bench.main([str(good), str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert "Kaleido requires Google Chrome" in err and "chromium" in err and "Traceback" not in err

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 HALF_LIFE = 512  # decoding steps: averages per-step noise (±15% on the 2-core CPU), follows a host's drift
 SEEN = 2.0  # decayed timings needed before they correct the curve
-MIN_FACTOR = 0.1  # a correction extrapolated far below the timed sizes must not make a pass free
+MIN_FACTOR = 0.1  # a correction must not make a pass free
+TIMED = 0.5  # decayed timings that make a size one the correction line may be read at
 PROBE_BELOW = 4.0  # decayed timings of one-token passes below which the drafter verifies the root alone
 PROBE_SHARE = 8  # until then, one probe per this many timed trees
 
@@ -75,7 +76,7 @@ class LearnedCost:
     8 to 12 tokens at ~1.0x of one, so `auto` grew 13-draft trees whose passes cost 1.49x a plain step in
     decoding where the curve said 1.11x. Each step's forward time at its tree size n, divided by the
     calibrated cost of n, is a correction factor; a straight line in n fitted to the decayed factors
-    (`_corrected`) scales the calibrated curve at every size. Only
+    (`_corrected`) scales the calibrated curve, read within the range of sizes timed. Only
     ratios between sizes choose a tree, so the unit must be timed in the same conditions: when too few
     one-token passes have been timed (`needs_probe`), the drafter's next step verifies the root alone (a
     plain decoding step: after every 8 timed trees at first, then about one step in 160).
@@ -127,5 +128,10 @@ class LearnedCost:
         spread = sum(w * (x - x_mean) ** 2 for w, x in zip(self.weights, xs))
         slope = sum((x - x_mean) * (s - w * y_mean) for w, s, x in zip(self.weights, self.sums, xs)) / spread \
             if spread > 1e-9 else 0.0  # one size timed: a level, not a shape
-        corrected = [seconds * max(y_mean + slope * (x - x_mean), MIN_FACTOR) for seconds, x in zip(prior.seconds, xs)]
+        # Outside the sizes steps timed, the line is not evidence: there each size keeps the factor of the
+        # nearest timed one (a line through CPU trees of 1-10 tokens put 81 tokens at 3.4x its calibration).
+        timed = [x for w, x in zip(self.weights, xs) if w >= TIMED]
+        low, high = (min(timed), max(timed)) if timed else (x_mean, x_mean)
+        corrected = [seconds * max(y_mean + slope * (min(max(x, low), high) - x_mean), MIN_FACTOR)
+                     for seconds, x in zip(prior.seconds, xs)]
         return CostCurve(prior.sizes, monotone(corrected), prior.context, prior.device, corrected, total)

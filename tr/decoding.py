@@ -176,6 +176,9 @@ def _vocab_size(model: torch.nn.Module) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
+# As a decorator, inference mode holds only while a step is computed: a `with` block spanning the
+# yields would leave it on in the caller between steps (its tensors then become inference tensors).
+@torch.inference_mode()
 def autoregressive(
     model: torch.nn.Module,
     prompt_ids: Sequence[int],
@@ -188,23 +191,22 @@ def autoregressive(
     ids = _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(device)
     eos, generator, totals = set(eos_ids), sampling.generator(device), _Totals()
     cache = PreallocatedCache(len(ids) + max_new_tokens)
-    with torch.inference_mode():
-        clock = Clock(device)
-        greedy = sampling.greedy
-        logits = clock.timed_forward(model, cache, ids, torch.arange(len(ids), device=device), last_only=True,
-                                     greedy=greedy)
+    clock = Clock(device)
+    greedy = sampling.greedy
+    logits = clock.timed_forward(model, cache, ids, torch.arange(len(ids), device=device), last_only=True,
+                                 greedy=greedy)
+    token = choose(logits[-1], sampling, generator)
+    emitted, finished = _clip([int(token)], max_new_tokens, eos)
+    yield totals.record(Step(0, emitted, finished=finished), clock)
+    index = 0
+    while not finished:
+        clock.resume()
+        index += 1
+        position = torch.tensor([cache.length], device=device)
+        logits = clock.timed_forward(model, cache, token.view(1), position, greedy=greedy)
         token = choose(logits[-1], sampling, generator)
-        emitted, finished = _clip([int(token)], max_new_tokens, eos)
-        yield totals.record(Step(0, emitted, finished=finished), clock)
-        index = 0
-        while not finished:
-            clock.resume()
-            index += 1
-            position = torch.tensor([cache.length], device=device)
-            logits = clock.timed_forward(model, cache, token.view(1), position, greedy=greedy)
-            token = choose(logits[-1], sampling, generator)
-            emitted, finished = _clip([int(token)], max_new_tokens - totals.tokens, eos)
-            yield totals.record(Step(index, emitted, accepted=[0], finished=finished), clock)
+        emitted, finished = _clip([int(token)], max_new_tokens - totals.tokens, eos)
+        yield totals.record(Step(index, emitted, accepted=[0], finished=finished), clock)
 
 
 def _greedy_path(draft: Draft, logits: torch.Tensor) -> tuple[list[int], list[int], int]:
@@ -238,6 +240,7 @@ def _sampled_path(
         path.append(node)
 
 
+@torch.inference_mode()  # per step, as for `autoregressive`
 def token_recycling(
     model: torch.nn.Module,
     prompt_ids: Sequence[int],
@@ -262,44 +265,43 @@ def token_recycling(
     eos, generator, totals = set(eos_ids), sampling.generator(device), _Totals()
     cache = PreallocatedCache(len(ids) + max_new_tokens + drafter.max_size)
     drafter.begin(list(prompt_ids))
-    with torch.inference_mode():
-        dtype = next(model.parameters()).dtype
-        clock = Clock(device)
-        greedy = sampling.greedy
-        logits = clock.timed_forward(
-            model, cache, ids, torch.arange(len(ids), device=device), last_only=not seed_from_prompt, greedy=greedy
-        )
-        rows = matrix.write(list(prompt_ids), logits, [-1, *prompt_ids[:-1]]) if seed_from_prompt else []
-        root, before_root = int(choose(logits[-1], sampling, generator)), int(prompt_ids[-1])
-        emitted, finished = _clip([root], max_new_tokens, eos)
+    dtype = next(model.parameters()).dtype
+    clock = Clock(device)
+    greedy = sampling.greedy
+    logits = clock.timed_forward(
+        model, cache, ids, torch.arange(len(ids), device=device), last_only=not seed_from_prompt, greedy=greedy
+    )
+    rows = matrix.write(list(prompt_ids), logits, [-1, *prompt_ids[:-1]]) if seed_from_prompt else []
+    root, before_root = int(choose(logits[-1], sampling, generator)), int(prompt_ids[-1])
+    emitted, finished = _clip([root], max_new_tokens, eos)
+    drafter.commit(emitted)
+    yield totals.record(Step(0, emitted, rows_written=rows, finished=finished), clock)
+    index = 0
+    while not finished:
+        clock.resume()
+        index += 1
+        start = cache.length
+        draft = drafter.draft(root, matrix)
+        # The root alone is a plain decoding step, and runs as one (attention kernels differ with a mask).
+        mask = tree_mask(draft.ancestors, start, dtype, device) if draft.size > 1 else None
+        positions = (draft.depths + start).to(device)
+        logits = clock.timed_forward(model, cache, draft.tokens.to(device), positions, mask, greedy=greedy)
+        token_list = draft.tokens.tolist()
+        if greedy:
+            path, choices, root = _greedy_path(draft, logits)
+        else:
+            path, choices, root = _sampled_path(draft.parents, token_list, logits, sampling, generator)
+        cache.keep(start, path)
+        previous = [before_root, *(token_list[p] for p in draft.parents[1:])]
+        rows = matrix.write(token_list, logits, previous)
+        before_root = token_list[path[-1]]
+        emitted, finished = _clip([token_list[i] for i in path[1:]] + [root], max_new_tokens - totals.tokens, eos)
         drafter.commit(emitted)
-        yield totals.record(Step(0, emitted, rows_written=rows, finished=finished), clock)
-        index = 0
-        while not finished:
-            clock.resume()
-            index += 1
-            start = cache.length
-            draft = drafter.draft(root, matrix)
-            # The root alone is a plain decoding step, and runs as one (attention kernels differ with a mask).
-            mask = tree_mask(draft.ancestors, start, dtype, device) if draft.size > 1 else None
-            positions = (draft.depths + start).to(device)
-            logits = clock.timed_forward(model, cache, draft.tokens.to(device), positions, mask, greedy=greedy)
-            token_list = draft.tokens.tolist()
-            if greedy:
-                path, choices, root = _greedy_path(draft, logits)
-            else:
-                path, choices, root = _sampled_path(draft.parents, token_list, logits, sampling, generator)
-            cache.keep(start, path)
-            previous = [before_root, *(token_list[p] for p in draft.parents[1:])]
-            rows = matrix.write(token_list, logits, previous)
-            before_root = token_list[path[-1]]
-            emitted, finished = _clip([token_list[i] for i in path[1:]] + [root], max_new_tokens - totals.tokens, eos)
-            drafter.commit(emitted)
-            step = Step(index, emitted, token_list, tree_parents=draft.parents, tree_depths=draft.depths.tolist(),
-                        tree_ranks=draft.ranks, tree_sources=draft.sources, tree_scores=draft.scores,
-                        predicted_cost=draft.predicted_cost, considered_scores=draft.considered,
-                        cost_curve=draft.curve, probe=draft.probe, choices=choices, accepted=path, rows_written=rows,
-                        finished=finished)
-            matrix.stats.observe(step)
-            drafter.observe(draft.size, clock.forward_s)  # before the split, so its time counts as overhead
-            yield totals.record(step, clock)
+        step = Step(index, emitted, token_list, tree_parents=draft.parents, tree_depths=draft.depths.tolist(),
+                    tree_ranks=draft.ranks, tree_sources=draft.sources, tree_scores=draft.scores,
+                    predicted_cost=draft.predicted_cost, considered_scores=draft.considered,
+                    cost_curve=draft.curve, probe=draft.probe, choices=choices, accepted=path, rows_written=rows,
+                    finished=finished)
+        matrix.stats.observe(step)
+        drafter.observe(draft.size, clock.forward_s)  # before the split, so its time counts as overhead
+        yield totals.record(step, clock)

@@ -49,12 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m viz.bench RESULTS.json OUT.png", file=sys.stderr)
         return 2
-    document = json.loads(Path(args[0]).read_text())
-    machine, settings = document["machine"], document["settings"]
+    try:
+        document = json.loads(Path(args[0]).read_text())
+        machine, settings, table = document["machine"], document["settings"], document["table"]
+    except (OSError, ValueError, KeyError) as err:
+        print(f"viz.bench: error: cannot read a bench file from {args[0]}: {err}", file=sys.stderr)
+        return 2
     title = (f"{Path(args[0]).name}: {machine.get('gpu') or machine['cpu']}, {machine['device']}, {machine['dtype']}, "
              f"{settings['max_new_tokens']} new tokens")
-    # Static export goes through kaleido, which drives a Chrome or Chromium found on the machine.
-    benchmark_figure(document["table"], title).write_image(args[1], scale=1)
+    try:  # static export goes through kaleido, which drives a Chrome or Chromium found on the machine
+        benchmark_figure(table, title).write_image(args[1], scale=1)
+    except (RuntimeError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"viz.bench: error: cannot write {args[1]} ({reason}); a PNG needs Chrome or Chromium "
+              "(e.g. apt-get install chromium)", file=sys.stderr)
+        return 2
     print(f"wrote {args[1]}")
     return 0
 

@@ -1,0 +1,117 @@
+"""Issue 4's fp32 targets, checked against the tables `python -m tr.bench` wrote.
+
+    python -m tr.targets benchmarks/spec-bench-fp32-cpu-*.json
+
+For every Token Recycling method of every file: its speed-up overall and in its weakest category (over
+the faster of ``ar`` and ``hf``, as the bench computes it), prompt lookup's overall and in summarization
+beside its own, how many outputs equal ``ar``'s, and which targets hold. Figures are printed unrounded
+enough (three decimals) that a 1.197x is not read as 1.20x. The targets:
+
+- at least 1.5x overall and at least 1.2x in every category;
+- faster than ``pld`` overall and in summarization;
+- every output identical to ``ar``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+OVERALL = 1.5
+EVERY_CATEGORY = 1.2
+LOOKUP_CATEGORY = "summarization"  # where prompt lookup is strongest, and Token Recycling must still win
+
+
+@dataclass
+class Standing:
+    """One method of one bench table against the targets."""
+
+    method: str
+    overall: float
+    mat: float | None
+    weakest: tuple[str, float]
+    summarization: float | None
+    pld: float | None  # prompt lookup overall, when it ran
+    pld_summarization: float | None
+    identical: int
+    compared: int
+
+    @property
+    def failures(self) -> list[str]:
+        """The targets that do not hold, in words (empty: all hold)."""
+        missed = []
+        if self.overall < OVERALL:
+            missed.append(f"overall {self.overall:.3f}x < {OVERALL}x")
+        if self.weakest[1] < EVERY_CATEGORY:
+            missed.append(f"{self.weakest[0]} {self.weakest[1]:.3f}x < {EVERY_CATEGORY}x")
+        if self.pld is None:
+            missed.append("pld not run")
+        else:
+            if self.overall <= self.pld:
+                missed.append(f"not faster than pld overall ({self.pld:.3f}x)")
+            if self.summarization is None or self.pld_summarization is None:
+                missed.append(f"no {LOOKUP_CATEGORY} prompts")
+            elif self.summarization <= self.pld_summarization:
+                missed.append(f"not faster than pld in {LOOKUP_CATEGORY} ({self.pld_summarization:.3f}x)")
+        if self.identical < self.compared:
+            missed.append(f"{self.compared - self.identical} outputs differ from ar")
+        return missed
+
+
+def standings(table: Sequence[dict]) -> list[Standing]:
+    """The standing of every `tr` method in a bench table (`summarize_table`'s rows)."""
+    cell = {(row["category"], row["method"]): row for row in table}
+
+    def speedup(category: str, method: str) -> float | None:
+        row = cell.get((category, method))
+        return row["speedup"] if row else None
+
+    categories = [c for c in dict.fromkeys(row["category"] for row in table) if c != "overall"]
+    found = []
+    for method in dict.fromkeys(row["method"] for row in table):
+        if method.split(":")[0] != "tr" or ("overall", method) not in cell:
+            continue
+        weakest = min(((c, speedup(c, method)) for c in categories if (c, method) in cell), key=lambda p: p[1])
+        rows = [row for row in table if row["method"] == method and row["category"] != "overall"]
+        found.append(Standing(
+            method, speedup("overall", method), cell[("overall", method)].get("mat"), weakest,
+            speedup(LOOKUP_CATEGORY, method), speedup("overall", "pld"), speedup(LOOKUP_CATEGORY, "pld"),
+            sum(row["identical"] for row in rows), sum(row["compared"] for row in rows),
+        ))
+    return found
+
+
+def describe(standing: Standing) -> str:
+    s = standing
+    mat = f"MAT {s.mat:.2f}" if s.mat else "MAT -"
+    pld = f"pld {s.pld:.3f}x" if s.pld is not None else "pld -"
+    missed = s.failures
+    verdict = "all targets hold" if not missed else "misses: " + "; ".join(missed)
+    return (f"  {s.method:22s} {s.overall:.3f}x  {mat}  weakest {s.weakest[0]} {s.weakest[1]:.3f}x  {pld}  "
+            f"identical {s.identical}/{s.compared}  -> {verdict}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    paths = list(sys.argv[1:] if argv is None else argv)
+    if not paths:
+        print("usage: python -m tr.targets BENCH.json [BENCH.json ...]", file=sys.stderr)
+        return 2
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+            table, machine = data["table"], data.get("machine", {})
+        except (OSError, ValueError, KeyError) as err:
+            print(f"tr.targets: error: cannot read a bench table from {path}: {err}", file=sys.stderr)
+            return 2
+        print(f"{path}: {machine.get('cpu') or machine.get('gpu') or '?'}, {machine.get('dtype', '?')}, "
+              f"{machine.get('threads', '?')} threads")
+        for standing in standings(table):
+            print(describe(standing))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
