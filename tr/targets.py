@@ -61,6 +61,16 @@ class Standing:
         return missed
 
 
+def read_bench(path: str | Path) -> dict:
+    """A `python -m tr.bench` JSON document; raises ValueError, in words, when the file is not one."""
+    try:
+        document = json.loads(Path(path).read_text())
+        document["table"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot read a bench table from {path}: {err}") from err
+    return document
+
+
 def standings(table: Sequence[dict]) -> list[Standing]:
     """The standing of every `tr` method in a bench table (`summarize_table`'s rows)."""
     cell = {(row["category"], row["method"]): row for row in table}
@@ -74,12 +84,12 @@ def standings(table: Sequence[dict]) -> list[Standing]:
     for method in dict.fromkeys(row["method"] for row in table):
         if method.split(":")[0] != "tr" or ("overall", method) not in cell:
             continue
-        weakest = min(((c, speedup(c, method)) for c in categories if (c, method) in cell), key=lambda p: p[1])
-        rows = [row for row in table if row["method"] == method and row["category"] != "overall"]
+        rows = {c: cell[(c, method)] for c in categories if (c, method) in cell}
+        weakest = min(((c, row["speedup"]) for c, row in rows.items()), key=lambda pair: pair[1])
         found.append(Standing(
             method, speedup("overall", method), cell[("overall", method)].get("mat"), weakest,
             speedup(LOOKUP_CATEGORY, method), speedup("overall", "pld"), speedup(LOOKUP_CATEGORY, "pld"),
-            sum(row["identical"] for row in rows), sum(row["compared"] for row in rows),
+            sum(row["identical"] for row in rows.values()), sum(row["compared"] for row in rows.values()),
         ))
     return found
 
@@ -101,11 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for path in paths:
         try:
-            data = json.loads(Path(path).read_text())
-            table, machine = data["table"], data.get("machine", {})
-        except (OSError, ValueError, KeyError) as err:
-            print(f"tr.targets: error: cannot read a bench table from {path}: {err}", file=sys.stderr)
+            data = read_bench(path)
+        except ValueError as err:
+            print(f"tr.targets: error: {err}", file=sys.stderr)
             return 2
+        table, machine = data["table"], data.get("machine", {})
         print(f"{path}: {machine.get('cpu') or machine.get('gpu') or '?'}, {machine.get('dtype', '?')}, "
               f"{machine.get('threads', '?')} threads")
         for standing in standings(table):

@@ -9,12 +9,13 @@ MAT is shown for the methods that expose their steps (``ar``, at 1.0, and the To
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from tr.targets import read_bench
 
 from .style import FONT, TEMPLATE
 
@@ -50,15 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m viz.bench RESULTS.json OUT.png", file=sys.stderr)
         return 2
     try:
-        document = json.loads(Path(args[0]).read_text())
-        machine, settings, table = document["machine"], document["settings"], document["table"]
-    except (OSError, ValueError, KeyError) as err:
+        document = read_bench(args[0])
+        machine, settings = document["machine"], document["settings"]
+        title = (f"{Path(args[0]).name}: {machine.get('gpu') or machine['cpu']}, {machine['device']}, "
+                 f"{machine['dtype']}, {settings['max_new_tokens']} new tokens")
+    except (ValueError, KeyError) as err:
         print(f"viz.bench: error: cannot read a bench file from {args[0]}: {err}", file=sys.stderr)
         return 2
-    title = (f"{Path(args[0]).name}: {machine.get('gpu') or machine['cpu']}, {machine['device']}, {machine['dtype']}, "
-             f"{settings['max_new_tokens']} new tokens")
     try:  # static export goes through kaleido, which drives a Chrome or Chromium found on the machine
-        benchmark_figure(table, title).write_image(args[1], scale=1)
+        benchmark_figure(document["table"], title).write_image(args[1], scale=1)
     except (RuntimeError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"viz.bench: error: cannot write {args[1]} ({reason}); a PNG needs Chrome or Chromium "
