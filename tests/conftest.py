@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from tr import kernels
 from tr.model import BUNDLED, LoadedModel, load_model, resolve
 
 # Tiny models run ~10x slower with two threads whenever anything else shares the two cores (spinning
@@ -23,11 +24,14 @@ SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "spec_bench" / "qu
 
 @pytest.fixture(scope="session", autouse=True)
 def calibrations_kept_out_of_the_user_cache(tmp_path_factory):
-    """Tests calibrate tiny models in temporary folders and with one thread: keep those curves in a
-    temporary folder too (a test that sets TR_CACHE_DIR still gets its own), not in ~/.cache."""
+    """Tests calibrate and tune tiny models in temporary folders and with one thread: keep those curves
+    and layout plans in a temporary folder too (a test that sets TR_CACHE_DIR still gets its own), not
+    in ~/.cache."""
     folder = tmp_path_factory.mktemp("calibrations")
+    plans_file = kernels.plans_file
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("tr.calibrate.cache_dir", lambda: Path(os.environ.get("TR_CACHE_DIR", folder)))
+        patch.setattr(kernels, "plans_file", lambda cache: plans_file(Path(os.environ.get("TR_CACHE_DIR", folder))))
         yield
 
 

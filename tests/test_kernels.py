@@ -3,7 +3,9 @@ the fp32 argmax when it screens in half precision), grouped attention on the CPU
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import pytest
 import torch
@@ -82,13 +84,74 @@ def test_cpu_lm_head_equals_the_linear_head(rows):
     assert head.double().weight_t.dtype == torch.float64  # the copy moves with the module
 
 
-def test_installed_only_where_it_applies_and_decoding_is_unchanged():
+def test_installed_only_where_it_applies_and_decoding_is_unchanged(tmp_path):
     model = cpu_model(torch.float32)
     expected = [t for s in autoregressive(model, [1, 2, 3], 20) for t in s.tokens]
-    assert kernels.install_cpu_lm_head(model)
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    kernels.install_cpu_linears(model, tmp_path / "plans.json")
     assert isinstance(model.get_output_embeddings(), kernels.CpuLmHead)
+    assert sum(isinstance(m, kernels.CpuLinear) for m in model.modules()) == linears
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
     assert [t for s in autoregressive(model, [1, 2, 3], 20) for t in s.tokens] == expected
-    assert not kernels.install_cpu_lm_head(cpu_model(torch.float64))
+    plans = kernels.layout_plans(model)
+    assert all(len(plan) == kernels.TUNED_ROWS and set(plan) <= set(kernels.LAYOUTS) for plan in plans.values())
+    double = cpu_model(torch.float64)
+    kernels.install_cpu_linears(double)
+    assert kernels.layout_plans(double) == {}
+
+
+def test_tuned_plans_are_saved_and_read_back_instead_of_tuning_again(tmp_path, monkeypatch):
+    file = tmp_path / "plans.json"
+    kernels.install_cpu_linears(cpu_model(torch.float32), file)
+    saved = json.loads(file.read_text())
+
+    def no_tuning(*args, **kwargs):
+        raise AssertionError("tuned although the plans were saved")
+
+    monkeypatch.setattr(kernels, "tune", no_tuning)
+    model = cpu_model(torch.float32)
+    kernels.install_cpu_linears(model, file)
+    assert kernels.layout_plans(model) == saved
+
+
+def test_no_transposed_copies_beyond_the_budget(monkeypatch):
+    monkeypatch.setattr(kernels, "COPY_BUDGET", 0)
+    model = cpu_model(torch.float32)
+    kernels.install_cpu_linears(model)
+    assert all("T" not in plan for plan in kernels.layout_plans(model).values())
+    assert all(m.weight_t is None for m in model.modules() if isinstance(m, kernels.CpuLinear))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_every_layout_computes_the_linear_product(bias):
+    generator = torch.Generator().manual_seed(int(bias))
+    linear = torch.nn.Linear(48, 80, bias=bias)
+    hidden = torch.randn(3, 10, 48, generator=generator)
+    for letter in kernels.LAYOUTS:
+        layer = kernels.CpuLinear(linear, letter * 4)
+        for rows in (1, 2, 5, 10):  # within the plan and beyond it (the last letter's layout)
+            out = layer(hidden[:, :rows])
+            assert out.shape == (3, rows, 80) and out.is_contiguous()
+            assert torch.allclose(out, linear(hidden[:, :rows]), rtol=1e-5, atol=1e-5), (letter, rows)
+    assert (kernels.CpuLinear(linear, "LW").weight_t is None) and kernels.CpuLinear(linear, "TL").weight_t is not None
+    with pytest.raises(ValueError, match="layout plan"):
+        kernels.CpuLinear(linear, "LX")
+
+
+def test_tune_picks_the_fastest_layout_per_row_count_and_the_simpler_one_on_a_draw(monkeypatch):
+    """Fake layouts whose cost is known: W is slow for one row, T for several, L slow everywhere but
+    at three rows, where all three cost the same."""
+    fast, slow = 5e-3, 15e-3  # sleeps long enough that their jitter stays well within tune's 3% draw
+    cost = {"L": lambda n: fast if n == 3 else slow, "W": lambda n: slow if n == 1 else fast,
+            "T": lambda n: fast if n in (1, 3) else slow}
+
+    def fake(letter):
+        def layout(rows, weight, weight_t):
+            time.sleep(cost[letter](rows.shape[0]))
+        return layout
+
+    monkeypatch.setattr(kernels, "LAYOUTS", {letter: fake(letter) for letter in cost})
+    assert kernels.tune([torch.zeros(4, 4)] * 2, max_rows=4, repeats=2) == "TWLW"
 
 
 def near_tie_head(vocab: int = 400, hidden: int = 64, seed: int = 0) -> torch.nn.Linear:
@@ -126,7 +189,7 @@ def test_the_screened_head_keeps_the_fp32_argmax_even_where_half_precision_canno
 
 def test_greedy_logits_is_scoped_to_greedy_decoding_and_sampling_reads_exact_logits():
     model = cpu_model(torch.float32)
-    assert kernels.install_cpu_lm_head(model)
+    kernels.install_cpu_linears(model)
     head, seen = model.get_output_embeddings(), []
     head.register_forward_pre_hook(lambda module, args: seen.append(module.argmax_only))
     list(autoregressive(model, [1, 2, 3], 5))

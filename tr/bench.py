@@ -401,7 +401,7 @@ def summarize_table(results: list[dict]) -> list[dict]:
 def machine_info(lm: LoadedModel) -> dict:
     """What the numbers were measured on."""
     info = {
-        "cpu": cpu_model(),
+        "cpu": kernels.cpu_name(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -411,32 +411,26 @@ def machine_info(lm: LoadedModel) -> dict:
         "dtype": str(lm.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "kernels": kernels.settings(),  # process-wide, so every method ran with them
+        "layouts": kernels.layout_plans(lm.model),  # product layout per weight shape and row count
         # The device's verification cost curve (cached per model, device, dtype, threads): what `auto` sizes trees by.
         "forward_cost": asdict(calibrate(lm.model, lm.name)),
     }
     return info
 
 
-def cpu_model() -> str:
-    # platform.processor() is empty on many Linux machines; /proc/cpuinfo names the model there.
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def describe_machine(info: dict) -> str:
     device = f"{info['device']} ({info['gpu']})" if info["gpu"] else info["device"]
     cost = info["forward_cost"]
     curve = ", ".join(f"{n}: {s / cost['seconds'][0]:.2f}x" for n, s in zip(cost["sizes"][1:], cost["seconds"][1:]))
-    return (f"machine: {info['cpu']}, {info['platform']}; torch {info['torch']}, transformers "
-            f"{info['transformers']}; device {device}, dtype {info['dtype']}, {info['threads']} threads; "
-            f"kernels {' '.join(f'{k}={v}' for k, v in info['kernels'].items() if v) or 'default'}\n"
-            f"forward cost of n new tokens behind {cost['context']} cached, relative to n=1 "
-            f"({cost['seconds'][0] * 1000:.1f} ms): {curve}")
+    lines = [f"machine: {info['cpu']}, {info['platform']}; torch {info['torch']}, transformers "
+             f"{info['transformers']}; device {device}, dtype {info['dtype']}, {info['threads']} threads; "
+             f"kernels {' '.join(f'{k}={v}' for k, v in info['kernels'].items() if v) or 'default'}"]
+    if info.get("layouts"):  # files from before layouts were tuned have none
+        lines.append("product layouts by weight shape, for 1, 2, ... rows: "
+                     + ", ".join(f"{shape} {plan}" for shape, plan in info["layouts"].items()))
+    lines.append(f"forward cost of n new tokens behind {cost['context']} cached, relative to n=1 "
+                 f"({cost['seconds'][0] * 1000:.1f} ms): {curve}")
+    return "\n".join(lines)
 
 
 def _num(value: float | None, spec: str, suffix: str = "") -> str:

@@ -64,9 +64,8 @@ def calibrate(
     """Measure (or read back) the forward cost curve of `model` on its device."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    head = type(model.get_output_embeddings()).__name__
     key = (f"{name}|{device}|{dtype}|{torch.get_num_threads()}|{sizes}|{context}|{torch.__version__}|"
-           f"{kernels.settings()}|{head}|greedy|monotone")
+           f"{kernels.settings()}|{kernels.layout_plans(model)}|greedy|monotone")
     file = _cache_file(key)
     if use_cache and name and file.is_file():
         return CostCurve(**json.loads(file.read_text()))

@@ -145,5 +145,5 @@ def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32"
         hint = "" if Path(name).exists() else " (no local folder by that name, and the hub may be unreachable)"
         raise ModelLoadError(f"could not load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
     model.to(torch_device).eval()
-    kernels.install_kernels(model)
+    kernels.install_kernels(model, kernels.plans_file(cache_dir()))
     return LoadedModel(model, tokenizer, name, torch_device, torch_dtype)
