@@ -15,11 +15,11 @@ of rows: `F.linear` as `nn.Linear` does it, the weight times the transposed rows
 contiguous transposed copy of the weight. `load_model` tunes this once per CPU (`tune`, a few seconds,
 cached) for every weight shape and row count up to 8 and installs `CpuLinear` modules that follow the
 plan; both decoders and transformers' `generate` share them. On the bundled model (2-core AMD EPYC,
-AVX2) the tuned one-row MLP products read their weights about 1.4x faster than `F.linear`; measured
-side by side on 13 Spec-Bench prompts, plain decoding went from 10.4 to 11.6 tokens/s and Token
-Recycling (`auto`, primed) from 14.9 to 16.3 (its passes are over several rows, where `F.linear` is
-already near the best). The LM head alone, in the layouts it then tuned to, had cut a whole fp32
-forward pass by about 20% at every tree size from 1 to 16 tokens.
+AVX2) the one-row MLP products read their weights markedly faster in the tuned layouts than through
+`F.linear` (gate and up projections: rows times the transposed copy), and a plain decoding step got
+faster by more than a tree pass did, whose several rows `F.linear` already served well: a fair
+baseline made Token Recycling's ratio smaller (BENCHMARKS.md, ninth run). The LM head alone, in the
+layouts it now tunes to, had cut a whole fp32 forward pass by about 20% at every tree size.
 
 Greedy decoding reads only each row's argmax from the LM head (and, for the matrix, an approximate
 top-k). Within `greedy_logits`, `CpuLmHead` screens the vocabulary with a half-precision copy of the
@@ -125,9 +125,9 @@ TUNING_BYTES = 64 << 20  # weights timed per shape: enough to overflow the CPU's
 
 class CpuLinear(torch.nn.Module):
     """A drop-in for a float32 `nn.Linear` that multiplies in the layout `plan` names for each row count
-    (`plan[n - 1]` for n rows, a letter of `LAYOUTS`; its last for more rows). It shares the original weight and bias, so a
-    head tied to the input embeddings stays tied; a transposed copy of the weight is kept only when
-    the plan uses one."""
+    (`plan[n - 1]` for n rows, a letter of `LAYOUTS`; its last for more rows). It shares the original
+    weight and bias, so a head tied to the input embeddings stays tied; a transposed copy of the weight
+    is kept only when the plan uses one."""
 
     def __init__(self, linear: torch.nn.Linear, plan: str):
         super().__init__()
