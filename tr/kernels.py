@@ -211,10 +211,14 @@ def plans_file(folder: Path) -> Path:
     return folder / f"layouts-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
+def _shape_name(linear: torch.nn.Module) -> str:
+    """How plans name the shape of a linear module's weight (and bias): "576x1536", "576x576+bias"."""
+    return "x".join(map(str, linear.weight.shape)) + ("+bias" if linear.bias is not None else "")
+
+
 def layout_plans(model: torch.nn.Module) -> dict[str, str]:
     """The layout plan of each weight shape ("576x1536": "TWLL..."): empty where none is installed."""
-    return {"x".join(map(str, m.weight.shape)) + ("+bias" if m.bias is not None else ""): m.plan
-            for m in model.modules() if isinstance(m, CpuLinear)}
+    return {_shape_name(m): m.plan for m in model.modules() if isinstance(m, CpuLinear)}
 
 
 def install_cpu_linears(model: torch.nn.Module, plans_file: Path | None = None) -> None:
@@ -225,15 +229,15 @@ def install_cpu_linears(model: torch.nn.Module, plans_file: Path | None = None) 
     saved = json.loads(plans_file.read_text()) if plans_file and plans_file.is_file() else {}
     plans, copies = {}, 0
     head = model.get_output_embeddings()
-    for (out, inner, bias), members in groups.items():
+    for members in groups.values():
         modules = [getattr(parent, attribute) for parent, attribute in members]
         size = sum(m.weight.numel() * m.weight.element_size() for m in modules)
         letters = "LWT" if copies + size <= COPY_BUDGET else "LW"
-        name = f"{out}x{inner}" + ("+bias" if bias else "") + ("" if "T" in letters else " (no copy)")
+        name = _shape_name(modules[0]) + ("" if "T" in letters else " (no copy)")
         plans[name] = saved.get(name) or tune([m.weight.detach() for m in modules], letters=letters)
         copies += size if "T" in plans[name] else 0
         for (parent, attribute), module in zip(members, modules):
-            lm_head = module is head and not bias
+            lm_head = module is head and module.bias is None
             setattr(parent, attribute, (CpuLmHead if lm_head else CpuLinear)(module, plans[name]))
     if plans_file and {**saved, **plans} != saved:
         plans_file.parent.mkdir(parents=True, exist_ok=True)
