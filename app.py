@@ -27,13 +27,15 @@ import gradio as gr
 
 import viz
 from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, howto_charts
-from tr import AUTO, BUNDLED, START_MODES, LoadedModel, ModelLoadError, load_model, primed_path
-from tr.calibrate import calibrate
+from tools.priming import primed_path
+from tr.device.model import BUNDLED, LoadedModel, ModelLoadError, load_model
+from tr.generate import AUTO, START_MODES
+from tr.device.calibrate import calibrate
 from tr.costs import LearnedCost
 from tr.matrix import MAX_K
-from tr.model import DTYPES
-from tr.race import token_ids
-from tr.session import (CUSTOM, CUSTOM_EXAMPLE, DECODING, MAX_NEW_TOKENS, NAMES, TEMPLATES, Run, Session, load_examples,
+from tr.device.model import DTYPES
+from tr.records import token_ids
+from webapp.session import (CUSTOM, CUSTOM_EXAMPLE, DECODING, MAX_NEW_TOKENS, NAMES, TEMPLATES, Run, Session, load_examples,
                         parse_settings)
 
 log = logging.getLogger("token-recycling-app")

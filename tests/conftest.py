@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from tr import kernels
-from tr.model import BUNDLED, LoadedModel, load_model, resolve
+from tr.device import kernels
+from tr.device.model import BUNDLED, LoadedModel, load_model, resolve
 
 # Tiny models run ~10x slower with two threads whenever anything else shares the two cores (spinning
 # OpenMP workers); one thread keeps the suite fast and its timing steady.
@@ -30,7 +30,7 @@ def calibrations_kept_out_of_the_user_cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("calibrations")
     plans_file = kernels.plans_file
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tr.calibrate.cache_dir", lambda: Path(os.environ.get("TR_CACHE_DIR", folder)))
+        patch.setattr("tr.device.calibrate.cache_dir", lambda: Path(os.environ.get("TR_CACHE_DIR", folder)))
         patch.setattr(kernels, "plans_file", lambda cache: plans_file(Path(os.environ.get("TR_CACHE_DIR", folder))))
         yield
 

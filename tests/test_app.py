@@ -14,7 +14,7 @@ import pytest
 from gradio_client import Client
 
 import app
-from tr.session import MAX_PROMPT_CHARS, parse_settings
+from webapp.session import MAX_PROMPT_CHARS, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 # Outputs of /run and /stop, in app.OUTPUTS order without the session state (the API never sees it).

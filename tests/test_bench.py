@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tr import bench
-from tr.generate import decode_steps, first_divergence
-from tr.model import load_model
+from tools import bench
+from tr.generate import decode_steps
+from tr.records import first_divergence
+from tr.device.model import load_model
 
 PROMPTS = [
     {"question_id": 1, "category": "alpha", "turns": ["Write a haiku about rain.", "Now another."]},
@@ -205,7 +206,7 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, tiny_model_dir
     code, stdout, stderr = run_main(argv)
     assert code == 2
     lines = stderr.strip().splitlines()
-    assert needle in lines[-1] and lines[-1].startswith("tr.bench: error: ")
+    assert needle in lines[-1] and lines[-1].startswith("tools.bench: error: ")
     assert "Traceback" not in stderr
     if "{tiny}" not in args:  # everything else is caught before the model load prints anything
         assert len(lines) == 1

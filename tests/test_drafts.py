@@ -9,7 +9,7 @@ import torch
 
 from tiny_models import ARCHITECTURES, DEVICE, tiny_model
 from tr.acceptance import confidence_source
-from tr.calibrate import calibrate
+from tr.device.calibrate import calibrate
 from tr.costs import CostCurve, monotone
 from tr.decoding import autoregressive, token_recycling
 from tr.drafts import LOOKUP, DynamicDrafter, NgramIndex

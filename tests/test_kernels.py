@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tiny_models import tiny_model
-from tr import kernels
+from tr.device import kernels
 from tr.decoding import autoregressive, forward, tree_mask
 from tr.kv_cache import PreallocatedCache
 from tr.sampling import Sampling
@@ -187,7 +187,7 @@ def test_the_screened_head_keeps_the_fp32_argmax_even_where_half_precision_canno
             assert ((screened - truth[:rows]).abs() <= margin).all()  # the rest: within the proven bound
 
 
-def test_greedy_logits_is_scoped_to_greedy_decoding_and_sampling_reads_exact_logits():
+def test_argmax_only_is_scoped_to_greedy_decoding_and_sampling_reads_exact_logits():
     model = cpu_model(torch.float32)
     kernels.install_cpu_linears(model)
     head, seen = model.get_output_embeddings(), []

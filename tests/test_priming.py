@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tr import priming
-from tr.generate import decode_steps, generate, token_ids
+from tools import priming
+from tr.generate import decode_steps, generate
+from tr.records import token_ids
 from tr.matrix import AdjacencyMatrix
-from tr.model import load_model
+from tr.device.model import load_model
 
 
 def random_matrix(vocab: int = 40, k: int = 4, seed: int = 0) -> AdjacencyMatrix:
@@ -77,7 +78,7 @@ def test_priming_writes_the_models_top_k_at_every_position(tiny_lm):
 def test_primed_start_loads_the_models_file_and_stays_lossless(tiny_lm, tmp_path, monkeypatch):
     monkeypatch.setenv("TR_CACHE_DIR", str(tmp_path))
     prompt = tiny_lm.encode("Say something.")
-    with pytest.raises(ValueError, match="python -m tr.priming --model"):
+    with pytest.raises(ValueError, match="python -m tools.priming --model"):
         decode_steps(tiny_lm, prompt, "tr", 8, start="primed")
 
     code = priming.main(["--model", tiny_lm.name, "--limit", "3", "--max-new-tokens", "8", "--k", "8"])

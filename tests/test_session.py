@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tr.costs import CostCurve, LearnedCost
-from tr.model import load_model
-from tr.session import HISTORY_LIMIT, MAX_TREE_NODES, Session, parse_settings
+from tr.device.model import load_model
+from webapp.session import HISTORY_LIMIT, MAX_TREE_NODES, Session, parse_settings
 from tr.trees import TreeError
 
 SETTINGS = ["Count to five.", 12, "small-16", "", 8, "greedy", 0.7, 0.9, 0, "hot"]

@@ -1,10 +1,10 @@
-"""tr.targets: which of issue 4's targets a bench table meets, from the table alone."""
+"""tools.targets: which of issue 4's targets a bench table meets, from the table alone."""
 
 from __future__ import annotations
 
 import json
 
-from tr import targets
+from tools import targets
 
 
 def row(category: str, method: str, speedup: float, identical: int = 2, mat: float | None = None) -> dict:

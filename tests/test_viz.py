@@ -11,8 +11,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tr.decoding import Step, autoregressive, token_recycling
-from tr.matrix import AdjacencyMatrix, RowWrite
+from tr.decoding import autoregressive, token_recycling
+from tr.matrix import AdjacencyMatrix
+from tr.records import RowWrite, Step
 from tr.trees import DraftTree, load_template
 from viz import (
     accepted_histogram, banded_html, mat_over_steps, matrix_summary, plain_html, row_lookup_html,

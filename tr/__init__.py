@@ -1,26 +1,28 @@
 """Token Recycling (Luo et al., arXiv 2408.08696): lossless, train-free speculative decoding that
-drafts from an adjacency matrix of the model's own recent top-k predictions."""
+drafts from an adjacency matrix of the model's own recent top-k predictions.
 
-# Kernel settings first: MKL reads them at its first matrix product.
-from . import kernels  # noqa: F401  isort: skip
-from .decoding import Step, autoregressive, token_recycling
-from .drafts import Draft, DynamicDrafter, TemplateDrafter
-from .generate import (
-    AUTO, AUTO_NO_LOOKUP, METHODS, START_MODES, Generation, Stats, decode_steps, first_divergence, generate,
-    make_drafter, summarize,
-)
-from .matrix import AdjacencyMatrix, RowWrite
-from .model import BUNDLED, LoadedModel, ModelLoadError, load_model
-from .priming import load_primed, primed_path
-from .race import race
-from .sampling import GREEDY, Sampling
-from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, DraftTree, TreeError, load_template
+Importing `tr` loads nothing and changes no setting: each name below is imported from its module
+when first used (`tr.load_model`, `tr.generate`, ...), so `tr.records` can be read without torch.
+"""
 
-__all__ = [
-    "AUTO", "AUTO_NO_LOOKUP", "AdjacencyMatrix", "BUILTIN_TEMPLATES", "BUNDLED", "DEFAULT_TEMPLATE", "Draft",
-    "DraftTree", "DynamicDrafter", "GREEDY", "Generation", "LoadedModel", "METHODS", "ModelLoadError", "RowWrite",
-    "START_MODES", "Sampling", "Stats", "Step", "TemplateDrafter", "TreeError", "autoregressive", "decode_steps",
-    "first_divergence", "generate", "load_model", "load_primed", "load_template", "make_drafter", "primed_path",
-    "race", "summarize",
-    "token_recycling",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "AdjacencyMatrix": "matrix", "BUILTIN_TEMPLATES": "trees", "DEFAULT_TEMPLATE": "trees", "DraftTree": "trees",
+    "TreeError": "trees", "load_template": "trees", "Draft": "drafts", "DynamicDrafter": "drafts",
+    "TemplateDrafter": "drafts", "autoregressive": "decoding", "token_recycling": "decoding", "race": "race",
+    "GREEDY": "sampling", "Sampling": "sampling", "Step": "records", "Stats": "records", "summarize": "records",
+    "token_ids": "records", "first_divergence": "records", "AUTO": "generate", "AUTO_NO_LOOKUP": "generate",
+    "METHODS": "generate", "START_MODES": "generate", "Generation": "generate", "decode_steps": "generate",
+    "generate": "generate", "make_drafter": "generate", "BUNDLED": "device.model", "LoadedModel": "device.model",
+    "ModelLoadError": "device.model", "load_model": "device.model",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tr' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -4,7 +4,7 @@ that curve corrected by the forward times decoding steps actually take (`Learned
 Token Recycling pays for its drafts in verification: a forward pass over n tree tokens costs more
 than over one token, by how much depends on the device (about 1.4x at n=8 and 3.8x at n=81 on a
 2-core CPU, nearly flat on a GPU). The `auto` tree is sized by these curves (`tr.drafts`);
-`tr.calibrate` measures the first one.
+`tr.device.calibrate` measures the first one.
 """
 
 from __future__ import annotations

@@ -16,58 +16,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
 
 import torch
 
-from .costs import CostCurve
 from .drafts import Draft, Drafter, TemplateDrafter
-from .kernels import greedy_logits
 from .kv_cache import PreallocatedCache
-from .matrix import AdjacencyMatrix, RowWrite
+from .matrix import AdjacencyMatrix
+from .records import Step
 from .sampling import GREEDY, Sampling, choose
 from .trees import DraftTree
-
-
-@dataclass
-class Step:
-    """What one forward pass did. Step 0 is the prefill over the prompt."""
-
-    index: int
-    tokens: list[int]  # emitted by this step, in order
-    tree_tokens: list[int] = field(default_factory=list)  # node 0 is the root (last committed token)
-    tree_parents: list[int] = field(default_factory=list)
-    tree_depths: list[int] = field(default_factory=list)
-    tree_ranks: list[int] = field(default_factory=list)  # candidate rank in the parent's row (-2: prompt lookup)
-    tree_sources: list[str] = field(default_factory=list)  # acceptance-statistics key of each node
-    tree_scores: list[float] = field(default_factory=list)  # estimated chance each node is accepted
-    predicted_cost: float = 0.0  # the tree's expected verification cost, in one-token passes (0: unknown)
-    considered_scores: list[float] = field(default_factory=list)  # a dynamic tree's candidates, best first
-    cost_curve: CostCurve | None = None  # the device's cost curve as the drafter saw it this step
-    probe: bool = False  # the drafter verified the root alone, to time a one-token pass
-    choices: list[int] = field(default_factory=list)  # the model's token after each node (-1: not drawn)
-    accepted: list[int] = field(default_factory=list)  # node indices of the accepted path, root first
-    rows_written: list[RowWrite] = field(default_factory=list)
-    forward_s: float = 0.0
-    overhead_s: float = 0.0
-    total_tokens: int = 0  # running totals, prefill included
-    total_forward_s: float = 0.0
-    total_overhead_s: float = 0.0
-    finished: bool = False
-
-    @property
-    def elapsed_s(self) -> float:
-        return self.total_forward_s + self.total_overhead_s
-
-    @property
-    def accepted_drafts(self) -> int:
-        return max(len(self.accepted) - 1, 0)
-
-    @property
-    def expected_tokens(self) -> float:
-        """What the drafter expected this step to emit (bonus included)."""
-        return sum(self.tree_scores) if self.tree_scores else 1.0
 
 
 class Clock:
@@ -101,6 +59,21 @@ class Clock:
         self.start, self.forward_s = self.now(), 0.0
 
 
+@contextmanager
+def argmax_only(model: torch.nn.Module) -> Iterator[None]:
+    """Within: an output head that offers it (an `argmax_only` attribute, as `tr.device.kernels.CpuLmHead`
+    does) may return logits exact at each row's argmax only, which is all greedy decoding reads."""
+    head = model.get_output_embeddings()
+    if not hasattr(head, "argmax_only"):
+        yield
+        return
+    before, head.argmax_only = head.argmax_only, True
+    try:
+        yield
+    finally:
+        head.argmax_only = before
+
+
 def forward(
     model: torch.nn.Module,
     cache: PreallocatedCache,
@@ -111,8 +84,8 @@ def forward(
     greedy: bool = False,
 ) -> torch.Tensor:
     """Logits (n, vocab) for `ids` at `positions`, appending their keys and values to the cache. With
-    `greedy`, exact only at each row's argmax (`kernels.greedy_logits`): enough for greedy decoding."""
-    with greedy_logits(model) if greedy else nullcontext():
+    `greedy`, exact only at each row's argmax (`argmax_only`): enough for greedy decoding."""
+    with argmax_only(model) if greedy else nullcontext():
         out = model(
             input_ids=ids[None],
             position_ids=positions[None],

@@ -31,9 +31,9 @@ import torch
 from .acceptance import AcceptanceStats, confidence_source, lookup_source
 from .costs import CostCurve, LearnedCost
 from .matrix import AdjacencyMatrix
+from .records import LOOKUP
 from .trees import DraftTree, ancestor_mask
 
-LOOKUP = -2  # the "rank" of a node copied from an n-gram match rather than read from a matrix row
 
 
 @dataclass

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .calibrate import calibrate
+from .device.calibrate import calibrate
 from .costs import CostCurve, LearnedCost
-from .decoding import Step, autoregressive, token_recycling
+from .decoding import autoregressive, token_recycling
+from .records import Stats, Step, summarize, token_ids
 from .drafts import Drafter, DynamicDrafter, TemplateDrafter
 from .matrix import AdjacencyMatrix
-from .model import LoadedModel
-from .priming import load_primed
+from .device.model import LoadedModel
+from tools.priming import load_primed
 from .sampling import GREEDY, Sampling
 from .trees import DEFAULT_TEMPLATE, DraftTree, TreeError, load_template
 
@@ -21,55 +22,9 @@ AUTO_NO_LOOKUP = "auto-nolookup"  # the same without prompt lookup, to measure w
 DYNAMIC_TREES = (AUTO, AUTO_NO_LOOKUP)
 FIXED_DYNAMIC = "dynamic-"  # dynamic-N: the same best-first tree with lookup, always N drafts (no calibration)
 # hot: keep the matrix; cold: clear it first; seeded: keep it and seed it from the prompt; primed: keep it
-# and fill its empty rows from the model's primed matrix (`tr.priming`), as a long-running server would have
+# and fill its empty rows from the model's primed matrix (`tools.priming`), as a long-running server would have
 START_MODES = ("hot", "cold", "seeded", "primed")
 MAX_NEW_TOKENS = 4096
-
-
-@dataclass
-class Stats:
-    tokens: int
-    steps: int  # decoding forward passes after the prefill
-    mat: float  # mean tokens emitted per decoding step
-    forward_s: float
-    overhead_s: float
-    prefill_s: float
-
-    @property
-    def seconds(self) -> float:
-        return self.forward_s + self.overhead_s
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
-
-
-def token_ids(steps: list[Step]) -> list[int]:
-    """Every token the steps emitted, in order."""
-    return [t for s in steps for t in s.tokens]
-
-
-def summarize(steps: list[Step]) -> Stats:
-    decode = steps[1:]
-    last = steps[-1]
-    decoded = sum(len(s.tokens) for s in decode)
-    return Stats(
-        tokens=last.total_tokens,
-        steps=len(decode),
-        mat=decoded / len(decode) if decode else 0.0,
-        forward_s=last.total_forward_s,
-        overhead_s=last.total_overhead_s,
-        prefill_s=steps[0].forward_s + steps[0].overhead_s,
-    )
-
-
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    """Index of the first token where two outputs differ (the shorter length if one is a prefix of
-    the other); None when they are equal."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 @dataclass

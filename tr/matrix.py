@@ -9,13 +9,12 @@ It lives on the CPU whatever the model's device: drafting reads it row by row, w
 cost one synchronisation per row, while a step's write needs only one copy of its top-k back.
 
 `save` and `load` keep a matrix in a safetensors file (filled rows and pair rows only), so a primed
-matrix (`tr.priming`) can ship with the app.
+matrix (`tools.priming`) can ship with the app.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,19 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .acceptance import AcceptanceStats
+from .records import RowWrite
 
 MAX_K = 32
 MAX_PAIRS = 1 << 18  # pair rows kept (about 100 MB of Python lists at k=8); the oldest go first
-
-
-@dataclass
-class RowWrite:
-    """One row overwritten during a step: the candidates before and after."""
-
-    token: int
-    old: list[int]
-    new: list[int]
-    was_filled: bool
 
 
 class AdjacencyMatrix:

@@ -1,4 +1,4 @@
-"""The benchmark plot: speed-up and MAT per category and method, from a `python -m tr.bench` JSON file.
+"""The benchmark plot: speed-up and MAT per category and method, from a `python -m tools.bench` JSON file.
 
     python -m viz.bench benchmarks/results.json benchmarks/results.png
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tr.targets import read_bench
+from tr.records import read_bench
 
 from .style import FONT, TEMPLATE
 

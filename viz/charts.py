@@ -12,7 +12,7 @@ from collections import Counter
 
 import plotly.graph_objects as go
 
-from tr.decoding import Step
+from tr.records import Step
 
 from .style import base_layout, empty_figure
 

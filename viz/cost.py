@@ -16,7 +16,7 @@ from itertools import accumulate
 import plotly.graph_objects as go
 
 from tr.costs import CostCurve
-from tr.decoding import Step
+from tr.records import Step
 
 from .style import base_layout, empty_figure
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 
-from tr.decoding import Step
-from tr.matrix import RowWrite
+from tr.records import Step
+from tr.records import RowWrite
 
 TABLE_STYLE = "border-collapse:collapse;font-size:13px;font-family:ui-monospace,Menlo,Consolas,monospace"
 CELL_STYLE = "border:1px solid #e5e7eb;padding:2px 6px;white-space:pre;color:#111827"

@@ -9,9 +9,9 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from tr.decoding import Step
-from tr.generate import summarize
-from tr.race import difference, speedup, token_ids
+from tr.records import Step
+from tr.records import summarize
+from tr.records import difference, speedup, token_ids
 
 
 def verdict_html(ar: list[Step], tr: list[Step], finished: bool, sampling: bool) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 
-from tr.decoding import Step
+from tr.records import Step
 
 # Light enough for dark text, distinct enough that neighbouring bands never look alike.
 PASTELS = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#e5e7eb")

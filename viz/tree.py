@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import networkx as nx
 import plotly.graph_objects as go
 
-from tr.decoding import Step
-from tr.drafts import LOOKUP
+from tr.records import Step
+from tr.records import LOOKUP
 
 from .style import base_layout, empty_figure
 

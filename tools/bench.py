@@ -1,7 +1,7 @@
 """Benchmark CLI: plain decoding, transformers greedy and prompt lookup, and Token Recycling on
 Spec-Bench-format prompts.
 
-    python -m tr.bench --per-category 1 --max-new-tokens 32 --methods ar,hf,pld,tr --out results.json
+    python -m tools.bench --per-category 1 --max-new-tokens 32 --methods ar,hf,pld,tr --out results.json
 
 Methods (all greedy, so every correct one emits exactly the `ar` tokens):
 
@@ -33,7 +33,7 @@ with a hot or seeded start this also fills the adjacency matrix from that prompt
 timed prompt starts with a warm matrix: that is what hot start means in a long-running server, but
 it flatters the first prompt's MAT a little. ``--start cold`` clears the matrix before every prompt.
 ``--start primed`` (or ``tr:TREE:primed``) is hot, with every empty row filled from the model's primed
-matrix (`tr.priming`): the matrix a long-running server would have.
+matrix (`tools.priming`): the matrix a long-running server would have.
 """
 
 from __future__ import annotations
@@ -53,20 +53,20 @@ import transformers
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-from . import kernels
-from .calibrate import calibrate
-from .generate import (
-    DYNAMIC_TREES, FIXED_DYNAMIC, MAX_NEW_TOKENS, START_MODES, check_request, check_tree, decode_steps,
-    first_divergence, make_drafter, summarize, token_ids,
+from tr.device import kernels
+from tr.device.calibrate import calibrate
+from tr.decoding import argmax_only
+from tr.device.model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, load_model
+from tr.generate import (
+    DYNAMIC_TREES, FIXED_DYNAMIC, MAX_NEW_TOKENS, START_MODES, check_request, check_tree, decode_steps, make_drafter,
 )
-from .decoding import Step
-from .matrix import MAX_K, AdjacencyMatrix
-from .model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, load_model
-from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError
+from tr.matrix import MAX_K, AdjacencyMatrix
+from tr.records import Step, first_divergence, summarize, token_ids
+from tr.trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError
 
 BENCH_METHODS = ("ar", "hf", "pld", "tr")
 BASELINES = ("ar", "hf")  # speed-up is measured against the faster of these, per category
-# Found through the package, not the cwd, so `python -m tr.bench` works from anywhere.
+# Found through the package, not the cwd, so `python -m tools.bench` works from anywhere.
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts.jsonl"
 OVERALL = "overall"
 
@@ -205,9 +205,9 @@ def generation_config(lm: LoadedModel, max_new_tokens: int, pld_tokens: int | No
 
 def run_hf(lm: LoadedModel, prompt_ids: list[int], config: GenerationConfig) -> dict:
     """One `model.generate` call: output ids and wall seconds; steps are not known. Greedy, so with the same
-    LM head as `ar` (`kernels.greedy_logits`): the comparison is of decoding loops, not of heads."""
+    LM head as `ar` (`tr.decoding.argmax_only`): the comparison is of decoding loops, not of heads."""
     ids = torch.tensor([prompt_ids], device=lm.device)
-    with torch.inference_mode(), kernels.greedy_logits(lm.model):
+    with torch.inference_mode(), argmax_only(lm.model):
         begin = now(lm.device)
         out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
         seconds = now(lm.device) - begin
@@ -501,7 +501,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m tr.bench", description=__doc__.split("\n\n")[0],
+    parser = _Parser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="Spec-Bench-format JSONL file")
     parser.add_argument("--per-category", type=int, default=None,
@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start", default="hot", choices=START_MODES,
                         help="tr matrix: hot keeps one matrix across all prompts, cold clears it per prompt, "
                              "seeded keeps it and also seeds it from each prompt, primed keeps it and fills "
-                             "its empty rows from the model's primed matrix (tr.priming)")
+                             "its empty rows from the model's primed matrix (tools.priming)")
     parser.add_argument("--model", default=BUNDLED, help="bundled, a local folder or a hub id")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model weights and compute")
@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write_text(to_json({"settings": settings, "machine": machine, "table": table, "results": results}))
     except (ValueError, TreeError, ModelLoadError, OSError) as err:
         message = " ".join(str(err).split()) or type(err).__name__
-        print(f"tr.bench: error: {message}", file=sys.stderr)
+        print(f"tools.bench: error: {message}", file=sys.stderr)
         return 2
     print(report(table, machine, results))
     print(f"\nwrote {out}")

@@ -135,7 +135,10 @@ def resolve(name: str) -> str:
 
 
 def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32") -> LoadedModel:
-    """Load a causal LM for decoding; raise `ModelLoadError` with a readable reason on failure."""
+    """Load a causal LM for decoding, with this machine's kernel settings (`kernels.configure`, before
+    the first matrix product, and `kernels.install_kernels`); raise `ModelLoadError` with a readable
+    reason on failure."""
+    kernels.configure()
     torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
     try:
         source = resolve(name)

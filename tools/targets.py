@@ -1,6 +1,6 @@
-"""Issue 4's fp32 targets, checked against the tables `python -m tr.bench` wrote.
+"""Issue 4's fp32 targets, checked against the tables `python -m tools.bench` wrote.
 
-    python -m tr.targets benchmarks/spec-bench-fp32-cpu-*.json
+    python -m tools.targets benchmarks/spec-bench-fp32-cpu-*.json
 
 For every Token Recycling method of every file: its speed-up overall and in its weakest category (over
 the faster of ``ar`` and ``hf``, as the bench computes it), prompt lookup's overall and in summarization
@@ -14,11 +14,11 @@ enough (three decimals) that a 1.197x is not read as 1.20x. The targets:
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+
+from tr.records import read_bench
 
 OVERALL = 1.5
 EVERY_CATEGORY = 1.2
@@ -61,16 +61,6 @@ class Standing:
         return missed
 
 
-def read_bench(path: str | Path) -> dict:
-    """A `python -m tr.bench` JSON document; raises ValueError, in words, when the file is not one."""
-    try:
-        document = json.loads(Path(path).read_text())
-        document["table"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"cannot read a bench table from {path}: {err}") from err
-    return document
-
-
 def standings(table: Sequence[dict]) -> list[Standing]:
     """The standing of every `tr` method in a bench table (`summarize_table`'s rows)."""
     cell = {(row["category"], row["method"]): row for row in table}
@@ -107,13 +97,13 @@ def describe(standing: Standing) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     paths = list(sys.argv[1:] if argv is None else argv)
     if not paths:
-        print("usage: python -m tr.targets BENCH.json [BENCH.json ...]", file=sys.stderr)
+        print("usage: python -m tools.targets BENCH.json [BENCH.json ...]", file=sys.stderr)
         return 2
     for path in paths:
         try:
             data = read_bench(path)
         except ValueError as err:
-            print(f"tr.targets: error: {err}", file=sys.stderr)
+            print(f"tools.targets: error: {err}", file=sys.stderr)
             return 2
         table, machine = data["table"], data.get("machine", {})
         print(f"{path}: {machine.get('cpu') or machine.get('gpu') or '?'}, {machine.get('dtype', '?')}, "

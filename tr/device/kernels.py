@@ -22,7 +22,7 @@ baseline made Token Recycling's ratio smaller (BENCHMARKS.md, ninth run). The LM
 layouts it now tunes to, had cut a whole fp32 forward pass by about 20% at every tree size.
 
 Greedy decoding reads only each row's argmax from the LM head (and, for the matrix, an approximate
-top-k). Within `greedy_logits`, `CpuLmHead` screens the vocabulary with a half-precision copy of the
+top-k). Within `tr.decoding.argmax_only`, `CpuLmHead` screens the vocabulary with a half-precision copy of the
 weight (fbgemm's fp16 product: half the memory traffic, fp32 arithmetic) and recomputes in fp32 only the
 tokens that a proven error bound cannot rule out (median 1, at most 6 per row on the bundled model), so
 every row's argmax is the fp32 head's argmax. On the bundled model (2-core AMD EPYC, AVX2) the head went
@@ -51,8 +51,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -149,7 +148,7 @@ class CpuLinear(torch.nn.Module):
 
 
 class CpuLmHead(CpuLinear):
-    """`CpuLinear` for the LM head that, while `argmax_only` is set (see `greedy_logits`), screens with
+    """`CpuLinear` for the LM head that, while `argmax_only` is set (see `tr.decoding.argmax_only`), screens with
     half-precision weights."""
 
     def __init__(self, head: torch.nn.Linear, plan: str = "TW"):
@@ -282,21 +281,6 @@ class Fp16Screen:
         return logits
 
 
-@contextmanager
-def greedy_logits(model: torch.nn.Module) -> Iterator[None]:
-    """Within: a `CpuLmHead` returns logits exact at each row's argmax only (see `Fp16Screen`), for
-    greedy decoding. Any other head is left alone."""
-    head = model.get_output_embeddings()
-    if not isinstance(head, CpuLmHead):
-        yield
-        return
-    before, head.argmax_only = head.argmax_only, True
-    try:
-        yield
-    finally:
-        head.argmax_only = before
-
-
 def install_kernels(model: torch.nn.Module, plans_file: Path | None = None) -> None:
     """On the CPU: tuned product layouts (float32, see `install_cpu_linears`) and grouped attention with
     masks, unless the user set it. On CUDA: no cuDNN attention (process-wide, so every decoder runs
@@ -307,6 +291,3 @@ def install_kernels(model: torch.nn.Module, plans_file: Path | None = None) -> N
         os.environ.setdefault(GROUPED_ATTENTION, "1")
     elif device == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-configure()

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from . import kernels
-from .costs import CostCurve, monotone
-from .decoding import Clock, forward, tree_mask
-from .kv_cache import PreallocatedCache
+from ..costs import CostCurve, monotone
+from ..decoding import Clock, forward, tree_mask
+from ..kv_cache import PreallocatedCache
 from .model import cache_dir
 
 # Every size up to 16, where a CPU's trees live: the curve is not smooth there, and interpolating hid it

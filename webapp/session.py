@@ -18,14 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .costs import CostCurve, LearnedCost
-from .decoding import Step
-from .generate import DYNAMIC_TREES, START_MODES, decode_steps, make_drafter, summarize
-from .matrix import MAX_K, AdjacencyMatrix
-from .model import LoadedModel
-from .race import difference, race, speedup, token_ids
-from .sampling import Sampling
-from .trees import BUILTIN_TEMPLATES, TreeError, load_template
+from tr.costs import CostCurve, LearnedCost
+from tr.device.model import LoadedModel
+from tr.generate import DYNAMIC_TREES, START_MODES, decode_steps, make_drafter
+from tr.matrix import MAX_K, AdjacencyMatrix
+from tr.race import race
+from tr.records import Step, difference, speedup, summarize, token_ids
+from tr.sampling import Sampling
+from tr.trees import BUILTIN_TEMPLATES, TreeError, load_template
 
 PAPER = ("Luo et al., Turning Trash into Treasure: Accelerating Inference of Large Language Models with "
          "Token Recycling, ACL 2025, arXiv 2408.08696")

@@ -9,8 +9,8 @@ none taken from Spec-Bench), and every position of each prompt and answer writes
 with the model's own top-k there. Nothing is trained; decoding stays exactly as lossless as ever,
 since verification decides every emitted token.
 
-    python -m tr.priming                     # the bundled model -> assets/primed/<model>.safetensors
-    python -m tr.priming --model ID --limit 64
+    python -m tools.priming                     # the bundled model -> assets/primed/<model>.safetensors
+    python -m tools.priming --model ID --limit 64
 
 The answers are generated in batches with `model.generate` (greedy), which on a 2-core CPU takes
 about 15 minutes for the 560 prompts at 192 tokens, plus about 8 for the rows. The `primed` start mode
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .matrix import MAX_K, AdjacencyMatrix
-from .model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, cache_dir, load_model
+from tr.matrix import MAX_K, AdjacencyMatrix
+from tr.device.model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, cache_dir, load_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PROMPTS = ASSETS / "priming_prompts.txt"
@@ -50,7 +50,7 @@ def load_primed(lm: LoadedModel, k: int) -> AdjacencyMatrix:
     path = primed_path(lm.name)
     if not path.is_file():
         raise ValueError(f"there is no primed matrix for {lm.name!r} ({path}): build one with "
-                         f"`python -m tr.priming --model {lm.name}`, or use the hot start")
+                         f"`python -m tools.priming --model {lm.name}`, or use the hot start")
     return _read(str(path), path.stat().st_mtime, lm.vocab_size, k)
 
 
@@ -106,7 +106,7 @@ def prime(lm: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 192, ba
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tr.priming", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.priming", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=BUNDLED, help="bundled, a local folder or a hub id")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else primed_path(lm.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     matrix.save(out, {"model": lm.name, "prompts": str(len(prompts)), "max_new_tokens": str(args.max_new_tokens),
-                      "command": "python -m tr.priming " + " ".join(argv if argv is not None else sys.argv[1:])})
+                      "command": "python -m tools.priming " + " ".join(argv if argv is not None else sys.argv[1:])})
     print(f"wrote {out}")
     return 0
 

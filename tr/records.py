@@ -1,0 +1,137 @@
+"""The records a run produces, and the numbers read off them: plain data, no torch.
+
+Decoders yield one `Step` per forward pass; everything downstream (summaries, the race's verdict, the
+app's views, the benchmark's tables, `viz`) reads these records and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .costs import CostCurve
+
+LOOKUP = -2  # the "rank" of a node copied from an n-gram match rather than read from a matrix row
+
+
+@dataclass
+class RowWrite:
+    """One row overwritten during a step: the candidates before and after."""
+
+    token: int
+    old: list[int]
+    new: list[int]
+    was_filled: bool
+
+
+@dataclass
+class Step:
+    """What one forward pass did. Step 0 is the prefill over the prompt."""
+
+    index: int
+    tokens: list[int]  # emitted by this step, in order
+    tree_tokens: list[int] = field(default_factory=list)  # node 0 is the root (last committed token)
+    tree_parents: list[int] = field(default_factory=list)
+    tree_depths: list[int] = field(default_factory=list)
+    tree_ranks: list[int] = field(default_factory=list)  # candidate rank in the parent's row (-2: prompt lookup)
+    tree_sources: list[str] = field(default_factory=list)  # acceptance-statistics key of each node
+    tree_scores: list[float] = field(default_factory=list)  # estimated chance each node is accepted
+    predicted_cost: float = 0.0  # the tree's expected verification cost, in one-token passes (0: unknown)
+    considered_scores: list[float] = field(default_factory=list)  # a dynamic tree's candidates, best first
+    cost_curve: CostCurve | None = None  # the device's cost curve as the drafter saw it this step
+    probe: bool = False  # the drafter verified the root alone, to time a one-token pass
+    choices: list[int] = field(default_factory=list)  # the model's token after each node (-1: not drawn)
+    accepted: list[int] = field(default_factory=list)  # node indices of the accepted path, root first
+    rows_written: list[RowWrite] = field(default_factory=list)
+    forward_s: float = 0.0
+    overhead_s: float = 0.0
+    total_tokens: int = 0  # running totals, prefill included
+    total_forward_s: float = 0.0
+    total_overhead_s: float = 0.0
+    finished: bool = False
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.total_forward_s + self.total_overhead_s
+
+    @property
+    def accepted_drafts(self) -> int:
+        return max(len(self.accepted) - 1, 0)
+
+    @property
+    def expected_tokens(self) -> float:
+        """What the drafter expected this step to emit (bonus included)."""
+        return sum(self.tree_scores) if self.tree_scores else 1.0
+
+
+@dataclass
+class Stats:
+    tokens: int
+    steps: int  # decoding forward passes after the prefill
+    mat: float  # mean tokens emitted per decoding step
+    forward_s: float
+    overhead_s: float
+    prefill_s: float
+
+    @property
+    def seconds(self) -> float:
+        return self.forward_s + self.overhead_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def token_ids(steps: list[Step]) -> list[int]:
+    """Every token the steps emitted, in order."""
+    return [t for s in steps for t in s.tokens]
+
+
+def summarize(steps: list[Step]) -> Stats:
+    decode = steps[1:]
+    last = steps[-1]
+    decoded = sum(len(s.tokens) for s in decode)
+    return Stats(
+        tokens=last.total_tokens,
+        steps=len(decode),
+        mat=decoded / len(decode) if decode else 0.0,
+        forward_s=last.total_forward_s,
+        overhead_s=last.total_overhead_s,
+        prefill_s=steps[0].forward_s + steps[0].overhead_s,
+    )
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """Index of the first token where two outputs differ (the shorter length if one is a prefix of
+    the other); None when they are equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def speedup(ar: list[Step], tr: list[Step]) -> float | None:
+    """Token Recycling's tokens per second over plain decoding's, each on its own compute clock."""
+    if not ar or not tr:
+        return None
+    ar_rate, tr_rate = summarize(ar).tokens_per_s, summarize(tr).tokens_per_s
+    return tr_rate / ar_rate if ar_rate else None
+
+
+def difference(ar: list[Step], tr: list[Step], finished: bool) -> int | None:
+    """First token where the outputs differ; until the run has finished, only as far as both sides got."""
+    a, b = token_ids(ar), token_ids(tr)
+    if not finished:
+        a, b = a[:len(b)], b[:len(a)]
+    return first_divergence(a, b)
+
+
+def read_bench(path: str | Path) -> dict:
+    """A `python -m tools.bench` JSON document; raises ValueError, in words, when the file is not one."""
+    try:
+        document = json.loads(Path(path).read_text())
+        document["table"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot read a bench table from {path}: {err}") from err
+    return document
