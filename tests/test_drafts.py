@@ -14,7 +14,7 @@ from tr.costs import CostCurve, monotone
 from tr.decoding import autoregressive, token_recycling
 from tr.drafts import LOOKUP, DynamicDrafter, NgramIndex
 from tr.matrix import AdjacencyMatrix
-from tr.trees import DraftTree, load_template
+from tr.trees import DraftTree, best_first_template
 
 VOCAB = 96
 FREE = CostCurve([1, 8, 16, 32, 81], [0.010, 0.0101, 0.0102, 0.0104, 0.0108], 256, "cuda")
@@ -143,7 +143,7 @@ def test_prompt_lookup_is_accepted_on_repetitive_text_and_exact():
 def test_statistics_count_reached_and_correct_nodes():
     model = tiny_model("qwen2", VOCAB, seed=0)
     matrix = AdjacencyMatrix(VOCAB, 8)
-    steps = list(token_recycling(model, [4, 5, 6], 40, matrix, DraftTree.from_paths(load_template("small-16", 8))))
+    steps = list(token_recycling(model, [4, 5, 6], 40, matrix, DraftTree.from_paths(best_first_template("small-16", 8))))
     stats = matrix.stats
     accepted = sum(s.accepted_drafts for s in steps)
     # every accepted draft is a reached, correct node (siblings sharing a token can be correct too)
@@ -160,7 +160,7 @@ def test_matrix_keeps_candidate_probabilities():
     model = tiny_model("llama", VOCAB, seed=0)
     matrix = AdjacencyMatrix(VOCAB, 4)
     prompt = [1, 2, 3]
-    next(token_recycling(model, prompt, 5, matrix, DraftTree.from_paths(load_template("tiny-4", 4)),
+    next(token_recycling(model, prompt, 5, matrix, DraftTree.from_paths(best_first_template("tiny-4", 4)),
                          seed_from_prompt=True))
     with torch.no_grad():
         probs = model(torch.tensor([prompt], device=DEVICE)).logits[0, -1].softmax(-1)

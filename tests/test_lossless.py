@@ -10,7 +10,7 @@ import torch
 from tiny_models import ARCHITECTURES, DEVICE, tiny_model
 from tr.decoding import autoregressive, token_recycling
 from tr.matrix import AdjacencyMatrix
-from tr.trees import BUILTIN_TEMPLATES, DraftTree, load_template
+from tr.trees import BUILTIN_TEMPLATES, DraftTree, best_first_template
 
 VOCAB = 96
 
@@ -47,7 +47,7 @@ def test_same_tokens_as_greedy(arch, seed):
     model = tiny_model(arch, VOCAB, seed=seed)
     k = rng.choice([1, 2, 3, 8, 32])
     paths = (
-        load_template(rng.choice(list(BUILTIN_TEMPLATES)), k)
+        best_first_template(rng.choice(list(BUILTIN_TEMPLATES)), k)
         if seed % 2
         else random_template(rng, k, size=rng.randint(1, 40), max_depth=rng.randint(1, 7))
     )
@@ -72,7 +72,7 @@ def test_stops_at_eos_inside_an_accepted_run(arch):
     prompt = list(range(5, 15))
     full = greedy(model, prompt, 60)
     matrix = AdjacencyMatrix(VOCAB, 8)
-    paths = load_template("paper-80", 8)
+    paths = best_first_template("paper-80", 8)
     recycled(model, prompt, 60, matrix, paths)  # hot matrix: later runs accept long runs
     checked = 0
     for position in range(1, 40):
@@ -90,7 +90,7 @@ def test_max_new_tokens_cuts_inside_an_accepted_run():
     model = tiny_model("qwen2", VOCAB, seed=0)
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
     matrix = AdjacencyMatrix(VOCAB, 8)
-    paths = load_template("paper-80", 8)
+    paths = best_first_template("paper-80", 8)
     recycled(model, prompt, 80, matrix, paths)
     for max_new in range(1, 25):
         steps = recycled(model, prompt, max_new, matrix, paths)
@@ -102,7 +102,7 @@ def test_hot_matrix_raises_acceptance_and_stays_exact():
     model = tiny_model("gpt2", VOCAB, seed=1)
     prompt = [7, 8, 9, 10, 11]
     matrix = AdjacencyMatrix(VOCAB, 8)
-    paths = load_template("small-16", 8)
+    paths = best_first_template("small-16", 8)
     cold = recycled(model, prompt, 60, matrix, paths)
     hot = recycled(model, prompt, 60, matrix, paths)
     assert tokens_of(hot) == tokens_of(cold) == greedy(model, prompt, 60)
@@ -113,7 +113,7 @@ def test_matrix_rows_hold_top_k_of_the_last_pass():
     """After a step, the row of every token in the pass is its top-k from that pass's logits."""
     model = tiny_model("llama", VOCAB, seed=0)
     matrix = AdjacencyMatrix(VOCAB, 4)
-    steps = recycled(model, [1, 2, 3], 20, matrix, load_template("tiny-8", 4))
+    steps = recycled(model, [1, 2, 3], 20, matrix, best_first_template("tiny-8", 4))
     last = steps[-1]
     written = {w.token: w.new for w in last.rows_written}
     assert set(written) == set(last.tree_tokens)
@@ -130,7 +130,7 @@ def test_prompt_seeding_fills_prompt_rows():
     model = tiny_model("llama", VOCAB, seed=0)
     matrix = AdjacencyMatrix(VOCAB, 8)
     prompt = [10, 20, 30, 40]
-    first = next(token_recycling(model, prompt, 5, matrix, DraftTree.from_paths(load_template("tiny-4", 8)),
+    first = next(token_recycling(model, prompt, 5, matrix, DraftTree.from_paths(best_first_template("tiny-4", 8)),
                                  seed_from_prompt=True))
     assert sorted(w.token for w in first.rows_written) == prompt
     with torch.no_grad():
@@ -145,7 +145,7 @@ def test_the_caller_is_not_left_in_inference_mode_between_steps():
     app session's Reset button once failed on an inference-mode matrix)."""
     model = tiny_model("llama", VOCAB, seed=0)
     matrix = AdjacencyMatrix(VOCAB, 4)
-    tree = DraftTree.from_paths(load_template("small-16", 4))
+    tree = DraftTree.from_paths(best_first_template("small-16", 4))
     for steps in (autoregressive(model, [1, 2, 3], 6), token_recycling(model, [1, 2, 3], 6, matrix, tree)):
         for _ in steps:
             assert not torch.is_inference_mode_enabled()

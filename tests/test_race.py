@@ -8,7 +8,7 @@ from tiny_models import tiny_model
 from tr.decoding import autoregressive, token_recycling
 from tr.matrix import AdjacencyMatrix
 from tr.race import race
-from tr.trees import DraftTree, load_template
+from tr.trees import DraftTree, best_first_template
 
 
 def test_time_spent_by_the_consumer_is_not_counted():
@@ -27,7 +27,7 @@ def test_race_always_advances_the_decoder_that_is_behind():
     matrix = AdjacencyMatrix(96, 8)
     runners = {
         "ar": autoregressive(model, [5, 6, 7], 30),
-        "tr": token_recycling(model, [5, 6, 7], 30, matrix, DraftTree.from_paths(load_template("small-16", 8))),
+        "tr": token_recycling(model, [5, 6, 7], 30, matrix, DraftTree.from_paths(best_first_template("small-16", 8))),
     }
     clocks = {"ar": 0.0, "tr": 0.0}
     finished = set()

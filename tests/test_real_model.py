@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tr.drafts import TemplateDrafter
 from tr.generate import decode_steps, generate
 from tr.matrix import AdjacencyMatrix
 from tr.device.model import ModelLoadError, load_model
-from tr.trees import DraftTree, load_template
+from tr.trees import DraftTree, best_first_template
 
 MAX_NEW = 32
 TEMPLATES = ("paper-80", "small-16", "tiny-8")
@@ -27,14 +28,14 @@ def spread_over_categories(questions: list[dict], count: int) -> list[dict]:
 
 def test_recycling_is_lossless_on_spec_bench(real_lm, spec_bench_questions):
     matrix = AdjacencyMatrix(real_lm.vocab_size)
-    trees = [DraftTree.from_paths(load_template(name, 8)) for name in TEMPLATES]
+    drafters = [TemplateDrafter(DraftTree.from_paths(best_first_template(name, 8))) for name in TEMPLATES]
     questions = spread_over_categories(spec_bench_questions, 10)
     assert len({q["category"] for q in questions}) == 10
     drafts = 0
     for i, q in enumerate(questions):
-        prompt, tree = q["turns"][0], trees[i % len(trees)]
+        prompt, drafter = q["turns"][0], drafters[i % len(drafters)]
         plain = generate(real_lm, prompt, "ar", max_new_tokens=MAX_NEW)
-        recycled = generate(real_lm, prompt, "tr", max_new_tokens=MAX_NEW, matrix=matrix, tree=tree)
+        recycled = generate(real_lm, prompt, "tr", max_new_tokens=MAX_NEW, matrix=matrix, drafter=drafter)
         assert recycled.token_ids == plain.token_ids, f"question {q['question_id']} ({q['category']})"
         assert recycled.text == plain.text
         drafts += sum(s.accepted_drafts for s in recycled.steps)
@@ -88,8 +89,8 @@ def test_chat_template_is_applied(real_lm):
         (lambda lm: lm.encode("   "), "prompt is empty"),
         (lambda lm: list(decode_steps(lm, [1] * 9000, "ar", 10)), "prompt is too long"),
         (lambda lm: list(decode_steps(lm, [1, 2], "ar", 0)), "max_new_tokens"),
-        (lambda lm: list(decode_steps(lm, [1, 2], "beam", 5)), "unknown method"),
-        (lambda lm: list(decode_steps(lm, [1, 2], "tr", 5, start="warm")), "unknown start mode"),
+        (lambda lm: list(decode_steps(lm, [1, 2], "beam", 5)), "not a valid Method"),
+        (lambda lm: list(decode_steps(lm, [1, 2], "tr", 5, start="warm")), "not a valid Start"),
         (lambda lm: AdjacencyMatrix(lm.vocab_size, k=0), "k must be an integer from 1 to 32"),
         (lambda lm: AdjacencyMatrix(lm.vocab_size, k=33), "k must be an integer from 1 to 32"),
     ],

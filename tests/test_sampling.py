@@ -17,7 +17,7 @@ from tr.decoding import autoregressive, token_recycling
 from tr.drafts import DynamicDrafter
 from tr.matrix import AdjacencyMatrix
 from tr.sampling import Sampling, next_token_probs
-from tr.trees import DraftTree, load_template
+from tr.trees import DraftTree, best_first_template
 
 VOCAB, LENGTH, RUNS, ALPHA = 4, 3, 2000, 1e-3
 PROMPT = [1, 2, 3, 0, 1]
@@ -68,7 +68,7 @@ def sample_recycling(model, sampling: Sampling, drafter: str) -> tuple[Counter, 
     if drafter == "dynamic":  # best-first by recorded probability, with a prompt-lookup branch
         tree = DynamicDrafter(None, max_nodes=16, max_depth=4)
     else:
-        tree = DraftTree.from_paths(load_template(drafter, VOCAB))
+        tree = DraftTree.from_paths(best_first_template(drafter, VOCAB))
     counts, accepted = Counter(), 0
     for seed in range(RUNS):
         settings = Sampling(sampling.temperature, sampling.top_p, sampling.top_k, seed=seed)

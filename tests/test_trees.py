@@ -10,17 +10,17 @@ import torch
 from tiny_models import ARCHITECTURES, tiny_model
 from tr.decoding import forward
 from tr.kv_cache import PreallocatedCache
-from tr.trees import BUILTIN_TEMPLATES, DraftTree, TreeError, load_template, validate_paths
+from tr.trees import BUILTIN_TEMPLATES, DraftTree, TreeError, best_first_template, validate_paths
 
 
 def test_builtin_templates_are_valid_and_sized():
     for name, (budget, max_depth) in BUILTIN_TEMPLATES.items():
-        paths = load_template(name, 8)
+        paths = best_first_template(name, 8)
         assert validate_paths(paths, 8) == paths
         assert len(paths) == budget and max(map(len, paths)) <= max_depth
-    paper = DraftTree.from_paths(load_template("paper-80", 8))
+    paper = DraftTree.from_paths(best_first_template("paper-80", 8))
     assert (paper.size, paper.depth) == (81, 6)
-    assert all(max(p) < 3 for p in load_template("paper-80", 3))
+    assert all(max(p) < 3 for p in best_first_template("paper-80", 3))
 
 
 @pytest.mark.parametrize(
@@ -42,19 +42,8 @@ def test_broken_templates_are_rejected_with_a_reason(paths, message):
         validate_paths(paths, 8)
 
 
-def test_templates_load_from_names_json_text_and_files(tmp_path):
-    file = tmp_path / "tree.json"
-    file.write_text(json.dumps([[0], [1], [0, 0]]))
-    assert load_template(str(file), 8) == [(0,), (1,), (0, 0)]
-    assert load_template("[[0], [0, 0]]", 8) == [(0,), (0, 0)]
-    with pytest.raises(TreeError, match="unknown tree template"):
-        load_template("no-such-tree", 8)
-    with pytest.raises(TreeError, match="not valid JSON"):
-        load_template("[[0], [0,", 8)
-
-
 def test_fill_matches_a_per_node_reference():
-    paths = load_template("paper-80", 8)
+    paths = best_first_template("paper-80", 8)
     tree = DraftTree.from_paths(paths)
     matrix = torch.randint(0, 1000, (1000, 8))
     tokens = tree.fill(torch.tensor(7), matrix).tolist()
@@ -81,7 +70,7 @@ def tree_logits(model, prompt, tree, tokens):
 def test_tree_pass_equals_running_each_path_alone(arch):
     model = tiny_model(arch, 64, seed=3)
     prompt = [5, 9, 2, 33, 17]
-    tree = DraftTree.from_paths(load_template("medium-32", 8))
+    tree = DraftTree.from_paths(best_first_template("medium-32", 8))
     tokens = torch.randint(0, 64, (tree.size,), generator=torch.Generator().manual_seed(0))
     _, _, logits = tree_logits(model, prompt, tree, tokens)
     with torch.no_grad():
@@ -95,7 +84,7 @@ def test_tree_pass_equals_running_each_path_alone(arch):
 def test_keeping_a_path_leaves_the_cache_of_that_sequence(arch):
     model = tiny_model(arch, 64, seed=4)
     prompt = [1, 2, 3, 4]
-    tree = DraftTree.from_paths(load_template("small-16", 8))
+    tree = DraftTree.from_paths(best_first_template("small-16", 8))
     tokens = torch.randint(0, 64, (tree.size,), generator=torch.Generator().manual_seed(1))
     deepest = int(tree.depths.argmax())
     path = tree.ancestors[deepest].nonzero().flatten().tolist()

@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tr.decoding import autoregressive, token_recycling
 from tr.matrix import AdjacencyMatrix
 from tr.records import RowWrite, Step
-from tr.trees import DraftTree, load_template
+from tr.trees import DraftTree, best_first_template, validate_paths
 from viz import (
     accepted_histogram, banded_html, mat_over_steps, matrix_summary, plain_html, row_lookup_html,
     rows_table_html, speedup_over_steps, tokens_vs_time, tree_figure,
@@ -48,7 +48,7 @@ def runs() -> dict[str, list[Step]]:
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)
     model = LlamaForCausalLM(config).to(torch.float64).eval()
-    tree = DraftTree.from_paths(load_template("paper-80", 8))
+    tree = DraftTree.from_paths(best_first_template("paper-80", 8))
     tr_steps = list(token_recycling(model, PROMPT, 24, AdjacencyMatrix(64, 8), tree))
     ar_steps = list(autoregressive(model, PROMPT, 24))
     return {"ar": ar_steps, "tr": tr_steps}
@@ -140,7 +140,7 @@ def test_tree_layout_is_layered_legible_and_uncrossed(best_step):
 
 def test_tree_layout_orders_siblings_by_rank_for_any_template_order():
     # A custom template need only be sorted by depth: here rank 1 comes before rank 0 in each layer.
-    tree = DraftTree.from_paths(load_template([[1], [0], [1, 0], [0, 1], [0, 0]], 2))
+    tree = DraftTree.from_paths(validate_paths([[1], [0], [1, 0], [0, 1], [0, 0]], 2))
     step = Step(5, [20], tree_tokens=[10, 11, 12, 13, 14, 15], tree_parents=tree.parents.tolist(),
                 tree_depths=tree.depths.tolist(), tree_ranks=tree.ranks.tolist(), choices=[20] * 6, accepted=[0])
     fig = tree_figure(step, token_text)

@@ -9,19 +9,16 @@ none taken from Spec-Bench), and every position of each prompt and answer writes
 with the model's own top-k there. Nothing is trained; decoding stays exactly as lossless as ever,
 since verification decides every emitted token.
 
-    python -m tools.priming                     # the bundled model -> assets/primed/<model>.safetensors
+    python -m tools.priming                     # the bundled model -> the cache folder's primed/
     python -m tools.priming --model ID --limit 64
 
-The answers are generated in batches with `model.generate` (greedy), which on a 2-core CPU takes
-about 15 minutes for the 560 prompts at 192 tokens, plus about 8 for the rows. The `primed` start mode
-(`tr.generate`) loads the file for its model.
+The answers are generated in batches with `model.generate` (greedy). The `primed` start mode finds
+the file by the model's tokenizer (`tr.device.primed`).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -30,33 +27,10 @@ from pathlib import Path
 import torch
 
 from tr.matrix import MAX_K, AdjacencyMatrix
-from tr.device.model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, cache_dir, load_model
+from tr.device.model import BUNDLED, DTYPES, LoadedModel, ModelLoadError, load_model
+from tr.device.primed import build_target, tokenizer_fingerprint
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-PROMPTS = ASSETS / "priming_prompts.txt"
-
-
-def primed_path(model_name: str) -> Path:
-    """Where the primed matrix of a model lives: the bundled model's ships in assets/, others' are built
-    into the cache folder."""
-    if model_name == BUNDLED:
-        return ASSETS / "primed" / "smollm2-135m-instruct.safetensors"
-    return cache_dir() / "primed" / (re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_") + ".safetensors")
-
-
-def load_primed(lm: LoadedModel, k: int) -> AdjacencyMatrix:
-    """The model's primed matrix with k candidates per row (read once, then shared: do not change it);
-    ValueError, with the command that builds one, when there is none."""
-    path = primed_path(lm.name)
-    if not path.is_file():
-        raise ValueError(f"there is no primed matrix for {lm.name!r} ({path}): build one with "
-                         f"`python -m tools.priming --model {lm.name}`, or use the hot start")
-    return _read(str(path), path.stat().st_mtime, lm.vocab_size, k)
-
-
-@functools.lru_cache(maxsize=4)
-def _read(path: str, mtime: float, vocab_size: int, k: int) -> AdjacencyMatrix:
-    return AdjacencyMatrix.load(path, vocab_size, k)
+PROMPTS = Path(__file__).resolve().parents[1] / "assets" / "priming_prompts.txt"
 
 
 def read_prompts(path: str | Path = PROMPTS, limit: int | None = None) -> list[str]:
@@ -115,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=192, help="answer length per prompt")
     parser.add_argument("--batch", type=int, default=32, help="prompts answered together")
     parser.add_argument("--k", type=int, default=8, help=f"candidates per row (1..{MAX_K})")
-    parser.add_argument("--out", default=None, help="file to write (default: where the primed start looks)")
+    parser.add_argument("--out", default=None, help="file to write (default: the cache folder, where the primed start also looks)")
     return parser
 
 
@@ -142,9 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     matrix = prime(lm, prompts, args.max_new_tokens, args.batch, args.k)
-    out = Path(args.out) if args.out else primed_path(lm.name)
+    out = Path(args.out) if args.out else build_target(lm)
     out.parent.mkdir(parents=True, exist_ok=True)
-    matrix.save(out, {"model": lm.name, "prompts": str(len(prompts)), "max_new_tokens": str(args.max_new_tokens),
+    matrix.save(out, {"model": lm.name, "tokenizer": tokenizer_fingerprint(lm.tokenizer), "prompts": str(len(prompts)), "max_new_tokens": str(args.max_new_tokens),
                       "command": "python -m tools.priming " + " ".join(argv if argv is not None else sys.argv[1:])})
     print(f"wrote {out}")
     return 0

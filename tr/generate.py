@@ -1,31 +1,26 @@
-"""Text in, text out: the decoders behind one call, plus summary statistics from step records."""
+"""The library's front door: a loaded model and typed specs in, step records or text out.
+
+It joins the method core (`tr.decoding`, `tr.drafts`) to what a machine and a model provide
+(`tr.device`: the cost curve, the primed matrix).
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .device.calibrate import calibrate
 from .costs import CostCurve, LearnedCost
 from .decoding import autoregressive, token_recycling
-from .records import Stats, Step, summarize, token_ids
+from .device.calibrate import calibrate
+from .device.model import LoadedModel
+from .device.primed import load_primed
 from .drafts import Drafter, DynamicDrafter, TemplateDrafter
 from .matrix import AdjacencyMatrix
-from .device.model import LoadedModel
-from tools.priming import load_primed
+from .records import Stats, Step, summarize, token_ids
 from .sampling import GREEDY, Sampling
-from .trees import DEFAULT_TEMPLATE, DraftTree, TreeError, load_template
-
-METHODS = ("ar", "tr")
-AUTO = "auto"  # dynamic best-first trees with a prompt-lookup branch, sized by the device's cost curve
-AUTO_NO_LOOKUP = "auto-nolookup"  # the same without prompt lookup, to measure what lookup adds
-DYNAMIC_TREES = (AUTO, AUTO_NO_LOOKUP)
-FIXED_DYNAMIC = "dynamic-"  # dynamic-N: the same best-first tree with lookup, always N drafts (no calibration)
-# hot: keep the matrix; cold: clear it first; seeded: keep it and seed it from the prompt; primed: keep it
-# and fill its empty rows from the model's primed matrix (`tools.priming`), as a long-running server would have
-START_MODES = ("hot", "cold", "seeded", "primed")
-MAX_NEW_TOKENS = 4096
-
+from .specs import MAX_NEW_TOKENS, Method, Start, TreeKind, TreeSpec, default_tree
+from .trees import DraftTree
 
 @dataclass
 class Generation:
@@ -47,70 +42,55 @@ def check_request(lm: LoadedModel, prompt_ids: list[int], max_new_tokens: int) -
         )
 
 
-def fixed_dynamic_size(template: str) -> int:
-    """N of a ``dynamic-N`` tree name; raises `TreeError` when N is not a whole number from 1 to 256."""
-    size = template.removeprefix(FIXED_DYNAMIC)
-    if not size.isdigit() or not 1 <= int(size) <= 256:
-        raise TreeError(f"{template!r}: a fixed dynamic tree is dynamic-N with N from 1 to 256, e.g. dynamic-16")
-    return int(size)
+@functools.lru_cache(maxsize=16)
+def template_tree(paths: tuple[tuple[int, ...], ...]) -> DraftTree:
+    """A template's buffers, built once per template."""
+    return DraftTree.from_paths(list(paths))
 
 
-def check_tree(template: str | list, k: int) -> None:
-    """Raise `TreeError` for a tree `make_drafter` would reject, without needing the model."""
-    if isinstance(template, str) and template.startswith(FIXED_DYNAMIC):
-        fixed_dynamic_size(template)
-    elif template not in DYNAMIC_TREES:
-        load_template(template, k)
+def make_drafter(lm: LoadedModel, tree: TreeSpec, curve: CostCurve | LearnedCost | None = None) -> Drafter:
+    """A fresh drafter for one tree spec.
 
-
-def make_drafter(lm: LoadedModel, template: str | list, k: int, curve: CostCurve | LearnedCost | None = None
-                 ) -> Drafter:
-    """The drafter for `auto` / `auto-nolookup` / `dynamic-N` or a named, JSON-file or listed template.
-
-    Sized dynamic trees need the device's cost curve: without `curve`, it is calibrated on first use
+    Trees sized by cost need the device's cost curve: without `curve`, it is calibrated on first use
     (a few seconds) and cached on disk; a `LearnedCost` carries what earlier drafters learned from their
     steps. Other trees take it only to report their predicted cost.
     """
-    if isinstance(template, str) and template.startswith(FIXED_DYNAMIC):
-        return DynamicDrafter(None, max_nodes=fixed_dynamic_size(template))
-    if template in DYNAMIC_TREES:
+    if tree.kind is TreeKind.DYNAMIC:
+        return DynamicDrafter(None, max_nodes=tree.nodes)
+    if tree.sized_by_cost:
         curve = curve or calibrate(lm.model, lm.name)
-        return DynamicDrafter(curve, lookup=template == AUTO)
+        return DynamicDrafter(curve, lookup=tree.kind is TreeKind.AUTO)
     snapshot = curve.curve if isinstance(curve, LearnedCost) else curve
-    return TemplateDrafter(DraftTree.from_paths(load_template(template, k)), snapshot)
+    return TemplateDrafter(template_tree(tree.paths), snapshot)
 
 
 def decode_steps(
     lm: LoadedModel,
     prompt_ids: list[int],
-    method: str = "tr",
+    method: Method = Method.TR,
     max_new_tokens: int = 128,
     sampling: Sampling = GREEDY,
     matrix: AdjacencyMatrix | None = None,
-    tree: DraftTree | Drafter | None = None,
-    start: str = "hot",
+    drafter: Drafter | None = None,
+    start: Start = Start.HOT,
 ) -> Iterator[Step]:
     """Step records of one method on one prompt; `matrix` persists across calls unless `start` is cold.
-    `tree` is a template's `DraftTree` or a drafter (`make_drafter`); by default the paper's template."""
+    `drafter` comes from `make_drafter`; by default the paper's template."""
+    method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
-    if method == "ar":
+    if method is Method.AR:
         return autoregressive(lm.model, prompt_ids, max_new_tokens, sampling, lm.eos_ids)
-    if method != "tr":
-        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if start not in START_MODES:
-        raise ValueError(f"unknown start mode {start!r}: use one of {', '.join(START_MODES)}")
     matrix = matrix or AdjacencyMatrix(lm.vocab_size)
-    if start == "primed":
+    if start is Start.PRIMED:
         matrix.fill_from(load_primed(lm, matrix.k))
-    tree = tree or DraftTree.from_paths(load_template(DEFAULT_TEMPLATE, matrix.k))
-    if start == "cold":
+    if start is Start.COLD:
         matrix.reset()
-    return token_recycling(
-        lm.model, prompt_ids, max_new_tokens, matrix, tree, sampling, lm.eos_ids, seed_from_prompt=start == "seeded"
-    )
+    drafter = drafter or make_drafter(lm, default_tree(matrix.k))
+    return token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, sampling, lm.eos_ids,
+                           seed_from_prompt=start is Start.SEEDED)
 
 
-def generate(lm: LoadedModel, prompt: str, method: str = "tr", **options) -> Generation:
+def generate(lm: LoadedModel, prompt: str, method: Method = Method.TR, **options) -> Generation:
     """Decode a text prompt (chat template applied); options as for `decode_steps`."""
     steps = list(decode_steps(lm, lm.encode(prompt), method, **options))
     ids = token_ids(steps)

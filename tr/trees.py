@@ -10,9 +10,7 @@ layers, the tree attention mask, position offsets) is computed once per template
 from __future__ import annotations
 
 import heapq
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -94,25 +92,10 @@ def validate_paths(paths: object, k: int) -> list[Path_]:
     return out
 
 
-def load_template(source: str | Path | list, k: int) -> list[Path_]:
-    """A template from a built-in name, a JSON file, a JSON string or a list of paths."""
-    if isinstance(source, (list, tuple)):
-        return validate_paths(source, k)
-    text = str(source).strip()
-    if text in BUILTIN_TEMPLATES:
-        budget, max_depth = BUILTIN_TEMPLATES[text]
-        return best_first_paths(budget, max_depth, RANK_PRIOR[:k])
-    if not text.startswith("["):
-        file = Path(text)
-        if not file.is_file():
-            names = ", ".join(BUILTIN_TEMPLATES)
-            raise TreeError(f"unknown tree template {text!r}: use one of {names}, a JSON file or a JSON list")
-        text = file.read_text()
-    try:
-        paths = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise TreeError(f"tree template is not valid JSON: {err}") from None
-    return validate_paths(paths, k)
+def best_first_template(name: str, k: int) -> list[Path_]:
+    """The paths of a built-in template, using the first k candidate ranks."""
+    budget, max_depth = BUILTIN_TEMPLATES[name]
+    return best_first_paths(budget, max_depth, RANK_PRIOR[:k])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,123 @@
+"""A run's options as typed values, parsed from text in this one place.
+
+The library, the app and the benchmark all describe a Token Recycling run the same way: a `TreeSpec`
+(which draft tree), a `Start` (what the matrix holds before the first step), a `Sampling` and the
+limits below. Text from a command line, a form or a JSON body goes through `parse_tree`,
+`parse_start` or `parse_variant` once; code downstream receives the typed values and never parses again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+
+from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError, best_first_template, validate_paths
+
+MAX_NEW_TOKENS = 1024  # new tokens per request, everywhere (library, app, benchmark)
+MAX_TREE_NODES = 256  # draft nodes of any tree: one verification pass stays a bounded amount of work
+MAX_TREE_JSON_CHARS = 20_000
+CUSTOM_EXAMPLE = "[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]]"
+
+
+class Method(str, Enum):
+    AR = "ar"  # plain autoregressive decoding, one token per forward pass
+    TR = "tr"  # Token Recycling
+
+
+class Start(str, Enum):
+    """What the matrix holds when a run begins."""
+
+    HOT = "hot"  # the matrix as earlier runs left it (the paper's setting)
+    COLD = "cold"  # cleared first
+    SEEDED = "seeded"  # hot, plus the prompt's own rows written from the prefill
+    PRIMED = "primed"  # hot, with every empty row filled from the model's primed matrix (`tools.priming`)
+
+
+class TreeKind(str, Enum):
+    AUTO = "auto"  # best-first with a prompt-lookup branch, sized by the device's cost curve
+    AUTO_NO_LOOKUP = "auto-nolookup"  # the same without prompt lookup, to measure what lookup adds
+    DYNAMIC = "dynamic"  # best-first with lookup, always `nodes` drafts (no cost curve)
+    TEMPLATE = "template"  # a fixed list of rank paths, filled breadth-first (the paper's method)
+
+
+DYNAMIC_PREFIX = "dynamic-"
+TREE_NAMES = (TreeKind.AUTO.value, TreeKind.AUTO_NO_LOOKUP.value, *BUILTIN_TEMPLATES)
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """Which draft tree a run uses. `paths` are a template's validated rank paths (for k = `k`)."""
+
+    kind: TreeKind
+    label: str  # how it is written: auto, dynamic-16, paper-80, custom
+    nodes: int = 0  # DYNAMIC: draft nodes per step
+    paths: tuple[tuple[int, ...], ...] = ()  # TEMPLATE only
+    k: int = 0  # TEMPLATE only: the k its ranks were checked against
+
+    @property
+    def sized_by_cost(self) -> bool:
+        return self.kind in (TreeKind.AUTO, TreeKind.AUTO_NO_LOOKUP)
+
+
+def _template(label: str, paths: object, k: int) -> TreeSpec:
+    checked = validate_paths(paths, k)
+    if len(checked) > MAX_TREE_NODES:
+        raise TreeError(f"the tree has {len(checked)} nodes; at most {MAX_TREE_NODES} are allowed")
+    return TreeSpec(TreeKind.TEMPLATE, label, paths=tuple(checked), k=k)
+
+
+def parse_tree(text: str, k: int, label: str = "custom") -> TreeSpec:
+    """`auto`, `auto-nolookup`, `dynamic-N`, a built-in template name or a JSON list of rank paths
+    (called `label`); raises `TreeError` saying what is allowed."""
+    if not isinstance(text, str) or not text.strip():
+        raise TreeError(f"the tree is empty: use one of {', '.join(TREE_NAMES)}, dynamic-N or a JSON list of paths")
+    text = text.strip()
+    if text in (TreeKind.AUTO.value, TreeKind.AUTO_NO_LOOKUP.value):
+        return TreeSpec(TreeKind(text), text)
+    if text.startswith(DYNAMIC_PREFIX):
+        size = text.removeprefix(DYNAMIC_PREFIX)
+        if not size.isdigit() or not 1 <= int(size) <= MAX_TREE_NODES:
+            raise TreeError(f"{text!r}: a fixed dynamic tree is dynamic-N with N from 1 to {MAX_TREE_NODES}, "
+                            "e.g. dynamic-16")
+        return TreeSpec(TreeKind.DYNAMIC, text, nodes=int(size))
+    if text in BUILTIN_TEMPLATES:
+        return TreeSpec(TreeKind.TEMPLATE, text, paths=tuple(best_first_template(text, k)), k=k)
+    if not text.startswith("["):
+        raise TreeError(f"unknown tree {text!r}: use one of {', '.join(TREE_NAMES)}, dynamic-N (N from 1 to "
+                        f"{MAX_TREE_NODES}) or a JSON list of paths such as {CUSTOM_EXAMPLE}")
+    if len(text) > MAX_TREE_JSON_CHARS:
+        raise TreeError(f"the tree JSON is too long ({len(text):,} characters, at most {MAX_TREE_JSON_CHARS:,})")
+    try:
+        paths = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise TreeError(f"the tree is not valid JSON: {err}") from None
+    return _template(label, paths, k)
+
+
+def default_tree(k: int) -> TreeSpec:
+    """The paper's template (the library's default tree)."""
+    return parse_tree(DEFAULT_TEMPLATE, k)
+
+
+def parse_start(text: str) -> Start:
+    try:
+        return Start(text)
+    except ValueError:
+        raise ValueError(f"unknown start mode {text!r}: use one of {', '.join(s.value for s in Start)}") from None
+
+
+def parse_variant(text: str, k: int, tree: str = DEFAULT_TEMPLATE, start: str = Start.HOT.value
+                  ) -> tuple[TreeSpec, Start]:
+    """The TREE and START of a benchmark method ``tr``, ``tr:TREE`` or ``tr:TREE:START`` (missing parts
+    from `tree` and `start`)."""
+    base, _, variant = text.partition(":")
+    if base != "tr":
+        raise ValueError(f"{text!r} is not a Token Recycling method (tr, tr:TREE or tr:TREE:START)")
+    tree_text, _, start_text = variant.partition(":")
+    return parse_tree(tree_text or tree, k), parse_start(start_text or start)
+
+
+def variant_name(tree: TreeSpec, start: Start) -> str:
+    """The benchmark's name of a variant: ``tr:TREE`` for a hot start, else ``tr:TREE:START``."""
+    return f"tr:{tree.label}" if start is Start.HOT else f"tr:{tree.label}:{start.value}"
