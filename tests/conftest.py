@@ -66,15 +66,28 @@ def spec_bench_questions() -> list[dict]:
     return [json.loads(line) for line in SPEC_BENCH.read_text().splitlines() if line.strip()]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_app(lm: LoadedModel):
+    """The app on `lm`, launched in this process as app.py would, on a free port: (demo, port)."""
+    from tr.costs import LearnedCost  # gradio is slow to import: only the tests that launch the app pay for it
+    from tr.device.calibrate import calibrate
+    from webapp.layout import build_demo
+    from webapp.runner import race_runner
+
+    port = free_port()
+    demo = build_demo(lm, LearnedCost(calibrate(lm.model, lm.name)), race_runner(lm))
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    return demo, port
+
+
 @pytest.fixture(scope="module")
 def app_url(tiny_model_dir):
     """The app on the tiny model, launched in this process on a free port; its URL."""
-    import app  # gradio is slow to import: only the tests that launch the app pay for it
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo = app.build_demo(load_model(str(tiny_model_dir)))
-    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    demo, port = launch_app(load_model(str(tiny_model_dir)))
     yield f"http://127.0.0.1:{port}/"
     demo.close()

@@ -14,11 +14,12 @@ import pytest
 from gradio_client import Client
 
 import app
-from webapp.session import MAX_PROMPT_CHARS, parse_settings
+from webapp.layout import OUTPUTS
+from webapp.settings import FIELDS as SETTINGS, MAX_PROMPT_CHARS, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-# Outputs of /run and /stop, in app.OUTPUTS order without the session state (the API never sees it).
-FIELDS = [name for name in app.OUTPUTS if name != "session"]
+# Outputs of /run and /stop, in OUTPUTS order without the session state (the API never sees it).
+FIELDS = [name for name in OUTPUTS if name != "session"]
 GOOD = dict(prompt="Write a haiku about recycling.", max_new_tokens=16, template="small-16", custom_json="", k=8,
             decoding="greedy", temperature=0.7, top_p=0.9, seed=0, start="hot", lookup="the")
 
@@ -92,7 +93,7 @@ def test_run_returns_identical_outputs_steps_figures_and_download(app_url):
     (dict(prompt="x" * (MAX_PROMPT_CHARS + 1)), "prompt is too long"),
     (dict(template="custom JSON", custom_json="[[0], [1"), "not valid JSON"),
     (dict(template="custom JSON", custom_json="[[0, 0]]"), "no parent"),
-    (dict(template="paper-800"), "Unknown tree template"),
+    (dict(template="paper-800"), "Draft tree must be one of auto, auto-nolookup, paper-80"),
 ])
 def test_bad_input_gives_a_message_and_the_app_keeps_serving(app_url, changes, expected):
     c = client(app_url)
@@ -120,15 +121,16 @@ def test_out_of_range_settings_are_refused_with_a_message_and_the_app_keeps_serv
 
 def test_settings_are_checked_again_before_a_run():
     # What a widget cannot send (e.g. an empty number box) still gets a clear message, not a stack trace.
-    args = ["Hi", 8, "paper-80", "", 8, "sampling", 0.7, 0.9, None, "hot"]
+    values = dict(zip(SETTINGS, ["Hi", 8, "paper-80", "", 8, "sampling", 0.7, 0.9, None, "hot"]))
     with pytest.raises(ValueError, match="Seed must be a whole number"):
-        parse_settings(*args)
-    for index, value, expected in [(4, 33, "k must be"), (1, 2.5, "Max new tokens must be"),
-                                   (7, 0.0, "Top-p must be"), (5, "beam", "Decoding must be")]:
-        bad = list(args)
-        bad[8], bad[index] = 0, value
+        parse_settings(values)
+    for name, value, expected in [("k", 33, "k must be"), ("max_new_tokens", 2.5, "Max new tokens must be"),
+                                  ("top_p", 0.0, "Top-p must be"), ("decoding", "beam", "Decoding must be"),
+                                  ("temperature", float("nan"), "Temperature must be")]:
         with pytest.raises(ValueError, match=expected):
-            parse_settings(*bad)
+            parse_settings(values | {"seed": 0, name: value})
+    with pytest.raises(ValueError, match="missing settings: start"):
+        parse_settings({name: values[name] for name in SETTINGS[:-1]})
 
 
 def test_custom_tree_and_sampling_run(app_url):

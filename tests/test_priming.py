@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tools import priming
+from tr.device import primed as primed_files
 from tr.generate import decode_steps, generate
 from tr.records import token_ids
 from tr.matrix import AdjacencyMatrix
@@ -77,13 +78,15 @@ def test_priming_writes_the_models_top_k_at_every_position(tiny_lm):
 
 def test_primed_start_loads_the_models_file_and_stays_lossless(tiny_lm, tmp_path, monkeypatch):
     monkeypatch.setenv("TR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(primed_files, "SHIPPED", tmp_path / "none-shipped")
     prompt = tiny_lm.encode("Say something.")
     with pytest.raises(ValueError, match="python -m tools.priming --model"):
         decode_steps(tiny_lm, prompt, "tr", 8, start="primed")
+    assert "no primed matrix" in primed_files.describe_primed(tiny_lm)
 
     code = priming.main(["--model", tiny_lm.name, "--limit", "3", "--max-new-tokens", "8", "--k", "8"])
-    assert code == 0 and priming.primed_path(tiny_lm.name).is_file()
-    primed = priming.load_primed(tiny_lm, 8)
+    assert code == 0 and primed_files.find_primed(tiny_lm) == primed_files.build_target(tiny_lm)
+    primed = primed_files.load_primed(tiny_lm, 8)
     matrix = AdjacencyMatrix(tiny_lm.vocab_size, 8)
     steps = list(decode_steps(tiny_lm, prompt, "tr", 24, matrix=matrix, start="primed"))
     assert bool(matrix.filled[primed.filled].all())
@@ -101,8 +104,15 @@ def test_cli_rejects_bad_settings_in_one_line(args, needle, capsys):
     assert needle in err and "Traceback" not in err
 
 
+def test_a_model_with_the_same_tokenizer_gets_the_shipped_matrix(tiny_lm):
+    # The tiny model uses the bundled tokenizer, as the hub's SmolLM2 (a Space's model) does.
+    shipped = primed_files.find_primed(tiny_lm)
+    assert shipped is not None and shipped.parent == primed_files.SHIPPED
+    assert "SmolLM2-135M-Instruct" in primed_files.describe_primed(tiny_lm)
+
+
 def test_the_bundled_model_ships_a_primed_matrix(real_lm):
-    primed = priming.load_primed(real_lm, 8)
+    primed = primed_files.load_primed(real_lm, 8)
     assert primed.rows_filled > 4000 and len(primed.pairs) > 10000
     prompt = "Write two sentences about the history of printing."
     plain = generate(real_lm, prompt, "ar", max_new_tokens=32)

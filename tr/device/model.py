@@ -38,6 +38,16 @@ class LoadedModel:
     name: str
     device: torch.device
     dtype: torch.dtype
+    source: str = ""  # what was loaded: a local folder or a hub id
+
+    @property
+    def origin(self) -> str:
+        """Where the weights came from, in words, for logs and the page."""
+        if self.name == BUNDLED and self.source != HUB_FALLBACK:
+            return f"the bundled GGUF of {HUB_FALLBACK} (package {BUNDLED_PACKAGE}), converted in {self.source}"
+        if Path(self.source).is_dir():
+            return f"the local folder {self.source}"
+        return f"the hub id {self.source} (the local Hugging Face cache, downloaded on first use)"
 
     @property
     def vocab_size(self) -> int:
@@ -149,4 +159,4 @@ def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32"
         raise ModelLoadError(f"could not load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
     model.to(torch_device).eval()
     kernels.install_kernels(model, kernels.plans_file(cache_dir()))
-    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype)
+    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, source)

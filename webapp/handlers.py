@@ -1,0 +1,125 @@
+"""The app's event handlers: each takes a session and named values and returns views by name.
+
+The Run button's path: `parse_settings` checks the request; the prompt is encoded and checked against
+the model's room; `webapp.runner` races both decoders beside the model and hands back chunks of step
+records; each chunk is added to the session's run and rendered (throttled: rendering costs the CPU the
+race runs on). The last chunk brings back the session's matrix and the device's corrected cost curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tr.costs import LearnedCost
+from tr.device.model import LoadedModel
+from tr.device.primed import find_primed
+from tr.generate import check_request
+
+from . import views
+from .runner import CHUNK_S, Runner
+from .session import Session
+from .settings import parse_settings
+
+log = logging.getLogger("token-recycling-app")
+
+# Plotly figures are what costs the browser most (a slow machine can spend seconds per update on them and
+# stop responding, Stop button included): while running, redraw the tree less often and the charts rarely.
+TREE_EVERY_S = 2.0
+CHARTS_EVERY_S = 4.0
+
+
+class Pacer:
+    """Says when something is due again, at most once per `interval_s` of wall time."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.last = time.perf_counter()
+
+    def due(self, now: float) -> bool:
+        if now - self.last < self.interval_s:
+            return False
+        self.last = now
+        return True
+
+
+class Handlers:
+    """The handlers of one app: its model, the device's cost curve (shared by every session: it is the
+    device's, and every run's steps correct it) and where races run."""
+
+    def __init__(self, lm: LoadedModel, costs: LearnedCost | None, runner: Runner):
+        self.lm, self.costs, self.runner = lm, costs, runner
+
+    def run(self, session: Session | None, values: dict[str, Any], lookup_text: str | None) -> Iterator[dict]:
+        """The Run button: race both decoders, streaming throttled updates, then render everything."""
+        session = session or Session()
+        try:
+            settings = parse_settings(values)
+            prompt_ids = self.lm.encode(settings.prompt)
+            check_request(self.lm, prompt_ids, settings.max_new_tokens)
+        except ValueError as err:  # every message here is written for the visitor
+            yield views.failure(str(err)) | {"session": session}
+            return
+        matrix, replaced = session.matrix_for(self.lm.vocab_size, settings.k)
+        run = session.begin(settings, self.costs.curve if self.costs else None)
+        note = f" (k changed: this run started a fresh matrix with k={settings.k})" if replaced else ""
+        begin = time.perf_counter()
+        tree_pacer, chart_pacer, budget = Pacer(TREE_EVERY_S), Pacer(CHARTS_EVERY_S), [CHUNK_S]
+        chunks = self.runner(settings, prompt_ids, matrix, self.costs, lambda: run.stopped, lambda: budget[0])
+        try:
+            for chunk in chunks:
+                run.add(chunk.steps)
+                if chunk.done:
+                    session.matrix, self.costs = chunk.matrix, chunk.costs
+                    break
+                rendering = time.perf_counter()
+                run.wall_s = rendering - begin
+                tree = tree_pacer.due(rendering) or len(run.steps["tr"]) <= 2  # show the first tree at once
+                charts = not tree and chart_pacer.due(rendering)  # never both in one update
+                yield views.live_views(self.lm, session, run, tree, charts) | {"session": session}
+                # Rendering costs real time on a small CPU: keep it (and sending) under a third of the wall
+                # time, so the live view never slows the race down more than it must.
+                budget[0] = max(CHUNK_S, 2 * (time.perf_counter() - rendering))
+        except Exception as err:  # a bug or e.g. out of memory: keep serving, keep the traceback in the log
+            log.exception("run %d failed", run.number)
+            run.stopped = True
+            yield views.failure(f"the run failed ({type(err).__name__}: {err}); the app is still running") | {
+                "session": session}
+            return
+        if run.stopped:  # the Stop handler has already shown what the run got to
+            return
+        run.wall_s, run.finished = time.perf_counter() - begin, True
+        session.remember(run)
+        message = (f"Done{note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for both "
+                   "decoders together (each side's own compute time is in the table).")
+        yield views.final_views(self.lm, session, lookup_text, message) | {"session": session}
+
+    def stop(self, session: Session | None, lookup_text: str | None) -> dict:
+        """The Stop button: flag the run to stop at its next step (gradio also cancels the event, but only
+        between updates) and show at once what it got to."""
+        session = session or Session()
+        run = session.run
+        if run is None or run.finished or run.stopped:
+            return {"message": "Nothing is running.", "session": session}
+        run.stopped = True
+        session.remember(run)
+        return views.final_views(self.lm, session, lookup_text, f"Stopped run {run.number}.") | {"session": session}
+
+    def reset(self, session: Session | None, lookup_text: str | None) -> dict:
+        """Reset matrix: forget every row this session learned (the next run starts cold, or primed)."""
+        session = session or Session()
+        if session.matrix is not None:
+            session.matrix.reset()
+        primed = find_primed(self.lm) is not None
+        note = " A primed start fills the empty rows from the primed matrix again." if primed else ""
+        return {"message": "Matrix reset: every row is empty again." + note,
+                "matrix_info": views.matrix_info(session),
+                "lookup": views.lookup_html(self.lm, session, lookup_text), "session": session}
+
+    def lookup(self, session: Session | None, text: str | None) -> dict:
+        return {"lookup": views.lookup_html(self.lm, session or Session(), text)}
+
+    def show_step(self, session: Session | None, index: Any) -> dict:
+        return views.step_views(self.lm, session or Session(), index)

@@ -1,0 +1,221 @@
+"""The page: widgets, each known by a name, wired to `webapp.handlers`.
+
+Inputs and outputs are wired by name: `FIELDS` (the race's settings) and `OUTPUTS` (the views) are the
+only orders, and every handler returns a dict of views by name. Each browser session keeps its own
+`Session` in a `gr.State`; races are queued so only one uses the model at a time.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+import viz
+from tr.costs import LearnedCost
+from tr.device.model import LoadedModel
+from tr.device.primed import describe_primed, find_primed
+from tr.matrix import MAX_K
+from tr.specs import CUSTOM_EXAMPLE, MAX_NEW_TOKENS, Start
+from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, howto_charts
+
+from .handlers import Handlers
+from .runner import Runner
+from .session import NAMES, Session
+from .settings import CUSTOM, DECODING, FIELDS, TEMPLATES
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+QUEUE_SIZE = 16
+OUTPUTS = (
+    "message", "ar_pane", "tr_pane", "stats", "slider", "tree", "why", "rows", "matrix_info", "lookup",
+    "chart_time", "chart_speedup", "chart_hist", "chart_mat", "download", "history", "session",
+)
+
+
+def load_examples(path: Path = ASSETS / "prompts.jsonl") -> tuple[list[list[str]], list[str]]:
+    """Example prompts and their labels ("code: Write a Python…") from the project's Spec-Bench-style file."""
+    prompts, labels = [], []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            item = json.loads(line)
+            text, label = item["turns"][0], item["label"]
+            prompts.append([text])
+            labels.append(f"{label}: {text[:32]}…" if len(text) > 32 else f"{label}: {text}")
+    return prompts, labels
+
+
+def ordered(values: dict[str, Any], names: tuple[str, ...] = OUTPUTS) -> tuple:
+    """Views by name, in the order of `names`; anything left out stays as it is in the browser."""
+    return tuple(values.get(name, gr.skip()) for name in names)
+
+
+def api(fn: Callable, names: tuple[str, ...]) -> Callable:
+    """`fn` with the parameter names the API shows (gradio reads the signature)."""
+    fn.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names])
+    return fn
+
+
+class App(gr.Blocks):
+    """gr.Blocks whose launch() brings the app's theme and CSS (Gradio 6 takes them in launch, and the
+    tests launch the demo themselves)."""
+
+    def launch(self, *args: Any, **kwargs: Any):
+        # Fonts the browser already has: the default theme would fetch Google Fonts, which fails offline.
+        kwargs.setdefault("theme", gr.themes.Default(
+            font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
+            font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"]))
+        kwargs.setdefault("css", (ASSETS / "app.css").read_text())
+        return super().launch(*args, **kwargs)
+
+
+def settings_panel(lm: LoadedModel) -> dict[str, gr.components.Component]:
+    """The race's settings, by the names `parse_settings` reads."""
+    w: dict[str, Any] = {}
+    w["max_new_tokens"] = gr.Slider(1, MAX_NEW_TOKENS, value=128, step=1, precision=0, label="Max new tokens")
+    with gr.Row():
+        # Custom values reach parse_settings, whose message names the valid templates.
+        w["template"] = gr.Dropdown(list(TEMPLATES), value=TEMPLATES[0], label="Draft tree", min_width=120,
+                                    allow_custom_value=True)
+        w["k"] = gr.Slider(1, MAX_K, value=8, step=1, precision=0, label="k (per row)", min_width=120)
+    w["custom_json"] = gr.Textbox(label="Custom tree (JSON list of paths)", value=CUSTOM_EXAMPLE, lines=2,
+                                  visible=False)
+    with gr.Row():
+        w["decoding"] = gr.Radio(list(DECODING), value="greedy", label="Decoding", min_width=120)
+        primed = find_primed(lm) is not None
+        w["start"] = gr.Radio([s.value for s in Start], value=(Start.PRIMED if primed else Start.HOT).value,
+                              label="Start", min_width=120)
+    with gr.Row(visible=False) as sampling_row:
+        w["temperature"] = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature", min_width=90)
+        w["top_p"] = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", min_width=90)
+        w["seed"] = gr.Number(0, precision=0, minimum=0, label="Seed", min_width=80)
+    # Show the custom JSON box and the sampling settings only when they are in use.
+    w["template"].change(lambda name: gr.Textbox(visible=name == CUSTOM), w["template"], w["custom_json"],
+                         api_visibility="private")
+    w["decoding"].change(lambda mode: gr.Row(visible=mode == "sampling"), w["decoding"], sampling_row,
+                         api_visibility="private")
+    return w
+
+
+def race_panel(examples: tuple[list, list], v: dict[str, Any], w: dict[str, Any]) -> dict[str, Any]:
+    """Prompt, buttons, examples, both panes and the numbers; returns the buttons by name."""
+    with gr.Row(equal_height=True):
+        w["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=10, value=examples[0][1][0], scale=5,
+                                 placeholder="Ask the model something, or pick an example below")
+        with gr.Column(scale=1, min_width=120):
+            buttons = {"run": gr.Button("Run race", variant="primary"), "stop": gr.Button("Stop", variant="stop")}
+    gr.Examples(examples[0], inputs=[w["prompt"]], example_labels=examples[1], examples_per_page=12,
+                label="Example prompts (chat, code, translation, summarization, maths, retrieval)",
+                elem_id="examples")
+    v["message"] = gr.Markdown("Pick an example or type a prompt, then press **Run race**.",
+                               elem_classes="message", elem_id="message")
+    with gr.Row(equal_height=False):
+        for name, elem_id in (("ar", "ar-pane"), ("tr", "tr-pane")):
+            v[f"{name}_pane"] = gr.HTML(f'<p class="pane-title">{NAMES[name]}</p>', elem_classes="pane",
+                                        elem_id=elem_id)
+    v["stats"] = gr.HTML(elem_classes="stats", elem_id="stats")
+    gr.Markdown(HOWTO_RACE, elem_classes="howto")
+    return buttons
+
+
+def step_panel(costs: LearnedCost | None, v: dict[str, Any]) -> gr.Textbox:
+    """One step's tree, why it has its size and the rows it rewrote; returns the lookup box."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=500):
+            gr.Markdown("### Draft tree of one step")
+            gr.Markdown(HOWTO_TREE, elem_classes="howto")
+            v["slider"] = gr.Slider(0, 1, value=0, step=1, precision=0, interactive=False,
+                                    label="Token Recycling step (after a run)", elem_id="step-slider")
+            v["tree"] = gr.Plot(viz.empty_figure("Draft tree", "No steps yet: start a run."), show_label=False,
+                                elem_id="tree-plot")
+            gr.Markdown(HOWTO_SIZE, elem_classes="howto")
+            why = viz.tree_size_figure(costs.curve) if costs else viz.empty_figure(
+                "Verification cost", "Measured on the device during the first run.")
+            v["why"] = gr.Plot(why, show_label=False, elem_id="why-plot")
+        with gr.Column(scale=6, min_width=420):
+            gr.Markdown("### Adjacency matrix rows written at that step")
+            gr.Markdown(HOWTO_MATRIX, elem_classes="howto")
+            v["rows"] = gr.HTML('<p class="howto">No steps yet: start a run.</p>', elem_classes="rows-box",
+                                elem_id="rows-table")
+            v["matrix_info"] = gr.Markdown("Adjacency matrix: not created yet (it is made on this session's "
+                                           "first run).")
+            lookup_text = gr.Textbox(label="Look up a token's row", submit_btn="Look up", elem_id="lookup-text",
+                                     placeholder="a word, e.g. the, Python, or #42 for a token id")
+            v["lookup"] = gr.HTML('<p class="howto">Type a word (or <code>#id</code>) to see its row.</p>')
+    return lookup_text
+
+
+def charts_panel(lm: LoadedModel, v: dict[str, Any]) -> None:
+    gr.Markdown("### The whole run")
+    gr.Markdown(howto_charts(lm.device.type), elem_classes="howto")
+    with gr.Row():
+        v["chart_time"] = gr.Plot(viz.tokens_vs_time({}), show_label=False, elem_id="chart-time")
+        v["chart_speedup"] = gr.Plot(viz.speedup_over_steps([], []), show_label=False, elem_id="chart-speedup")
+    with gr.Row():
+        v["chart_hist"] = gr.Plot(viz.accepted_histogram([]), show_label=False, elem_id="chart-hist")
+        v["chart_mat"] = gr.Plot(viz.mat_over_steps([]), show_label=False, elem_id="chart-mat")
+    gr.Markdown("### This session's runs")
+    v["history"] = gr.Markdown(viz.history_markdown([]), elem_classes="history")
+
+
+def forget(session: Session | None) -> None:
+    """Gradio drops a closed session's state after a while: remove its download file with it."""
+    if session is not None:
+        session.forget()
+
+
+def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model_note: str = "") -> gr.Blocks:
+    """The whole app on an already loaded model. `costs` is the device's cost curve (None: measured by
+    the first run, as on ZeroGPU); `runner` is where races run (`webapp.runner.race_runner`)."""
+    handlers = Handlers(lm, costs, runner)
+    # delete_cache: gradio keeps a copy of every download; drop copies older than an hour, hourly.
+    with App(title="Token Recycling, live", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        v: dict[str, Any] = {"session": gr.State(None, delete_callback=forget)}  # views by name
+        gr.Markdown(f"# Token Recycling, live\nModel `{lm.name}` on `{lm.device}`{model_note}; "
+                    f"{describe_primed(lm)}.", elem_classes="title")
+        gr.Markdown(ABOUT, elem_classes="intro")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                w = settings_panel(lm)
+                with gr.Row():
+                    reset_button = gr.Button("Reset matrix", size="sm")
+                    v["download"] = gr.DownloadButton("Download run (JSON)", size="sm", interactive=False)
+                gr.Markdown(HOWTO_CONTROLS, elem_classes="howto")
+            with gr.Column(scale=3):
+                buttons = race_panel(load_examples(), v, w)
+        lookup_text = step_panel(costs, v)
+        charts_panel(lm, v)
+        wire(handlers, v, w, buttons, reset_button, lookup_text)
+    demo.queue(max_size=QUEUE_SIZE)
+    return demo
+
+
+def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict[str, gr.Button],
+         reset_button: gr.Button, lookup_text: gr.Textbox) -> None:
+    """Every event, its inputs and outputs by name."""
+    outputs = [v[name] for name in OUTPUTS]
+
+    def run(state: Session | None, *values: Any) -> Iterator[tuple]:
+        *settings, lookup = values
+        for views in handlers.run(state, dict(zip(FIELDS, settings)), lookup):
+            yield ordered(views)
+
+    # One race on the model at a time, across all sessions; the bounded queue holds the rest.
+    run_event = buttons["run"].click(api(run, ("state", *FIELDS, "lookup")), [v["session"], *(w[n] for n in FIELDS),
+                                     lookup_text], outputs, api_name="run", concurrency_limit=1,
+                                     concurrency_id="model", show_progress="minimal")
+    buttons["stop"].click(lambda state, text: ordered(handlers.stop(state, text)), [v["session"], lookup_text],
+                          outputs, cancels=[run_event], api_name="stop", queue=False)
+    reset_outputs = ("message", "matrix_info", "lookup", "session")
+    reset_button.click(lambda state, text: ordered(handlers.reset(state, text), reset_outputs),
+                       [v["session"], lookup_text], [v[n] for n in reset_outputs], api_name="reset_matrix")
+    lookup_text.submit(lambda state, text: handlers.lookup(state, text)["lookup"], [v["session"], lookup_text],
+                       v["lookup"], api_name="lookup")
+    step_outputs = ("tree", "why", "rows")
+    v["slider"].input(lambda state, index: ordered(handlers.show_step(state, index), step_outputs),
+                      [v["session"], v["slider"]], [v[n] for n in step_outputs], api_name="show_step",
+                      trigger_mode="always_last", show_progress="hidden")

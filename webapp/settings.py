@@ -1,0 +1,103 @@
+"""The race's settings as the app receives them: one table of named fields, checked once, where a
+request enters (the page, the API), into typed values (`tr.specs`).
+
+Adding a control means adding its name to `FIELDS`, its widget to `webapp.layout` under the same name,
+and its check to `parse_settings`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tr.matrix import MAX_K
+from tr.sampling import Sampling
+from tr.specs import MAX_NEW_TOKENS, TREE_NAMES, Start, TreeSpec, parse_start, parse_tree
+
+CUSTOM = "custom JSON"
+TEMPLATES = (*TREE_NAMES, CUSTOM)  # the first, auto, is the default
+DECODING = ("greedy", "sampling")
+MAX_PROMPT_CHARS = 8000
+# The race's fields, in the order the API lists them.
+FIELDS = ("prompt", "max_new_tokens", "template", "custom_json", "k", "decoding", "temperature", "top_p", "seed",
+          "start")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One checked request."""
+
+    prompt: str
+    max_new_tokens: int
+    tree: TreeSpec
+    k: int
+    sampling: Sampling
+    start: Start
+
+    @property
+    def sampled(self) -> bool:
+        return not self.sampling.greedy
+
+    def record(self) -> dict[str, Any]:
+        """The settings as a visitor set them, for the run's JSON download."""
+        return {
+            "prompt": self.prompt, "max_new_tokens": self.max_new_tokens, "template": self.tree.label,
+            "tree_paths": [list(p) for p in self.tree.paths], "k": self.k,
+            "decoding": DECODING[self.sampled], "temperature": self.sampling.temperature,
+            "top_p": self.sampling.top_p, "seed": self.sampling.seed, "start": self.start.value,
+        }
+
+
+def _whole(name: str, value: Any, low: int, high: int) -> int:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def _number(name: str, value: Any, low: float, high: float) -> float:
+    """A number in (low, high]."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not low < value <= high:
+        raise ValueError(f"{name} must be a number in ({low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _sampling(values: Mapping[str, Any]) -> Sampling:
+    """Sampling parameters only matter (and are only checked) when sampling."""
+    if _choice("Decoding", values["decoding"], DECODING) == "greedy":
+        return Sampling()
+    return Sampling(temperature=_number("Temperature", values["temperature"], 0.0, 2.0),
+                    top_p=_number("Top-p", values["top_p"], 0.0, 1.0),
+                    seed=_whole("Seed", values["seed"], 0, 2**31 - 1))
+
+
+def parse_settings(values: Mapping[str, Any]) -> Settings:
+    """Check every field by name (the API can send anything) and say exactly what is wrong."""
+    missing = [name for name in FIELDS if name not in values]
+    if missing:
+        raise ValueError(f"missing settings: {', '.join(missing)}")
+    prompt = values["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("The prompt is empty: type some text or pick one of the examples.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"The prompt is too long: {len(prompt):,} characters, at most {MAX_PROMPT_CHARS:,}.")
+    k = _whole("k", values["k"], 1, MAX_K)
+    template = _choice("Draft tree", values["template"], TEMPLATES)
+    custom = values["custom_json"] if isinstance(values["custom_json"], str) else ""
+    return Settings(
+        prompt=prompt,
+        max_new_tokens=_whole("Max new tokens", values["max_new_tokens"], 1, MAX_NEW_TOKENS),
+        tree=parse_tree(custom, k) if template == CUSTOM else parse_tree(template, k),
+        k=k,
+        sampling=_sampling(values),
+        start=parse_start(_choice("Start", values["start"], tuple(s.value for s in Start))),
+    )
