@@ -21,6 +21,7 @@ import sys
 from tr.costs import LearnedCost
 from tr.device.calibrate import calibrate
 from tr.device.model import BUNDLED, DTYPES, ModelLoadError, load_model
+from tr.device.primed import describe_primed
 from webapp.layout import build_demo
 from webapp.runner import prepare_zero_gpu, race_runner
 
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"Loaded {lm.name} ({lm.vocab_size:,} tokens, {lm.device}, {str(lm.dtype).removeprefix('torch.')}) "
           f"from {lm.origin}.", flush=True)
+    print(f"Primed start: {describe_primed(lm)}.", flush=True)
     # The device's verification cost, measured once per model, device, dtype and kernel settings and then
     # read from disk. A ZeroGPU main process has no GPU to measure on: the first race measures it there.
     costs = None if zero_gpu else LearnedCost(calibrate(lm.model, lm.name))

@@ -20,6 +20,22 @@ from tr.device.model import BUNDLED, LoadedModel, load_model, resolve
 torch.set_num_threads(1)
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "spec_bench" / "question.jsonl"
+# Tests that use these are slow: the real model, the app launched, a browser, a subprocess app.
+SLOW_FIXTURES = {"real_lm", "app_url", "page", "space"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the slow tests (CI always does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    run_slow = config.getoption("--slow") or os.environ.get("CI") == "true"
+    skip = pytest.mark.skip(reason="slow: run with --slow (CI=true runs every test)")
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

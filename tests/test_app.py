@@ -66,7 +66,7 @@ def test_run_returns_identical_outputs_steps_figures_and_download(app_url):
         assert [t for s in steps for t in s["tokens"]] == record["outputs"][name]["token_ids"]
         assert steps[-1]["finished"] and steps[-1]["total_tokens"] == len(record["outputs"][name]["token_ids"])
     tr_steps = record["steps"]["tr"]
-    assert all(len(s["tree_tokens"]) == 81 for s in tr_steps[1:])  # paper-80: root + 80 drafts
+    assert all(len(s["draft"]["tokens"]) == 81 for s in tr_steps[1:])  # paper-80: root + 80 drafts
     assert all(s["rows_written"] for s in tr_steps[1:])
 
     # The slider spans every step and opens on the one that accepted the most drafts.
@@ -138,7 +138,7 @@ def test_custom_tree_and_sampling_run(app_url):
                  seed=3, start="seeded", max_new_tokens=8)
     assert result["message"].startswith("Done"), result["message"]
     record = download(result)
-    assert all(len(s["tree_tokens"]) == 4 for s in record["steps"]["tr"][1:])
+    assert all(len(s["draft"]["tokens"]) == 4 for s in record["steps"]["tr"][1:])
     assert record["settings"]["decoding"] == "sampling" and record["settings"]["seed"] == 3
 
 
@@ -151,8 +151,8 @@ def test_auto_tree_run_says_what_it_chose_and_why(app_url):
     record = download(result)
     assert record["identical"]
     steps = record["steps"]["tr"][1:]
-    assert all(s["predicted_cost"] > 0 and len(s["considered_scores"]) >= len(s["tree_tokens"]) - 1 for s in steps)
-    weighed = next(i for i, s in enumerate(steps, start=1) if s["considered_scores"])
+    assert all(s["draft"]["predicted_cost"] > 0 and len(s["draft"]["considered"]) >= len(s["draft"]["tokens"]) - 1 for s in steps)
+    weighed = next(i for i, s in enumerate(steps, start=1) if s["draft"]["considered"])
     _, why, _ = c.predict(index=weighed, api_name="/show_step")
     why = plotly_traces(why)
     assert [t["name"] for t in why] == ["verification cost (× one-token pass)", "timed", "expected tokens per step",

@@ -5,14 +5,21 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from tools import bench
+from tools.bench.cli import read_template
+from tools.bench.options import BenchMethod, Kind, Template
+from tr.device import primed as primed_files
+from tr.device.model import load_model
 from tr.generate import decode_steps
 from tr.records import first_divergence
-from tr.device.model import load_model
+from tr.specs import MAX_TREE_NODES, TREE_NAMES, Start, TreeKind, parse_tree
+from tr.trees import TreeError
 
 PROMPTS = [
     {"question_id": 1, "category": "alpha", "turns": ["Write a haiku about rain.", "Now another."]},
@@ -121,14 +128,13 @@ def test_table_speedup_is_the_hand_computation(cli_run):
             assert printed[6] == f"{speed[method] / baseline:.2f}x"
             assert printed[7] == "yes"
     # The table in the JSON is what summarize_table makes of the per-prompt rows.
-    assert bench.summarize_table(results) == doc["table"]
+    assert [asdict(t) for t in bench.summarize_table([bench.PromptRow(**r) for r in results])] == doc["table"]
 
 
 def test_summarize_table_on_hand_made_rows():
     def row(qid, category, method, tokens, seconds, steps=None, mat=None, forward=None, overhead=None, same=True):
-        return dict(question_id=qid, category=category, method=method, tokens=tokens, seconds=seconds,
-                    tokens_per_s=tokens / seconds, steps=steps, mat=mat, forward_s=forward, overhead_s=overhead,
-                    identical_to_ar=same, first_divergence=None, output_ids=[])
+        return bench.PromptRow(qid, category, method, tokens, seconds, tokens / seconds, steps=steps, mat=mat,
+                               forward_s=forward, overhead_s=overhead, identical_to_ar=same)
 
     results = [
         row(1, "c1", "ar", 10, 2.0, steps=9, mat=1.0, forward=1.8, overhead=0.2),
@@ -138,17 +144,18 @@ def test_summarize_table_on_hand_made_rows():
         row(2, "c2", "hf", 20, 2.0),
         row(2, "c2", "tr", 30, 1.0, steps=5, mat=5.8, forward=0.8, overhead=0.2, same=False),
     ]
-    table = {(t["category"], t["method"]): t for t in bench.summarize_table(results)}
+    table = {(t.category, t.method): t for t in bench.summarize_table(results)}
     # c1: hf (10 tok/s) beats ar (5 tok/s); tr does 20 tok/s.
-    assert table["c1", "tr"]["baseline"] == "hf" and table["c1", "tr"]["speedup"] == pytest.approx(2.0)
-    assert table["c1", "ar"]["speedup"] == pytest.approx(0.5)
+    assert table["c1", "tr"].baseline == "hf" and table["c1", "tr"].speedup == pytest.approx(2.0)
+    assert table["c1", "ar"].speedup == pytest.approx(0.5)
     # c2: ar (20 tok/s) beats hf (10 tok/s); tr does 30 tok/s.
-    assert table["c2", "tr"]["baseline"] == "ar" and table["c2", "tr"]["speedup"] == pytest.approx(1.5)
-    # overall pools prompts: ar 30/3 = 10, hf 30/3 = 10, tr 40/1.5.
-    assert table["overall", "tr"]["speedup"] == pytest.approx(40 / 1.5 / 10)
-    assert table["overall", "tr"]["mat"] == pytest.approx((9 + 29) / 8)  # decoded tokens / steps
-    assert table["overall", "tr"]["overhead_pct"] == pytest.approx(100 * 0.3 / 1.2)
-    assert table["overall", "hf"]["mat"] is None and table["overall", "hf"]["steps"] is None
+    assert table["c2", "tr"].baseline == "ar" and table["c2", "tr"].speedup == pytest.approx(1.5)
+    # overall pools prompts: ar 30/3 = 10, hf 30/3 = 10, tr 40/1.5; a tie goes to ar.
+    assert table["overall", "tr"].baseline == "ar"
+    assert table["overall", "tr"].speedup == pytest.approx(40 / 1.5 / 10)
+    assert table["overall", "tr"].mat == pytest.approx((9 + 29) / 8)  # decoded tokens / steps
+    assert table["overall", "tr"].overhead_pct == pytest.approx(100 * 0.3 / 1.2)
+    assert table["overall", "hf"].mat is None and table["overall", "hf"].steps is None
     assert bench.identical_text(table["overall", "tr"]) == "1 of 2"
     assert bench.identical_text(table["c1", "tr"]) == "yes"
 
@@ -163,9 +170,9 @@ def test_first_divergence_and_eos_cut():
 
 def test_load_questions_keeps_file_order_per_category(tmp_path, monkeypatch):
     path = write_prompts(tmp_path / "p.jsonl")
-    assert [q["question_id"] for q in bench.load_questions(path, 1)] == [1, 2]
-    assert [q["question_id"] for q in bench.load_questions(path)] == [1, 2, 3, 4]
-    assert bench.load_questions(path)[0]["prompt"] == "Write a haiku about rain."  # first turn only
+    assert [q.question_id for q in bench.load_questions(path, 1)] == [1, 2]
+    assert [q.question_id for q in bench.load_questions(path)] == [1, 2, 3, 4]
+    assert bench.load_questions(path)[0].prompt == "Write a haiku about rain."  # first turn only
     monkeypatch.chdir(tmp_path)  # the default file is found through the package, from any cwd
     assert len(bench.load_questions(bench.DEFAULT_PROMPTS)) >= 7
 
@@ -174,7 +181,8 @@ def test_load_questions_keeps_file_order_per_category(tmp_path, monkeypatch):
     (["--prompts", "{tmp}/missing.jsonl"], "cannot read prompts file"),
     (["--methods", "ar,beam"], "unknown method 'beam'"),
     (["--methods", " , "], "no methods"),
-    (["--template", "no-such-tree"], "unknown tree template"),
+    (["--template", "no-such-tree"], "unknown tree 'no-such-tree'"),
+    (["--template", "{tmp}/tree.json"], "not valid JSON"),  # a file is read, then parsed as a tree
     (["--template", "[[5]]", "--k", "4"], "rank outside"),
     (["--k", "0"], "--k must be from 1"),
     (["--k", "33"], "--k must be from 1"),
@@ -190,15 +198,18 @@ def test_load_questions_keeps_file_order_per_category(tmp_path, monkeypatch):
     (["--start", "lukewarm"], "invalid choice"),
     (["--methods", "ar,tr:auto:lukewarm"], "unknown start mode 'lukewarm'"),
     (["--methods", "ar,hf:auto"], "unknown method 'hf:auto'"),
-    (["--methods", "tr:paper-81"], "unknown tree template"),
+    (["--methods", "tr:paper-81"], "unknown tree 'paper-81'"),
     (["--methods", "tr:dynamic-0"], "dynamic-N with N from 1 to 256"),
     (["--methods", "tr:dynamic-x"], "dynamic-N with N from 1 to 256"),
     # Found only once the model is loaded (its position limit): still one error line, after the load bars.
     (["--model", "{tiny}", "--prompts", "{tmp}/long.jsonl"], "the prompt is too long"),
     (["--model", "{tiny}", "--methods", "ar,tr:auto:primed"], "there is no primed matrix"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, tiny_model_dir):
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, tiny_model_dir, monkeypatch):
+    # The tiny model shares the bundled tokenizer: hide the shipped primed matrix so none is found.
+    monkeypatch.setattr(primed_files, "SHIPPED", tmp_path / "none-shipped")
     (tmp_path / "bad.jsonl").write_text('{"question_id": 1, "category": "x", "turns": ["hi"]}\n{oops\n')
+    (tmp_path / "tree.json").write_text("[[0], oops")
     write_prompts(tmp_path / "long.jsonl", [{"question_id": 1, "category": "x", "turns": ["word " * 3000]}])
     argv = [a.format(tmp=tmp_path, tiny=tiny_model_dir) for a in args]
     if "--out" not in argv:
@@ -265,7 +276,56 @@ def test_repeats_keep_the_fastest_and_start_each_round_from_the_same_matrix(tiny
 
 
 def test_fastest_refuses_runs_that_disagree():
-    runs = [dict(output_ids=[1, 2], seconds=2.0), dict(output_ids=[1, 2], seconds=1.0)]
-    assert bench.fastest(runs)["seconds"] == 1.0
+    runs = [bench.Run([1, 2], 2.0), bench.Run([1, 2], 1.0)]
+    assert bench.fastest(runs).seconds == 1.0
     with pytest.raises(ValueError, match="not deterministic"):
-        bench.fastest([*runs, dict(output_ids=[1, 3], seconds=0.5)])
+        bench.fastest([*runs, bench.Run([1, 3], 0.5)])
+
+
+def tr(tree: str, start: Start = Start.HOT, k: int = 8) -> BenchMethod:
+    return BenchMethod(Kind.TR, parse_tree(tree, k), start)
+
+
+@pytest.mark.parametrize("text, template, start, expected", [
+    ("ar", "paper-80", "hot", [BenchMethod(Kind.AR)]),
+    ("ar, hf ,pld", "paper-80", "hot", [BenchMethod(Kind.AR), BenchMethod(Kind.HF), BenchMethod(Kind.PLD)]),
+    ("tr", "paper-80", "hot", [tr("paper-80")]),
+    ("tr", "auto", "seeded", [tr("auto", Start.SEEDED)]),
+    ("tr:dynamic-5", "auto", "cold", [tr("dynamic-5", Start.COLD)]),
+    ("tr:auto:primed,tr:auto-nolookup", "paper-80", "hot", [tr("auto", Start.PRIMED), tr("auto-nolookup")]),
+    ("tr::cold", "small-16", "hot", [tr("small-16", Start.COLD)]),
+    ("tr,tr:auto:hot,ar,ar", "auto", "hot", [tr("auto"), BenchMethod(Kind.AR)]),  # repeats run once
+])
+def test_parse_methods_accepts(text, template, start, expected):
+    methods = bench.parse_methods(text, 8, Template(template, template), Start(start))
+    assert methods == expected
+    assert all(isinstance(m.tree.kind, TreeKind) for m in methods if m.kind is Kind.TR)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("beam", "unknown method 'beam'"),
+    ("hf:auto", "unknown method 'hf:auto'"),
+    ("tr:paper-81", "unknown tree 'paper-81'"),
+    ("tr:dynamic-0", "dynamic-N with N from 1 to 256"),
+    ("tr:auto:lukewarm", "unknown start mode 'lukewarm'"),
+    ("tr:[[9]]", "rank outside"),
+    (" , ", "no methods"),
+])
+def test_parse_methods_rejects(text, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)) as caught:
+        bench.parse_methods(text, 4)
+    if "unknown" in needle and "start" not in needle:  # the message names every tree the user could have meant
+        assert all(name in str(caught.value) for name in TREE_NAMES)
+        assert "dynamic-N" in str(caught.value) and str(MAX_TREE_NODES) in str(caught.value)
+
+
+def test_template_file_is_read_by_the_cli_and_named_by_its_path(tmp_path):
+    file = tmp_path / "tree.json"
+    file.write_text("[[0], [1], [0, 0]]")
+    template = read_template(str(file))
+    (method,) = bench.parse_methods("tr", 8, template)
+    assert method.name == f"tr:{file}" and method.tree.paths == ((0,), (1,), (0, 0))
+    assert read_template("auto") == Template("auto", "auto")
+    file.write_text("[[0], oops")
+    with pytest.raises(TreeError, match="not valid JSON"):
+        bench.parse_methods("tr", 8, read_template(str(file)))

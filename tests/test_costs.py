@@ -13,6 +13,7 @@ from tr.costs import PROBE_BELOW, CostCurve, LearnedCost
 from tr.decoding import autoregressive, token_recycling
 from tr.drafts import DynamicDrafter
 from tr.matrix import AdjacencyMatrix
+from tr.records import Step
 
 SIZES = [*range(1, 17), 20, 24, 32, 48, 64, 81]
 # A calibration a noisy host misled (the 2-core CPU, 2026-11-26): 4 to 13 tokens as cheap as 3.
@@ -41,7 +42,8 @@ def drafted_sizes(drafter: DynamicDrafter, steps: int, learn: bool, noise: float
         draft = drafter.draft(0, matrix)
         sizes.append(draft.size)
         if learn:
-            drafter.observe(draft.size, true_seconds(draft.size) * rng.uniform(1 - noise, 1 + noise))
+            seconds = true_seconds(draft.size) * rng.uniform(1 - noise, 1 + noise)
+            drafter.observe(Step(0, [], draft, forward_s=seconds))
     return sizes
 
 
@@ -103,16 +105,18 @@ def test_a_curve_without_timings_is_the_calibration():
 def test_probing_drafter_gives_the_greedy_tokens():
     model = tiny_model("llama", 96, seed=3)
     curve = CostCurve([1, 2, 8, 32, 81], [1.0, 1.0, 1.0, 1.0, 1.0], 64, "cpu")  # free: big trees, then probes
-    drafter, matrix, rng, probes = DynamicDrafter(curve, max_nodes=24), AdjacencyMatrix(96, 4), random.Random(3), 0
+    costs, matrix, rng, probes = LearnedCost(curve), AdjacencyMatrix(96, 4), random.Random(3), 0
     for _ in range(40):  # trees timed, no one-token pass: steps probe until PROBE_BELOW are timed
-        drafter.observe(10, 1.0)
-    for _ in range(3):
+        costs.observe(10, 1.0)
+    for _ in range(3):  # a drafter per request, one learned cost for all
         prompt = [rng.randrange(96) for _ in range(rng.randint(2, 10))] * 2
+        drafter = DynamicDrafter(costs, max_nodes=24, prompt_ids=prompt)
         steps = list(token_recycling(model, prompt, 60, matrix, drafter))
         assert [t for s in steps for t in s.tokens] == [t for s in autoregressive(model, prompt, 60) for t in s.tokens]
-        probes += sum(s.probe for s in steps)
-        assert all(len(s.tree_tokens) == 1 for s in steps if s.probe)
-        assert all(s.cost_curve is not None for s in steps[1:])
+        drafts = [s.draft for s in steps[1:]]
+        probes += sum(d.probe for d in drafts)
+        assert all(d.size == 1 for d in drafts if d.probe)
+        assert all(d.curve is not None for d in drafts)
     assert probes >= 3
 
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from tiny_models import ARCHITECTURES, DEVICE, tiny_model
-from tr.acceptance import confidence_source
+from tr.acceptance import confidence_origin
 from tr.device.calibrate import calibrate
-from tr.costs import CostCurve, monotone
+from tr.costs import CostCurve, LearnedCost, monotone
 from tr.decoding import autoregressive, token_recycling
-from tr.drafts import LOOKUP, DynamicDrafter, NgramIndex
+from tr.drafts import DynamicDrafter, NgramIndex, TemplateDrafter
 from tr.matrix import AdjacencyMatrix
+from tr.records import LOOKUP, Origin, OriginKind
 from tr.trees import DraftTree, best_first_template
 
 VOCAB = 96
@@ -46,7 +47,7 @@ def test_auto_grows_a_large_tree_when_verification_is_free_and_a_small_one_when_
         assert all(p < i for i, p in enumerate(draft.parents) if i)  # parents come first
         assert draft.scores == sorted(draft.scores, reverse=True)  # best-first
     # The confident rank-0 chain comes first: its nodes score 0.9^depth under the prior-only statistics.
-    assert small.tokens.tolist()[:4] == [0, 1, 2, 3]
+    assert small.tokens[:4] == [0, 1, 2, 3]
 
 
 def test_a_noisy_flat_curve_still_gets_a_large_tree():
@@ -87,11 +88,10 @@ def test_ngram_index_finds_the_latest_earlier_continuation():
 
 def test_lookup_branch_is_drafted_from_the_text():
     matrix = AdjacencyMatrix(VOCAB, 8)  # cold: every draft comes from prompt lookup
-    drafter = DynamicDrafter(None, max_nodes=6, lookup=True)
-    drafter.begin([10, 11, 12, 13, 14, 15, 10, 11])
+    drafter = DynamicDrafter(None, max_nodes=6, lookup=True, prompt_ids=[10, 11, 12, 13, 14, 15, 10, 11])
     draft = drafter.draft(11, matrix)
-    assert draft.tokens.tolist() == [11, 12, 13, 14, 15, 10, 11]
-    assert draft.ranks[1:] == [LOOKUP] * 6 and draft.sources[1] == "lookup2"
+    assert draft.tokens == [11, 12, 13, 14, 15, 10, 11]
+    assert draft.ranks[1:] == [LOOKUP] * 6 and draft.origins[1] == Origin(OriginKind.LOOKUP, 2)
 
 
 def random_curve(rng: random.Random) -> CostCurve | None:
@@ -108,8 +108,9 @@ def test_dynamic_trees_give_the_greedy_tokens(arch, seed):
     rng = random.Random(100 + seed)
     model = tiny_model(arch, VOCAB, seed=seed)
     k = rng.choice([1, 2, 4, 8])
-    drafter = DynamicDrafter(random_curve(rng), max_nodes=rng.randint(1, 40), max_depth=rng.randint(1, 10),
-                             lookup=rng.random() < 0.8)
+    curve = random_curve(rng)
+    costs = LearnedCost(curve) if curve else None  # learned across requests, like the app's
+    options = dict(max_nodes=rng.randint(1, 40), max_depth=rng.randint(1, 10), lookup=rng.random() < 0.8)
     matrix = AdjacencyMatrix(VOCAB, k)
     accepted = 0
     for _ in range(3):  # later prompts see a hot matrix
@@ -118,12 +119,13 @@ def test_dynamic_trees_give_the_greedy_tokens(arch, seed):
         prompt = (chunk * rng.randint(1, 3) + [rng.randrange(VOCAB) for _ in range(rng.randint(0, 6))])
         max_new = rng.randint(1, 50)
         expected = tokens_of(autoregressive(model, prompt, max_new))
+        drafter = DynamicDrafter(costs, prompt_ids=prompt, **options)
         steps = list(token_recycling(model, prompt, max_new, matrix, drafter, seed_from_prompt=rng.random() < 0.5))
         assert tokens_of(steps) == expected
         assert steps[-1].finished and all(not s.finished for s in steps[:-1])
         for step in steps[1:]:
             accepted += step.accepted_drafts
-            assert len(step.tree_tokens) <= drafter.max_size
+            assert step.draft.size <= drafter.max_size
     assert accepted > 0, "the test never exercised an accepted draft"
 
 
@@ -132,42 +134,44 @@ def test_prompt_lookup_is_accepted_on_repetitive_text_and_exact():
     model = tiny_model("llama", VOCAB, seed=3)
     prompt = list(range(20, 40)) * 3
     expected = tokens_of(autoregressive(model, prompt, 60))
-    drafter = DynamicDrafter(EXPENSIVE, lookup=True)
+    drafter = DynamicDrafter(EXPENSIVE, lookup=True, prompt_ids=prompt)
     steps = list(token_recycling(model, prompt, 60, AdjacencyMatrix(VOCAB, 8), drafter))
     assert tokens_of(steps) == expected
-    looked_up = sum(s.tree_ranks[n] == LOOKUP for s in steps[1:] for n in s.accepted[1:])
-    drafted = sum(r == LOOKUP for s in steps[1:] for r in s.tree_ranks)
+    looked_up = sum(s.draft.ranks[n] == LOOKUP for s in steps[1:] for n in s.accepted[1:])
+    drafted = sum(r == LOOKUP for s in steps[1:] for r in s.draft.ranks)
     assert drafted > 0 and looked_up > 0
 
 
 def test_statistics_count_reached_and_correct_nodes():
     model = tiny_model("qwen2", VOCAB, seed=0)
     matrix = AdjacencyMatrix(VOCAB, 8)
-    steps = list(token_recycling(model, [4, 5, 6], 40, matrix, DraftTree.from_paths(best_first_template("small-16", 8))))
+    drafter = TemplateDrafter(DraftTree.from_paths(best_first_template("small-16", 8)))
+    steps = list(token_recycling(model, [4, 5, 6], 40, matrix, drafter))
     stats = matrix.stats
     accepted = sum(s.accepted_drafts for s in steps)
     # every accepted draft is a reached, correct node (siblings sharing a token can be correct too)
     assert sum(map(sum, stats.reached)) >= sum(map(sum, stats.correct)) >= accepted > 0
-    root_children = sum(1 for s in steps[1:] for d in s.tree_depths if d == 1)
+    root_children = sum(1 for s in steps[1:] for d in s.draft.depths if d == 1)
     assert sum(stats.reached[0]) == root_children  # every first-layer node is reached (the root always is)
-    by_source = sum(reached for reached, _ in stats.by_source.values())
-    assert by_source == sum(map(sum, stats.reached))  # a template's nodes are all matrix candidates
+    by_origin = sum(reached for reached, _ in stats.by_origin.values())
+    assert by_origin == sum(map(sum, stats.reached))  # a template's nodes are all matrix candidates
     matrix.reset()
-    assert sum(map(sum, stats.reached)) == 0 and not stats.by_source
+    assert sum(map(sum, stats.reached)) == 0 and not stats.by_origin
 
 
 def test_matrix_keeps_candidate_probabilities():
     model = tiny_model("llama", VOCAB, seed=0)
     matrix = AdjacencyMatrix(VOCAB, 4)
     prompt = [1, 2, 3]
-    next(token_recycling(model, prompt, 5, matrix, DraftTree.from_paths(best_first_template("tiny-4", 4)),
+    next(token_recycling(model, prompt, 5, matrix, TemplateDrafter(DraftTree.from_paths(best_first_template("tiny-4", 4))),
                          seed_from_prompt=True))
     with torch.no_grad():
         probs = model(torch.tensor([prompt], device=DEVICE)).logits[0, -1].softmax(-1)
     top = probs.topk(4)
     assert matrix.row(3) == top.indices.tolist()
     assert torch.allclose(matrix.probs[3].double(), top.values.cpu(), atol=1e-6)
-    assert confidence_source(0.999) == "q9" and confidence_source(0.0) == "q0"
+    assert confidence_origin(0.999) == Origin(OriginKind.ROW, 9) and confidence_origin(0.0) == Origin(OriginKind.ROW, 0)
+    assert confidence_origin(0.35, pair=True) == Origin(OriginKind.PAIR, 3)
 
 
 def test_calibration_measures_growing_costs_and_caches(tmp_path, monkeypatch):
@@ -195,17 +199,17 @@ def test_pair_rows_hold_top_k_after_two_tokens_and_are_drafted_from():
     model = tiny_model("llama", VOCAB, seed=0)
     matrix = AdjacencyMatrix(VOCAB, 4)
     prompt = [1, 2, 3]
-    steps = list(token_recycling(model, prompt, 12, matrix, DynamicDrafter(None, max_nodes=4), seed_from_prompt=True))
+    drafter = DynamicDrafter(None, max_nodes=4, prompt_ids=prompt)
+    steps = list(token_recycling(model, prompt, 12, matrix, drafter, seed_from_prompt=True))
     committed = prompt + tokens_of(steps[:-1])  # the last step's root is committed[-1]
     with torch.no_grad():
         logits = model(torch.tensor([committed], device=DEVICE)).logits[0, -1]
-    assert steps[-1].tree_tokens[0] == committed[-1]
+    assert steps[-1].draft.tokens[0] == committed[-1]
     assert matrix.pair_row(committed[-2], committed[-1])[0] == logits.topk(4).indices.tolist()
     assert matrix.pair_row(2, 3) is not None  # seeded from the prompt
     # A drafter rooted at a pair it has seen drafts from that pair's row first.
-    drafter = DynamicDrafter(None, max_nodes=1, lookup=False)
-    drafter.begin([7, 8])
+    drafter = DynamicDrafter(None, max_nodes=1, lookup=False, prompt_ids=[7, 8])
     matrix.reset()
     matrix.pairs[(7, 8)] = ([42, 43, 44, 45], [0.9, 0.05, 0.03, 0.02])
     draft = drafter.draft(8, matrix)
-    assert draft.tokens.tolist() == [8, 42] and draft.sources[1] == "c9"
+    assert draft.tokens == [8, 42] and draft.origins[1] == Origin(OriginKind.PAIR, 9)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 import torch
@@ -141,17 +140,18 @@ def test_every_layout_computes_the_linear_product(bias):
 def test_tune_picks_the_fastest_layout_per_row_count_and_the_simpler_one_on_a_draw(monkeypatch):
     """Fake layouts whose cost is known: W is slow for one row, T for several, L slow everywhere but
     at three rows, where all three cost the same."""
-    fast, slow = 5e-3, 15e-3  # sleeps long enough that their jitter stays well within tune's 3% draw
+    fast, slow = 5e-3, 15e-3
     cost = {"L": lambda n: fast if n == 3 else slow, "W": lambda n: slow if n == 1 else fast,
             "T": lambda n: fast if n in (1, 3) else slow}
+    clock = [0.0]  # a fake timer: each layout call advances it by that layout's cost
 
     def fake(letter):
         def layout(rows, weight, weight_t):
-            time.sleep(cost[letter](rows.shape[0]))
+            clock[0] += cost[letter](rows.shape[0])
         return layout
 
     monkeypatch.setattr(kernels, "LAYOUTS", {letter: fake(letter) for letter in cost})
-    assert kernels.tune([torch.zeros(4, 4)] * 2, max_rows=4, repeats=2) == "TWLW"
+    assert kernels.tune([torch.zeros(4, 4)] * 2, max_rows=4, repeats=2, timer=lambda: clock[0]) == "TWLW"
 
 
 def near_tie_head(vocab: int = 400, hidden: int = 64, seed: int = 0) -> torch.nn.Linear:

@@ -9,6 +9,7 @@ import torch
 
 from tiny_models import ARCHITECTURES, DEVICE, tiny_model
 from tr.decoding import autoregressive, token_recycling
+from tr.drafts import TemplateDrafter
 from tr.matrix import AdjacencyMatrix
 from tr.trees import BUILTIN_TEMPLATES, DraftTree, best_first_template
 
@@ -36,8 +37,8 @@ def greedy(model, prompt, max_new, eos=()):
 
 
 def recycled(model, prompt, max_new, matrix, paths, eos=(), seed_from_prompt=False):
-    tree = DraftTree.from_paths(paths)
-    return list(token_recycling(model, prompt, max_new, matrix, tree, eos_ids=eos, seed_from_prompt=seed_from_prompt))
+    drafter = TemplateDrafter(DraftTree.from_paths(paths))
+    return list(token_recycling(model, prompt, max_new, matrix, drafter, eos_ids=eos, seed_from_prompt=seed_from_prompt))
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -116,11 +117,11 @@ def test_matrix_rows_hold_top_k_of_the_last_pass():
     steps = recycled(model, [1, 2, 3], 20, matrix, best_first_template("tiny-8", 4))
     last = steps[-1]
     written = {w.token: w.new for w in last.rows_written}
-    assert set(written) == set(last.tree_tokens)
+    assert set(written) == set(last.draft.tokens)
     for token, new in written.items():
         assert matrix.row(token) == new
     prefix = [1, 2, 3] + tokens_of(steps[:-1])
-    root = last.tree_tokens[0]
+    root = last.draft.tokens[0]
     with torch.no_grad():
         logits = model(torch.tensor([prefix], device=DEVICE)).logits[0, -1]
     assert written[root] == logits.topk(4).indices.tolist()
@@ -130,7 +131,8 @@ def test_prompt_seeding_fills_prompt_rows():
     model = tiny_model("llama", VOCAB, seed=0)
     matrix = AdjacencyMatrix(VOCAB, 8)
     prompt = [10, 20, 30, 40]
-    first = next(token_recycling(model, prompt, 5, matrix, DraftTree.from_paths(best_first_template("tiny-4", 8)),
+    drafter = TemplateDrafter(DraftTree.from_paths(best_first_template("tiny-4", 8)))
+    first = next(token_recycling(model, prompt, 5, matrix, drafter,
                                  seed_from_prompt=True))
     assert sorted(w.token for w in first.rows_written) == prompt
     with torch.no_grad():
@@ -145,7 +147,7 @@ def test_the_caller_is_not_left_in_inference_mode_between_steps():
     app session's Reset button once failed on an inference-mode matrix)."""
     model = tiny_model("llama", VOCAB, seed=0)
     matrix = AdjacencyMatrix(VOCAB, 4)
-    tree = DraftTree.from_paths(best_first_template("small-16", 4))
+    tree = TemplateDrafter(DraftTree.from_paths(best_first_template("small-16", 4)))
     for steps in (autoregressive(model, [1, 2, 3], 6), token_recycling(model, [1, 2, 3], 6, matrix, tree)):
         for _ in steps:
             assert not torch.is_inference_mode_enabled()

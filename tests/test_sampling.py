@@ -14,7 +14,7 @@ import torch
 
 from tiny_models import DEVICE, tiny_model
 from tr.decoding import autoregressive, token_recycling
-from tr.drafts import DynamicDrafter
+from tr.drafts import DynamicDrafter, TemplateDrafter
 from tr.matrix import AdjacencyMatrix
 from tr.sampling import Sampling, next_token_probs
 from tr.trees import DraftTree, best_first_template
@@ -65,13 +65,12 @@ def chi_square_p_value(counts: Counter, expected: dict[tuple[int, ...], float], 
 
 def sample_recycling(model, sampling: Sampling, drafter: str) -> tuple[Counter, int]:
     matrix = AdjacencyMatrix(VOCAB, VOCAB)
-    if drafter == "dynamic":  # best-first by recorded probability, with a prompt-lookup branch
-        tree = DynamicDrafter(None, max_nodes=16, max_depth=4)
-    else:
-        tree = DraftTree.from_paths(best_first_template(drafter, VOCAB))
+    template = None if drafter == "dynamic" else TemplateDrafter(DraftTree.from_paths(best_first_template(drafter, VOCAB)))
     counts, accepted = Counter(), 0
     for seed in range(RUNS):
         settings = Sampling(sampling.temperature, sampling.top_p, sampling.top_k, seed=seed)
+        # The dynamic drafter: best-first by recorded probability, with a prompt-lookup branch; one per request.
+        tree = template or DynamicDrafter(None, max_nodes=16, max_depth=4, prompt_ids=PROMPT)
         steps = list(token_recycling(model, PROMPT, LENGTH, matrix, tree, settings))
         counts[tuple(t for s in steps for t in s.tokens)] += 1
         accepted += steps[1].accepted_drafts > 0

@@ -65,7 +65,7 @@ def test_auto_runs_keep_correcting_one_cost_curve(tiny_lm):
         steps += len(run.steps["tr"]) - 1  # the prefill is not a verification pass
     assert sum(costs.weights) == pytest.approx(steps, rel=0.03)  # decayed, a little under the count
     # The second run's trees were sized by a curve the first run's steps had already corrected.
-    assert run.steps["tr"][1].cost_curve.steps > 0.9 * (steps - len(run.steps["tr"]) + 1) > 0
+    assert run.steps["tr"][1].draft.curve.steps > 0.9 * (steps - len(run.steps["tr"]) + 1) > 0
     assert json.dumps(run.record(tiny_lm))  # the curve travels in the download
 
 

@@ -1,4 +1,4 @@
-"""tools.targets: which of issue 4's targets a bench table meets, from the table alone."""
+"""tools.targets: which of the fp32 speed targets a bench table meets, from the table alone."""
 
 from __future__ import annotations
 

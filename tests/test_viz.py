@@ -13,7 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tr.decoding import autoregressive, token_recycling
 from tr.matrix import AdjacencyMatrix
-from tr.records import RowWrite, Step
+from tr.drafts import TemplateDrafter
+from tr.records import LOOKUP, ROOT_ORIGIN, Draft, Origin, OriginKind, RowWrite, Step
 from tr.trees import DraftTree, best_first_template, validate_paths
 from viz import (
     accepted_histogram, banded_html, mat_over_steps, matrix_summary, plain_html, row_lookup_html,
@@ -36,6 +37,19 @@ def nasty_text(token: int) -> str:
     return "<b>" if token % 2 else f"a&{token}"
 
 
+def draft(tokens: list[int], parents: list[int], ranks: list[int] | None = None, **fields) -> Draft:
+    """A hand-built draft: depths follow the parents; candidates come from rows at 50-60%, LOOKUP ranks
+    from a 2-token match."""
+    ranks = ranks if ranks is not None else [-1] + [0] * (len(tokens) - 1)
+    depths = [0]
+    for parent in parents[1:]:
+        depths.append(depths[parent] + 1)
+    origins = [ROOT_ORIGIN] + [Origin(OriginKind.LOOKUP, 2) if r == LOOKUP else Origin(OriginKind.ROW, 5)
+                               for r in ranks[1:]]
+    scores = fields.pop("scores", [1.0] * len(tokens))
+    return Draft(tokens, parents, depths, ranks, origins, scores, **fields)
+
+
 def trace(fig, name: str):
     matches = [t for t in fig.data if t.name == name]
     assert len(matches) == 1, f"expected one trace named {name!r}"
@@ -48,8 +62,8 @@ def runs() -> dict[str, list[Step]]:
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2)
     model = LlamaForCausalLM(config).to(torch.float64).eval()
-    tree = DraftTree.from_paths(best_first_template("paper-80", 8))
-    tr_steps = list(token_recycling(model, PROMPT, 24, AdjacencyMatrix(64, 8), tree))
+    drafter = TemplateDrafter(DraftTree.from_paths(best_first_template("paper-80", 8)))
+    tr_steps = list(token_recycling(model, PROMPT, 24, AdjacencyMatrix(64, 8), drafter))
     ar_steps = list(autoregressive(model, PROMPT, 24))
     return {"ar": ar_steps, "tr": tr_steps}
 
@@ -58,7 +72,7 @@ def runs() -> dict[str, list[Step]]:
 def best_step(runs) -> Step:
     """The real step that accepted the most drafts (a random model repeats itself, so some do)."""
     step = max(runs["tr"][1:], key=lambda s: s.accepted_drafts)
-    assert step.accepted_drafts >= 1 and len(step.tree_tokens) == 81
+    assert step.accepted_drafts >= 1 and step.draft.size == 81
     return step
 
 
@@ -67,9 +81,8 @@ def small_step(choices: list[int] | None = None, tokens: list[int] | None = None
     By default the model chose 11 after the root, 13 after 11 and 7 after 13: nodes 0, 1, 3 accepted."""
     choices = choices if choices is not None else [11, 13, 5, 7, 8]
     return Step(
-        index=3, tokens=tokens if tokens is not None else [11, 13, 7], tree_tokens=[10, 11, 12, 13, 14],
-        tree_parents=[-1, 0, 0, 1, 1], tree_depths=[0, 1, 1, 2, 2], tree_ranks=[-1, 0, 1, 0, 1],
-        choices=choices, accepted=[0, 1, 3],
+        index=3, tokens=tokens if tokens is not None else [11, 13, 7],
+        draft=draft([10, 11, 12, 13, 14], [-1, 0, 0, 1, 1], [-1, 0, 1, 0, 1]), choices=choices, accepted=[0, 1, 3],
     )
 
 
@@ -94,7 +107,7 @@ def test_tree_bonus_node_hangs_off_the_last_accepted_node(best_step):
     bonus = trace(fig, BONUS_KIND.name)
     last = best_step.accepted[-1]
     assert len(bonus.x) == 1 and bonus.marker.symbol == "star"
-    assert bonus.x[0] == best_step.tree_depths[last] + 1
+    assert bonus.x[0] == best_step.draft.depths[last] + 1
     assert best_step.tokens[-1] == best_step.choices[last]
     assert f"'t{best_step.tokens[-1]}'" in bonus.hovertext[0]
     edge = trace(fig, "bonus edge")
@@ -108,9 +121,21 @@ def test_tree_hover_says_whether_the_model_agreed(best_step):
     assert all("model agreed: yes" in h for h in accepted.hovertext)
     rejected = trace(fig, REJECTED.name)
     for node, hover in zip(rejected.customdata, rejected.hovertext):
-        agreed = best_step.tree_tokens[node] == best_step.choices[best_step.tree_parents[node]]
+        tree = best_step.draft
+        agreed = tree.tokens[node] == best_step.choices[tree.parents[node]]
         assert ("model agreed: yes" in hover) == agreed
-        assert f"node {node}, depth {best_step.tree_depths[node]}, candidate rank {best_step.tree_ranks[node]}" in hover
+        assert f"node {node}, depth {tree.depths[node]}, candidate rank {tree.ranks[node]} of the parent's row" in hover
+
+
+def test_tree_hover_says_where_each_node_came_from():
+    step = Step(3, [11, 4], draft([10, 11, 12, 13], [-1, 0, 0, 1], [-1, 0, LOOKUP, 2]), choices=[11, 4, 5, 5],
+                accepted=[0, 1])
+    step.draft.origins[3] = Origin(OriginKind.PAIR, 3)
+    fig = tree_figure(step, token_text)
+    hovers = {n: h for t in fig.data if t.customdata is not None for n, h in zip(t.customdata, t.hovertext)}
+    assert "candidate rank 0 of the parent's row, given 50-60% when written" in hovers[1]
+    assert "copied by prompt lookup (a 2-token match)" in hovers[2]
+    assert "candidate rank 2 of the pair row" in hovers[3] and "30-40%" in hovers[3]
 
 
 def test_tree_layout_is_layered_legible_and_uncrossed(best_step):
@@ -121,7 +146,7 @@ def test_tree_layout_is_layered_legible_and_uncrossed(best_step):
             position.update({node: (x, y) for node, x, y in zip(t.customdata, t.x, t.y)})
     assert sorted(position) == list(range(81))
     layers: dict[int, list[int]] = {}
-    for node, depth in enumerate(best_step.tree_depths):
+    for node, depth in enumerate(best_step.draft.depths):
         assert position[node][0] == depth
         layers.setdefault(depth, []).append(node)
     assert [len(layers[d]) for d in range(1, 7)] == [8, 18, 22, 14, 11, 7]
@@ -129,7 +154,7 @@ def test_tree_layout_is_layered_legible_and_uncrossed(best_step):
         nodes.sort(key=lambda n: position[n][1])
         ys = [position[n][1] for n in nodes]
         assert all(b - a >= ROW_GAP - 1e-9 for a, b in zip(ys, ys[1:])), "labels of one layer overlap"
-        parent_ys = [position[best_step.tree_parents[n]][1] for n in nodes if n]
+        parent_ys = [position[best_step.draft.parents[n]][1] for n in nodes if n]
         assert parent_ys == sorted(parent_ys), "edges cross"
     assert fig.layout.height >= 22 * ROW_PX
     assert len(fig.layout.annotations) == 82  # one label per draft node plus the bonus
@@ -141,8 +166,8 @@ def test_tree_layout_is_layered_legible_and_uncrossed(best_step):
 def test_tree_layout_orders_siblings_by_rank_for_any_template_order():
     # A custom template need only be sorted by depth: here rank 1 comes before rank 0 in each layer.
     tree = DraftTree.from_paths(validate_paths([[1], [0], [1, 0], [0, 1], [0, 0]], 2))
-    step = Step(5, [20], tree_tokens=[10, 11, 12, 13, 14, 15], tree_parents=tree.parents.tolist(),
-                tree_depths=tree.depths.tolist(), tree_ranks=tree.ranks.tolist(), choices=[20] * 6, accepted=[0])
+    step = Step(5, [20], draft([10, 11, 12, 13, 14, 15], tree.parents.tolist(), tree.ranks.tolist()),
+                choices=[20] * 6, accepted=[0])
     fig = tree_figure(step, token_text)
     y = dict(zip(trace(fig, REJECTED.name).customdata, trace(fig, REJECTED.name).y))
     assert y[2] < y[1]  # rank 0 above rank 1
@@ -167,8 +192,7 @@ def test_tree_sampling_mode_marks_undrawn_choices_not_checked():
     assert "not checked" not in rejected[2] and "no: it chose 't11'" in rejected[2]
     accepted = dict(zip(trace(fig, ACCEPTED.name).customdata, trace(fig, ACCEPTED.name).hovertext))
     assert "model agreed: yes" in accepted[3]
-    step = Step(4, [9], tree_tokens=[10, 11, 12], tree_parents=[-1, 0, 1], tree_depths=[0, 1, 2],
-                tree_ranks=[-1, 0, 0], choices=[9, -1, -1], accepted=[0])
+    step = Step(4, [9], draft([10, 11, 12], [-1, 0, 1]), choices=[9, -1, -1], accepted=[0])
     fig = tree_figure(step, token_text)
     hovers = dict(zip(trace(fig, REJECTED.name).customdata, trace(fig, REJECTED.name).hovertext))
     assert "not checked" in hovers[2] and "no: it chose 't9'" in hovers[1]
@@ -185,14 +209,14 @@ def test_tree_of_prefill_and_autoregressive_steps_is_a_note(runs):
     for step in (runs["tr"][0], runs["ar"][1]):
         fig = tree_figure(step, token_text)
         assert not fig.data and "No draft tree" in note_of(fig)
-    probe = Step(4, [7], tree_tokens=[3], tree_parents=[-1], tree_depths=[0], accepted=[0], probe=True)
+    probe = Step(4, [7], draft([3], [-1], probe=True), accepted=[0])
     assert "timing probe" in note_of(tree_figure(probe, token_text))
 
 
 # --- matrix ------------------------------------------------------------------------------------------
 
 def test_rows_table_marks_exactly_the_new_candidates():
-    step = Step(2, [5], tree_tokens=[7, 3], rows_written=[
+    step = Step(2, [5], draft([7, 3], [-1, 0]), rows_written=[
         RowWrite(3, old=[1, 2, 4], new=[2, 9, 1], was_filled=True),
         RowWrite(7, old=[1, 2, 4], new=[4, 6, 8], was_filled=True),  # the root: must come first
         RowWrite(5, old=[0, 0, 0], new=[0, 2, 1], was_filled=False),  # never filled: all new
@@ -215,7 +239,7 @@ def test_rows_table_truncates_escapes_and_handles_no_rows(runs, best_step):
     assert page.count("<tr>") == 6  # header + 5
     assert "<b>" not in page and "&lt;b&gt;" in page
     first = page.split("<tbody>")[1].split("</tr>")[0]
-    assert 'class="root"' in first and re.search(r"<th[^>]*>" + re.escape(nasty_text(best_step.tree_tokens[0])
+    assert 'class="root"' in first and re.search(r"<th[^>]*>" + re.escape(nasty_text(best_step.draft.tokens[0])
                                                                            .replace("&", "&amp;").replace("<", "&lt;")
                                                                            .replace(">", "&gt;")), first)
     assert "wrote no rows" in rows_table_html(runs["tr"][0], token_text)
@@ -346,7 +370,7 @@ def test_tree_size_figure_marks_the_chosen_size_at_the_ratio_peak():
     from tr.costs import CostCurve
 
     curve = CostCurve([1, 2, 8, 32], [1.0, 1.1, 1.4, 2.5], 64, "cpu")
-    step = Step(3, [5], tree_tokens=[1, 2, 3], considered_scores=[0.8, 0.5, 0.05, 0.01])
+    step = Step(3, [5], draft([1, 2, 3], [-1, 0, 1], considered=[0.8, 0.5, 0.05, 0.01]))
     fig = viz.tree_size_figure(curve, step)
     cost, expected, ratio = (trace.y for trace in fig.data)
     assert expected[:3] == pytest.approx((1.0, 1.8, 2.3))

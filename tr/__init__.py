@@ -11,7 +11,7 @@ import importlib
 
 _EXPORTS = {
     "AdjacencyMatrix": "matrix", "BUILTIN_TEMPLATES": "trees", "DEFAULT_TEMPLATE": "trees", "DraftTree": "trees",
-    "TreeError": "trees", "load_template": "trees", "Draft": "drafts", "DynamicDrafter": "drafts",
+    "TreeError": "trees", "load_template": "trees", "Draft": "records", "DynamicDrafter": "drafts",
     "TemplateDrafter": "drafts", "autoregressive": "decoding", "token_recycling": "decoding", "race": "race",
     "GREEDY": "sampling", "Sampling": "sampling", "Step": "records", "Stats": "records", "summarize": "records",
     "token_ids": "records", "first_divergence": "records", "AUTO": "generate", "AUTO_NO_LOOKUP": "generate",

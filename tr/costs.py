@@ -2,8 +2,8 @@
 that curve corrected by the forward times decoding steps actually take (`LearnedCost`).
 
 Token Recycling pays for its drafts in verification: a forward pass over n tree tokens costs more
-than over one token, by how much depends on the device (about 1.4x at n=8 and 3.8x at n=81 on a
-2-core CPU, nearly flat on a GPU). The `auto` tree is sized by these curves (`tr.drafts`);
+than over one token, by how much depends on the device (steep on a small CPU, nearly flat on a GPU;
+BENCHMARKS.md has measured curves). The `auto` tree is sized by these curves (`tr.drafts`);
 `tr.device.calibrate` measures the first one.
 """
 
@@ -52,11 +52,9 @@ def monotone(values: list[float]) -> list[float]:
     """The non-decreasing sequence closest to `values` in least squares (pool adjacent violators).
 
     A pass over more tokens does more work, so a dip in a measured curve is timing noise; left in, it
-    decides the tree: on a GPU, where the curve is flat within a few percent, a curve that timed 8 tokens
-    13% under one kept `auto` to mid-sized trees (an H100 run: MAT 2.31 and 1.79x, where a smooth curve
-    gave 2.58 and 2.00x). Pooling averages each dip with the rises around it, so real steps stay (a
-    CPU's jump at 7 tokens); a real dip is flattened too (on the 2-core CPU, 2 tokens timed 1% under one
-    and 4 under 3, both in two calibrations), the price of not trusting noise.
+    decides the tree: on a GPU, where the curve is flat within a few percent, one noisy dip held `auto`
+    to mid-sized trees (BENCHMARKS.md, the H100 runs). Pooling averages each dip with the rises around
+    it, so real steps stay; a real dip is flattened too, the price of not trusting noise.
     """
     blocks: list[list[float]] = []  # [sum, count] of runs pooled to their mean
     for value in values:
@@ -71,10 +69,8 @@ def monotone(values: list[float]) -> list[float]:
 class LearnedCost:
     """The calibrated curve, corrected by the forward times of the decoding steps themselves.
 
-    A calibration is a few seconds' snapshot, and on a shared host its shape is not to be trusted: three
-    back-to-back calibrations on the 2-core CPU timed 16 tokens at 1.37x to 1.99x of one, and one timed
-    8 to 12 tokens at ~1.0x of one, so `auto` grew 13-draft trees whose passes cost 1.49x a plain step in
-    decoding where the curve said 1.11x. Each step's forward time at its tree size n, divided by the
+    A calibration is a few seconds' snapshot, and on a shared host its shape is not to be trusted
+    (back-to-back calibrations can disagree widely; BENCHMARKS.md). Each step's forward time at its tree size n, divided by the
     calibrated cost of n, is a correction factor; a straight line in n fitted to the decayed factors
     (`_corrected`) scales the calibrated curve, read within the range of sizes timed. Only
     ratios between sizes choose a tree, so the unit must be timed in the same conditions: when too few
@@ -117,8 +113,7 @@ class LearnedCost:
 
     def _corrected(self) -> CostCurve:
         """The prior scaled by a straight line in n fitted to the correction factors (weighted least squares):
-        every timing informs the whole curve, so a size timed twice cannot put a spike in it (per-size means
-        did: two slow passes over 9 and 13 tokens timed them at 1.69x one, where hundreds put 13 at 1.49x)."""
+        every timing informs the whole curve, so a size timed only a few times cannot put a spike in it."""
         prior, total = self.prior, sum(self.weights)
         if total < SEEN:
             return prior
@@ -129,7 +124,7 @@ class LearnedCost:
         slope = sum((x - x_mean) * (s - w * y_mean) for w, s, x in zip(self.weights, self.sums, xs)) / spread \
             if spread > 1e-9 else 0.0  # one size timed: a level, not a shape
         # Outside the sizes steps timed, the line is not evidence: there each size keeps the factor of the
-        # nearest timed one (a line through CPU trees of 1-10 tokens put 81 tokens at 3.4x its calibration).
+        # nearest timed one (a line through small CPU trees, extended, would misprice large ones).
         timed = [x for w, x in zip(self.weights, xs) if w >= TIMED]
         low, high = (min(timed), max(timed)) if timed else (x_mean, x_mean)
         corrected = [seconds * max(y_mean + slope * (min(max(x, low), high) - x_mean), MIN_FACTOR)

@@ -14,32 +14,36 @@ synchronised on CUDA). A step of Token Recycling:
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
 
-from .drafts import Draft, Drafter, TemplateDrafter
+from .drafts import Drafter
 from .kv_cache import PreallocatedCache
 from .matrix import AdjacencyMatrix
-from .records import Step
+from .records import Draft, RowWrite, Step
 from .sampling import GREEDY, Sampling, choose
-from .trees import DraftTree
+from .trees import ancestor_mask
 
 
 class Clock:
-    """Splits a step's wall time into forward pass and everything else; syncs so CUDA time is real."""
+    """Splits a step's wall time into forward pass and everything else; syncs so CUDA time is real.
+    `timer` is the time source (seconds): tests pass a fake one."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, timer: Callable[[], float] = time.perf_counter):
         self.cuda = device.type == "cuda"
+        self.timer = timer
         self.forward_s = 0.0
         self.start = self.now()
 
     def now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
-        return time.perf_counter()
+        return self.timer()
 
     def timed_forward(self, *args, **kwargs) -> torch.Tensor:
         begin = self.now()
@@ -182,22 +186,70 @@ def autoregressive(
         yield totals.record(Step(index, emitted, accepted=[0], finished=finished), clock)
 
 
-def _greedy_path(draft: Draft, logits: torch.Tensor) -> tuple[list[int], list[int], int]:
-    """(accepted node indices, model choices per node, bonus token), vectorised on the CPU beside the draft."""
+@dataclass(frozen=True)
+class TreeBuffers:
+    """What verification needs of a tree's shape, as tensors on the CPU."""
+
+    parents: torch.Tensor  # (n,) parent index, the root its own parent (0)
+    depths: torch.Tensor  # (n,) position offset behind the cache
+    ancestors: torch.Tensor  # (n, n) bool: ancestors[i, j] when j is i or an ancestor of i
+
+
+@functools.lru_cache(maxsize=8)
+def tree_buffers(parents: tuple[int, ...]) -> TreeBuffers:
+    """Buffers of one tree shape, built once: a template's on its first step, then reused every step."""
+    depths = [0]
+    for parent in parents[1:]:
+        depths.append(depths[parent] + 1)
+    return TreeBuffers(torch.tensor([max(p, 0) for p in parents]), torch.tensor(depths),
+                       ancestor_mask(list(parents), max(depths)))
+
+
+@dataclass
+class Verdict:
+    """What verification found: the accepted path and the token after it."""
+
+    path: list[int]  # accepted node indices, root first
+    choices: list[int]  # the model's token after each node (-1: not drawn)
+    bonus: int  # the model's token after the last accepted node: the next root
+
+
+@dataclass
+class Request:
+    """What every step of one request shares."""
+
+    model: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype  # the model's: tree masks are built in it
+    cache: PreallocatedCache
+    clock: Clock
+    sampling: Sampling
+    generator: torch.Generator | None
+    eos: set[int]
+    max_new_tokens: int
+    totals: _Totals = field(default_factory=_Totals)
+
+    @property
+    def room(self) -> int:
+        """Tokens this request may still emit."""
+        return self.max_new_tokens - self.totals.tokens
+
+
+def _greedy_path(tokens: torch.Tensor, tree: TreeBuffers, logits: torch.Tensor) -> Verdict:
+    """The deepest node whose path the model agrees with, vectorised on the CPU beside the draft."""
     choices = logits.argmax(-1).cpu()  # the step's one wait for the device
-    parents = torch.tensor([max(p, 0) for p in draft.parents])
-    correct = draft.tokens == choices[parents]
+    correct = tokens == choices[tree.parents]
     correct[0] = True
-    ok = ~(draft.ancestors & ~correct).any(1)
-    best = int(torch.argmax(ok * (draft.depths + 1)))  # first of the deepest fully correct nodes
-    path = draft.ancestors[best].nonzero().flatten()
+    ok = ~(tree.ancestors & ~correct).any(1)
+    best = int(torch.argmax(ok * (tree.depths + 1)))  # first of the deepest fully correct nodes
+    path = tree.ancestors[best].nonzero().flatten()
     choice_list = choices.tolist()
-    return path.tolist(), choice_list, choice_list[best]
+    return Verdict(path.tolist(), choice_list, choice_list[best])
 
 
 def _sampled_path(
     parents: list[int], tokens: list[int], logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None,
-) -> tuple[list[int], list[int], int]:
+) -> Verdict:
     """Walk down the tree drawing from the model at each node; stop at the first draw no child carries."""
     children: list[list[int]] = [[] for _ in parents]
     for node, parent in enumerate(parents[1:], start=1):
@@ -208,9 +260,51 @@ def _sampled_path(
         choices[node] = drawn
         child = next((c for c in children[node] if tokens[c] == drawn), None)
         if child is None:
-            return path, choices, drawn
+            return Verdict(path, choices, drawn)
         node = child
         path.append(node)
+
+
+def prefill(request: Request, prompt: list[int], ids: torch.Tensor, matrix: AdjacencyMatrix,
+            seed_from_prompt: bool) -> Step:
+    """Step 0: the prompt (`ids` on the model's device) in one pass; with `seed_from_prompt`, its logits
+    (computed anyway) also write the rows of the prompt tokens."""
+    positions = torch.arange(len(ids), device=request.device)
+    logits = request.clock.timed_forward(request.model, request.cache, ids, positions,
+                                         last_only=not seed_from_prompt, greedy=request.sampling.greedy)
+    rows = matrix.write(prompt, logits, [-1, *prompt[:-1]]) if seed_from_prompt else []
+    root = int(choose(logits[-1], request.sampling, request.generator))
+    emitted, finished = _clip([root], request.max_new_tokens, request.eos)
+    return Step(0, emitted, rows_written=rows, finished=finished)
+
+
+def verify(request: Request, draft: Draft, tree: TreeBuffers) -> torch.Tensor:
+    """One forward pass over the tree behind the cache, with tree attention: logits (n, vocab)."""
+    device, start = request.device, request.cache.length
+    # The root alone is a plain decoding step, and runs as one (attention kernels differ with a mask).
+    mask = tree_mask(tree.ancestors, start, request.dtype, device) if draft.size > 1 else None
+    positions = (tree.depths + start).to(device)
+    tokens = torch.tensor(draft.tokens).to(device)
+    return request.clock.timed_forward(request.model, request.cache, tokens, positions, mask,
+                                       greedy=request.sampling.greedy)
+
+
+def accept(request: Request, draft: Draft, tree: TreeBuffers, logits: torch.Tensor, start: int) -> Verdict:
+    """The longest root path the model agrees with (greedy) or draws (sampling), plus the model's token
+    after it; the cache keeps that path's entries from `start` and drops the rest of the tree."""
+    if request.sampling.greedy:
+        verdict = _greedy_path(torch.tensor(draft.tokens), tree, logits)
+    else:
+        verdict = _sampled_path(draft.parents, draft.tokens, logits, request.sampling, request.generator)
+    request.cache.keep(start, verdict.path)
+    return verdict
+
+
+def recycle(matrix: AdjacencyMatrix, draft: Draft, logits: torch.Tensor, before_root: int) -> list[RowWrite]:
+    """Overwrite the row of every token in the pass (and of its pair with the token before it) with the
+    model's new top-k there."""
+    previous = [before_root, *(draft.tokens[p] for p in draft.parents[1:])]
+    return matrix.write(draft.tokens, logits, previous)
 
 
 @torch.inference_mode()  # per step, as for `autoregressive`
@@ -219,62 +313,38 @@ def token_recycling(
     prompt_ids: Sequence[int],
     max_new_tokens: int,
     matrix: AdjacencyMatrix,
-    tree: DraftTree | Drafter,
+    drafter: Drafter,
     sampling: Sampling = GREEDY,
     eos_ids: Sequence[int] = (),
     seed_from_prompt: bool = False,
 ) -> Iterator[Step]:
-    """Token Recycling. `matrix` is read and updated in place (keep it for a hot start); `tree` is a
-    template's `DraftTree` or a drafter from `tr.drafts`.
-
-    With `seed_from_prompt`, the prefill's logits (computed anyway) also write the rows of the prompt
-    tokens before the first draft.
-    """
+    """Token Recycling. `matrix` is read and updated in place (keep it for a hot start); `drafter` is
+    one of `tr.drafts`, made for this request. With `seed_from_prompt`, the prefill also writes the rows
+    of the prompt tokens before the first draft."""
     device = _device(model)
     ids = _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(device)
     if matrix.vocab_size != _vocab_size(model):
         raise ValueError(f"matrix has {matrix.vocab_size} rows but the model has {_vocab_size(model)} logits")
-    drafter = TemplateDrafter(tree) if isinstance(tree, DraftTree) else tree
-    eos, generator, totals = set(eos_ids), sampling.generator(device), _Totals()
     cache = PreallocatedCache(len(ids) + max_new_tokens + drafter.max_size)
-    drafter.begin(list(prompt_ids))
-    dtype = next(model.parameters()).dtype
-    clock = Clock(device)
-    greedy = sampling.greedy
-    logits = clock.timed_forward(
-        model, cache, ids, torch.arange(len(ids), device=device), last_only=not seed_from_prompt, greedy=greedy
-    )
-    rows = matrix.write(list(prompt_ids), logits, [-1, *prompt_ids[:-1]]) if seed_from_prompt else []
-    root, before_root = int(choose(logits[-1], sampling, generator)), int(prompt_ids[-1])
-    emitted, finished = _clip([root], max_new_tokens, eos)
-    drafter.commit(emitted)
-    yield totals.record(Step(0, emitted, rows_written=rows, finished=finished), clock)
-    index = 0
-    while not finished:
-        clock.resume()
-        index += 1
-        start = cache.length
+    request = Request(model, device, next(model.parameters()).dtype, cache, Clock(device), sampling,
+                      sampling.generator(device), set(eos_ids), max_new_tokens)
+    learn = getattr(drafter, "observe", None)  # the drafter's optional feedback hook
+    step = prefill(request, list(prompt_ids), ids, matrix, seed_from_prompt)
+    root, before_root = step.tokens[-1], int(prompt_ids[-1])
+    while True:
+        if learn:
+            learn(step)  # before the split: its time counts as the step's overhead
+        yield request.totals.record(step, request.clock)
+        if step.finished:
+            return
+        request.clock.resume()
         draft = drafter.draft(root, matrix)
-        # The root alone is a plain decoding step, and runs as one (attention kernels differ with a mask).
-        mask = tree_mask(draft.ancestors, start, dtype, device) if draft.size > 1 else None
-        positions = (draft.depths + start).to(device)
-        logits = clock.timed_forward(model, cache, draft.tokens.to(device), positions, mask, greedy=greedy)
-        token_list = draft.tokens.tolist()
-        if greedy:
-            path, choices, root = _greedy_path(draft, logits)
-        else:
-            path, choices, root = _sampled_path(draft.parents, token_list, logits, sampling, generator)
-        cache.keep(start, path)
-        previous = [before_root, *(token_list[p] for p in draft.parents[1:])]
-        rows = matrix.write(token_list, logits, previous)
-        before_root = token_list[path[-1]]
-        emitted, finished = _clip([token_list[i] for i in path[1:]] + [root], max_new_tokens - totals.tokens, eos)
-        drafter.commit(emitted)
-        step = Step(index, emitted, token_list, tree_parents=draft.parents, tree_depths=draft.depths.tolist(),
-                    tree_ranks=draft.ranks, tree_sources=draft.sources, tree_scores=draft.scores,
-                    predicted_cost=draft.predicted_cost, considered_scores=draft.considered,
-                    cost_curve=draft.curve, probe=draft.probe, choices=choices, accepted=path, rows_written=rows,
-                    finished=finished)
+        tree, start = tree_buffers(tuple(draft.parents)), request.cache.length
+        logits = verify(request, draft, tree)
+        verdict = accept(request, draft, tree, logits, start)
+        rows = recycle(matrix, draft, logits, before_root)
+        root, before_root = verdict.bonus, draft.tokens[verdict.path[-1]]
+        emitted, finished = _clip([draft.tokens[i] for i in verdict.path[1:]] + [root], request.room, request.eos)
+        step = Step(step.index + 1, emitted, draft, verdict.choices, verdict.path, rows,
+                    forward_s=request.clock.forward_s, finished=finished)
         matrix.stats.observe(step)
-        drafter.observe(draft.size, clock.forward_s)  # before the split, so its time counts as overhead
-        yield totals.record(step, clock)

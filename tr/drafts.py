@@ -1,71 +1,56 @@
-"""Drafters: where each step's draft tree comes from.
+"""Drafters: where each step's draft tree comes from (the draft phase).
 
-A drafter turns the last committed token into a `Draft`, the tree one verification pass checks. Its
-interface is four calls: `begin(prompt_ids)` and `commit(tokens)` let it follow the text,
-`draft(root, matrix)` builds the tree, on the CPU beside the matrix (the decoder moves it to the model's
-device), and `observe(size, seconds)` tells it what verifying that tree cost. Verification makes every
-drafter lossless, so a drafter only decides speed.
+A drafter is made for one request (`tr.generate.make_drafter`) and offers one call,
+`draft(root, matrix) -> Draft`: the tree one verification pass checks, rooted at the last committed
+token and built on the CPU beside the matrix. A drafter that learns also offers `observe(step)`, which
+the decoder calls with every step record, the prefill's included. Verification makes every drafter
+lossless, so a drafter only decides speed.
 
 - `TemplateDrafter`: the paper's method, a fixed template filled breadth-first from the matrix.
 - `DynamicDrafter` (the `auto` tree): a fresh tree each step, grown best-first by each node's estimated
-  chance of being accepted (the product, along its path, of the acceptance rate of its source: matrix
+  chance of being accepted (the product, along its path, of the acceptance rate of its origin: matrix
   candidates by the probability the model gave them, prompt-lookup copies by n-gram length). It drafts
   from the row of the node's token and, where there is one, from the row of the pair (parent token,
   token), which knows one more token of context. Beside the matrix candidates it offers the
   continuation of the latest earlier occurrence of the text's last n-gram (prompt lookup), which is
-  what wins on summaries and retrieval answers. It stops growing at the
-  size that maximises expected tokens per unit of verification cost, read off the device's cost curve
-  (calibrated, then corrected by the steps' own forward times: `tr.costs.LearnedCost`): a large tree
-  where verification is nearly free, a small one where it is not.
+  what wins on summaries and retrieval answers. It stops growing at the size that maximises expected
+  tokens per unit of verification cost, read off the device's cost curve (calibrated, then corrected
+  by the steps' own forward times: `tr.costs.LearnedCost`): a large tree where verification is nearly
+  free, a small one where it is not.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 import torch
 
-from .acceptance import AcceptanceStats, confidence_source, lookup_source
+from .acceptance import AcceptanceStats, confidence_origin, lookup_origin
 from .costs import CostCurve, LearnedCost
 from .matrix import AdjacencyMatrix
-from .records import LOOKUP
-from .trees import DraftTree, ancestor_mask
+from .records import LOOKUP, ROOT_ORIGIN, Draft, Origin, Step
+from .trees import DraftTree
 
 
+class Drafter(Protocol):
+    """The draft phase. A drafter may also define `observe(step: Step) -> None`, its one feedback hook:
+    the decoder then hands it every step record (the prefill's included) before yielding it."""
 
-@dataclass
-class Draft:
-    """One step's tree. Node 0 is the root (the last committed token); parents come before children."""
+    max_size: int  # most nodes a draft can have, the root included: the decoder reserves cache room for them
 
-    tokens: torch.Tensor  # (n,)
-    parents: list[int]
-    ranks: list[int]  # candidate rank in the parent's row; -1 for the root, LOOKUP for n-gram copies
-    sources: list[str]  # acceptance-statistics key of each node ("" for the root)
-    scores: list[float]  # estimated chance each node is accepted (1 for the root)
-    depths: torch.Tensor  # (n,)
-    ancestors: torch.Tensor  # (n, n) bool: ancestors[i, j] when j is i or an ancestor of i
-    predicted_cost: float = 0.0  # verification cost in one-token forward passes, when calibrated
-    considered: list[float] = field(default_factory=list)  # scores of every node weighed, best first (kept first)
-    curve: CostCurve | None = None  # the cost curve the size was chosen by
-    probe: bool = False  # the root alone, to time a one-token pass (`LearnedCost.needs_probe`)
-
-    @property
-    def size(self) -> int:
-        return len(self.parents)
-
-    @property
-    def expected_tokens(self) -> float:
-        """Expected tokens this step emits: the bonus plus each node's chance of acceptance."""
-        return sum(self.scores)
+    def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
+        """The tree to verify after the committed token `root`, from the matrix's current rows."""
+        ...
 
 
-def path_scores(parents: Sequence[int], sources: Sequence[str], stats: AcceptanceStats) -> list[float]:
+def path_scores(parents: Sequence[int], origins: Sequence[Origin], stats: AcceptanceStats) -> list[float]:
     scores = [1.0]
-    for parent, source in zip(parents[1:], sources[1:]):
-        scores.append(scores[parent] * stats.rate(source))
+    for parent, origin in zip(parents[1:], origins[1:]):
+        scores.append(scores[parent] * stats.rate(origin))
     return scores
 
 
@@ -75,27 +60,18 @@ class TemplateDrafter:
     def __init__(self, tree: DraftTree, curve: CostCurve | None = None):
         self.tree, self.curve = tree, curve
         self.parents = tree.parents.tolist()
+        self.depths = tree.depths.tolist()
         self.ranks = tree.ranks.tolist()
         self.max_size = tree.size
-
-    def begin(self, prompt_ids: Sequence[int]) -> None:
-        pass
-
-    def commit(self, tokens: Sequence[int]) -> None:
-        pass
-
-    def observe(self, size: int, seconds: float) -> None:
-        pass
 
     def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
         tree = self.tree
         tokens = tree.fill(torch.tensor(root), matrix.table)
         probabilities = matrix.probs[tokens[tree.parents[1:]], tree.ranks[1:]].tolist()
-        sources = [""] + [confidence_source(p) for p in probabilities]
-        scores = path_scores(self.parents, sources, matrix.stats)
+        origins = [ROOT_ORIGIN] + [confidence_origin(p) for p in probabilities]
+        scores = path_scores(self.parents, origins, matrix.stats)
         cost = self.curve.relative(tree.size) if self.curve else 0.0
-        return Draft(tokens, self.parents, self.ranks, sources, scores, tree.depths, tree.ancestors, cost,
-                     curve=self.curve)
+        return Draft(tokens.tolist(), self.parents, self.depths, self.ranks, origins, scores, cost, curve=self.curve)
 
 
 class NgramIndex:
@@ -124,18 +100,183 @@ class NgramIndex:
         return [], 0
 
 
-class DynamicDrafter:
-    """Best-first trees with a prompt-lookup branch, sized by the device's cost curve.
+# --- the dynamic tree: nodes, a frontier of candidates, an expansion rule ---------------------------
 
-    `curve` None means a fixed budget of `max_nodes` (no calibration); otherwise the tree stops at
-    the size with the most expected tokens per unit of cost, looking past the best size so far by
-    `lookahead` nodes or by that size again, whichever is more: on a flat (GPU) curve the best size
-    can lie far beyond a small one that is nearly as good. A calibrated `CostCurve` is corrected from
-    this drafter's own steps; pass a `LearnedCost` to share what one drafter learned with another.
+
+class Row(NamedTuple):
+    """A matrix row a node's children are drawn from, best candidate first."""
+
+    tokens: list[int]
+    probs: list[float]
+    pair: bool  # a pair row (two tokens of context) rather than a one-token row
+
+
+class Candidate(NamedTuple):
+    """A possible child on the frontier: rank `rank` of `row`, or (rank LOOKUP) the lookup copy `token`."""
+
+    parent: int
+    rank: int
+    chance: float  # estimated chance it is right, given its parent is
+    row: Row | None  # None for a lookup copy
+    token: int  # the lookup copy's token (-1 for a row candidate: read from the row)
+    successor_offered: bool = False  # the next rank of `row` is already on the frontier
+
+
+@dataclass(slots=True)
+class Node:
+    token: int
+    parent: int
+    rank: int
+    origin: Origin
+    score: float  # chance the node is accepted: the product of chances along its path
+    depth: int
+    children: set[int] = field(default_factory=set)  # tokens of its children so far
+    claimed: float = 0.0  # chance its children took already (at most one child is right)
+    chain_next: int | None = None  # on the lookup branch: index in the chain of the token after it
+
+
+class Frontier:
+    """Candidates by score (the parent's score times their chance), ties by the order they were offered,
+    so trees are deterministic."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Candidate]] = []
+        self._order = itertools.count()
+
+    def offer(self, score: float, candidate: Candidate) -> None:
+        heapq.heappush(self._heap, (-score, next(self._order), candidate))
+
+    def best(self) -> Candidate:
+        return heapq.heappop(self._heap)[2]
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+
+class Sizing:
+    """Where to stop growing: the size with the most expected tokens per unit of cost so far, looking
+    past it by `lookahead` nodes or by that size again, whichever is more (on a flat GPU curve the best
+    size can lie far beyond a small one that is nearly as good). Without costs, every size is best."""
+
+    def __init__(self, cost: Callable[[int], float], lookahead: int, sized: bool):
+        self.cost, self.lookahead, self.sized = cost, lookahead, sized
+        self.expected, self.best_size, self.best_ratio = 1.0, 1, 1.0 / cost(1)
+
+    def grown(self, size: int, score: float) -> bool:
+        """Count a node that made the tree `size` big; False once growing further cannot pay."""
+        self.expected += score
+        ratio = self.expected / self.cost(size)
+        if ratio >= self.best_ratio or not self.sized:
+            self.best_size, self.best_ratio = size, ratio
+        elif size - self.best_size >= max(self.lookahead, self.best_size):
+            return False
+        return True
+
+
+class TreeGrowth:
+    """One step's best-first growth from `root`: take the frontier's best candidate, add it as a node
+    unless its parent already has that token or better siblings left it too little chance, expand it."""
+
+    def __init__(self, drafter: DynamicDrafter, root: int, matrix: AdjacencyMatrix):
+        self.drafter, self.matrix = drafter, matrix
+        index = drafter.index
+        self.chain, match = index.continuation(drafter.max_depth) if drafter.lookup else ([], 0)
+        self.lookup_origin = lookup_origin(match)
+        self.before_root = index.tokens[-2] if len(index.tokens) >= 2 else -1
+        self.rates: dict[Origin, float] = {}
+        self.nodes = [Node(root, -1, -1, ROOT_ORIGIN, 1.0, 0, chain_next=0)]
+        self.frontier = Frontier()
+
+    def rate(self, origin: Origin) -> float:
+        if origin not in self.rates:
+            self.rates[origin] = self.matrix.stats.rate(origin)
+        return self.rates[origin]
+
+    def grow(self, sizing: Sizing) -> None:
+        self.expand(0)
+        while self.frontier and len(self.nodes) <= self.drafter.max_nodes:
+            node = self.take(self.frontier.best())
+            if node is not None:
+                if not sizing.grown(len(self.nodes), node.score):
+                    return
+                self.expand(len(self.nodes) - 1)
+
+    def offer_row(self, parent: int, row: Row, rank: int, ceiling: float) -> None:
+        # A row's candidates are offered one at a time, each when the one before it leaves the frontier,
+        # so a step costs heap work for the nodes it weighs, not for all k candidates of every row.
+        # Their chances never rise along a row: the model ranked them, and a noisy rate must not put a
+        # lower-ranked candidate first.
+        _, probs, pair = row
+        chance = min(self.rate(confidence_origin(probs[rank], pair)), ceiling)
+        self.frontier.offer(self.nodes[parent].score * chance, Candidate(parent, rank, chance, row, -1))
+
+    def expand(self, index: int) -> None:
+        """Offer the node's children: its pair row's best, its own row's best, and the lookup copy."""
+        node, matrix = self.nodes[index], self.matrix
+        if node.depth >= self.drafter.max_depth:
+            return
+        previous = self.nodes[node.parent].token if index else self.before_root
+        pair = matrix.pair_row(previous, node.token)
+        if pair is not None:
+            self.offer_row(index, Row(*pair, True), 0, 1.0)
+        if bool(matrix.filled[node.token]):
+            row = Row(matrix.table[node.token].tolist(), matrix.probs[node.token].tolist(), False)
+            self.offer_row(index, row, 0, 1.0)
+        j = node.chain_next
+        if j is not None and j < len(self.chain):
+            chance = self.rate(self.lookup_origin)
+            self.frontier.offer(node.score * chance, Candidate(index, LOOKUP, chance, None, self.chain[j]))
+
+    def take(self, candidate: Candidate) -> Node | None:
+        """The candidate as a new node, or None when its parent has its token already or too little
+        chance left for it (then it returns to the frontier with only what is left)."""
+        parent_index, rank, chance, row, token, successor_offered = candidate
+        if row is None:
+            origin = self.lookup_origin
+        else:
+            tokens, probs, pair = row
+            token, origin = tokens[rank], confidence_origin(probs[rank], pair)
+            if not successor_offered and rank + 1 < len(tokens):
+                self.offer_row(parent_index, row, rank + 1, chance)
+        parent = self.nodes[parent_index]
+        if token in parent.children:
+            return None
+        room = 1.0 - parent.claimed
+        if chance > room + 1e-9:  # better siblings took most of the parent's chance: worth only the rest
+            if room > 1e-6:
+                self.frontier.offer(parent.score * room, candidate._replace(chance=room, successor_offered=True))
+            return None
+        parent.claimed += chance
+        parent.children.add(token)
+        j = parent.chain_next
+        on_chain = j is not None and j < len(self.chain) and self.chain[j] == token
+        node = Node(token, parent_index, rank, origin, parent.score * chance, parent.depth + 1,
+                    chain_next=j + 1 if on_chain else None)
+        self.nodes.append(node)
+        return node
+
+    def draft(self, size: int) -> Draft:
+        """The first `size` nodes as a draft; every node weighed is kept in `considered`."""
+        drafter, nodes = self.drafter, self.nodes[:size]
+        return Draft(
+            tokens=[n.token for n in nodes], parents=[n.parent for n in nodes], depths=[n.depth for n in nodes],
+            ranks=[n.rank for n in nodes], origins=[n.origin for n in nodes], scores=[n.score for n in nodes],
+            predicted_cost=drafter.cost(size) if drafter.costs else 0.0,
+            considered=[n.score for n in self.nodes[1:]], curve=drafter.costs.curve if drafter.costs else None,
+        )
+
+
+class DynamicDrafter:
+    """Best-first trees with a prompt-lookup branch, sized by the device's cost curve, for one request.
+
+    `prompt_ids` start the text prompt lookup copies from; `observe` adds each step's tokens. `curve`
+    None means a fixed budget of `max_nodes` (no calibration); otherwise the tree stops at the size with
+    the most expected tokens per unit of cost (`Sizing`). A calibrated `CostCurve` is corrected from this
+    drafter's own steps; pass a `LearnedCost` to share what one drafter learned with the next.
     """
 
     def __init__(self, curve: CostCurve | LearnedCost | None = None, max_nodes: int = 80, max_depth: int = 10,
-                 lookup: bool = True, lookahead: int = 8):
+                 lookup: bool = True, lookahead: int = 8, prompt_ids: Sequence[int] = ()):
         if not 1 <= max_nodes <= 256:
             raise ValueError(f"max_nodes must be from 1 to 256, got {max_nodes}")
         self.costs = LearnedCost(curve) if isinstance(curve, CostCurve) else curve
@@ -143,108 +284,21 @@ class DynamicDrafter:
         self.lookup, self.lookahead = lookup, lookahead
         self.max_size = max_nodes + 1  # the root included
         self.index = NgramIndex()
-
-    def begin(self, prompt_ids: Sequence[int]) -> None:
-        self.index = NgramIndex()
         self.index.extend(prompt_ids)
 
-    def commit(self, tokens: Sequence[int]) -> None:
-        self.index.extend(tokens)
+    def observe(self, step: Step) -> None:
+        """Follow the text, and learn what verifying the step's tree cost."""
+        self.index.extend(step.tokens)
+        if self.costs and step.draft is not None:
+            self.costs.observe(step.draft.size, step.forward_s)
 
-    def observe(self, size: int, seconds: float) -> None:
-        if self.costs:
-            self.costs.observe(size, seconds)
-
-    def _cost(self, n: int) -> float:
+    def cost(self, n: int) -> float:
         return self.costs.relative(n) if self.costs else 1.0
 
     def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
         if self.costs and self.costs.needs_probe():
-            return Draft(torch.tensor([root]), [-1], [-1], [""], [1.0], torch.zeros(1, dtype=torch.long),
-                         ancestor_mask([-1], 0), 1.0, curve=self.costs.curve, probe=True)
-        chain, match = self.index.continuation(self.max_depth) if self.lookup else ([], 0)
-        stats, rates = matrix.stats, {}
-        before_root = self.index.tokens[-2] if len(self.index.tokens) >= 2 else -1
-
-        def rate(source: str) -> float:
-            if source not in rates:
-                rates[source] = stats.rate(source)
-            return rates[source]
-
-        tokens, parents, ranks, sources, scores, depths = [root], [-1], [-1], [""], [1.0], [0]
-        children: list[set[int]] = [set()]
-        claimed = [0.0]  # per node: the chance its children already took (one child at most is right)
-        chain_next = {0: 0}  # node on the lookup branch -> index in `chain` of the token after it
-        # Heap entries: (-score, order, parent, rank, chance, row, next_pushed). `row` is (candidates,
-        # probabilities, from_pair) for a matrix candidate, or the token itself for a lookup copy.
-        heap: list[tuple] = []
-        order = itertools.count()  # ties break by push order, so trees are deterministic
-
-        def push(parent: int, rank: int, chance: float, row, next_pushed: bool = False) -> None:
-            heapq.heappush(heap, (-scores[parent] * chance, next(order), parent, rank, chance, row, next_pushed))
-
-        def push_candidate(parent: int, row: tuple, rank: int, ceiling: float) -> None:
-            # A row's candidates are pushed one at a time, each when the one before it leaves the heap,
-            # so a step costs heap work for the nodes it weighs, not for all k candidates of every row.
-            # Their chances never rise along a row: the model ranked them, and a noisy rate must not
-            # put a lower-ranked candidate first.
-            chance = min(rate(confidence_source(row[1][rank], row[2])), ceiling)
-            push(parent, rank, chance, row)
-
-        def expand(node: int) -> None:
-            if depths[node] >= self.max_depth:
-                return
-            token = tokens[node]
-            pair = matrix.pair_row(tokens[parents[node]] if node else before_root, token)
-            if pair is not None:
-                push_candidate(node, (*pair, True), 0, 1.0)
-            if bool(matrix.filled[token]):
-                push_candidate(node, (matrix.table[token].tolist(), matrix.probs[token].tolist(), False), 0, 1.0)
-            j = chain_next.get(node)
-            if j is not None and j < len(chain):
-                push(node, LOOKUP, rate(lookup_source(match)), chain[j])
-
-        expand(0)
-        expected, best_size, best_ratio = 1.0, 1, 1.0 / self._cost(1)
-        while heap and len(tokens) <= self.max_nodes:
-            _, _, parent, rank, chance, row, next_pushed = heapq.heappop(heap)
-            if rank == LOOKUP:
-                token, source = row, lookup_source(match)
-            else:
-                token, source = row[0][rank], confidence_source(row[1][rank], row[2])
-                if not next_pushed and rank + 1 < len(row[0]):
-                    push_candidate(parent, row, rank + 1, chance)
-            if token in children[parent]:
-                continue
-            room = 1.0 - claimed[parent]
-            if chance > room + 1e-9:  # better siblings took most of the parent's chance: worth only the rest
-                if room > 1e-6:
-                    push(parent, rank, room, row, next_pushed=True)
-                continue
-            claimed[parent] += chance
-            node = len(tokens)
-            children[parent].add(token)
-            children.append(set())
-            claimed.append(0.0)
-            tokens.append(token), parents.append(parent), ranks.append(rank), sources.append(source)
-            scores.append(scores[parent] * chance), depths.append(depths[parent] + 1)
-            j = chain_next.get(parent)
-            if j is not None and j < len(chain) and chain[j] == token:
-                chain_next[node] = j + 1
-            expected += scores[node]
-            ratio = expected / self._cost(node + 1)
-            if ratio >= best_ratio or self.costs is None:
-                best_size, best_ratio = node + 1, ratio
-            elif node + 1 - best_size >= max(self.lookahead, best_size):
-                break
-            expand(node)
-        n = best_size
-        return Draft(
-            tokens=torch.tensor(tokens[:n]), parents=parents[:n], ranks=ranks[:n], sources=sources[:n],
-            scores=scores[:n], depths=torch.tensor(depths[:n]), ancestors=ancestor_mask(parents[:n], max(depths[:n])),
-            predicted_cost=self._cost(n) if self.costs else 0.0, considered=scores[1:],
-            curve=self.costs.curve if self.costs else None,
-        )
-
-
-Drafter = TemplateDrafter | DynamicDrafter
+            return Draft([root], [-1], [0], [-1], [ROOT_ORIGIN], [1.0], 1.0, curve=self.costs.curve, probe=True)
+        growth = TreeGrowth(self, root, matrix)
+        sizing = Sizing(self.cost, self.lookahead, sized=self.costs is not None)
+        growth.grow(sizing)
+        return growth.draft(sizing.best_size)

@@ -7,7 +7,7 @@ It joins the method core (`tr.decoding`, `tr.drafts`) to what a machine and a mo
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .costs import CostCurve, LearnedCost
@@ -48,18 +48,19 @@ def template_tree(paths: tuple[tuple[int, ...], ...]) -> DraftTree:
     return DraftTree.from_paths(list(paths))
 
 
-def make_drafter(lm: LoadedModel, tree: TreeSpec, curve: CostCurve | LearnedCost | None = None) -> Drafter:
-    """A fresh drafter for one tree spec.
+def make_drafter(lm: LoadedModel, tree: TreeSpec, curve: CostCurve | LearnedCost | None = None, *,
+                 prompt_ids: Sequence[int]) -> Drafter:
+    """A fresh drafter for one tree spec and one request (`prompt_ids`: the text prompt lookup copies from).
 
     Trees sized by cost need the device's cost curve: without `curve`, it is calibrated on first use
     (a few seconds) and cached on disk; a `LearnedCost` carries what earlier drafters learned from their
     steps. Other trees take it only to report their predicted cost.
     """
     if tree.kind is TreeKind.DYNAMIC:
-        return DynamicDrafter(None, max_nodes=tree.nodes)
+        return DynamicDrafter(None, max_nodes=tree.nodes, prompt_ids=prompt_ids)
     if tree.sized_by_cost:
         curve = curve or calibrate(lm.model, lm.name)
-        return DynamicDrafter(curve, lookup=tree.kind is TreeKind.AUTO)
+        return DynamicDrafter(curve, lookup=tree.kind is TreeKind.AUTO, prompt_ids=prompt_ids)
     snapshot = curve.curve if isinstance(curve, LearnedCost) else curve
     return TemplateDrafter(template_tree(tree.paths), snapshot)
 
@@ -85,7 +86,7 @@ def decode_steps(
         matrix.fill_from(load_primed(lm, matrix.k))
     if start is Start.COLD:
         matrix.reset()
-    drafter = drafter or make_drafter(lm, default_tree(matrix.k))
+    drafter = drafter or make_drafter(lm, default_tree(matrix.k), prompt_ids=prompt_ids)
     return token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, sampling, lm.eos_ids,
                            seed_from_prompt=start is Start.SEEDED)
 

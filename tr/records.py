@@ -8,11 +8,72 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from .costs import CostCurve
 
 LOOKUP = -2  # the "rank" of a node copied from an n-gram match rather than read from a matrix row
+
+
+class OriginKind(str, Enum):
+    """Where a draft node came from. A `str` enum, so a record's JSON shows the word."""
+
+    ROOT = "root"  # the last committed token
+    ROW = "row"  # a candidate of the one-token row of its parent's token
+    PAIR = "pair"  # a candidate of the row of (grandparent, parent): one more token of context
+    LOOKUP = "lookup"  # copied from the text after an earlier occurrence of its last n-gram
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A node's origin, the key its acceptance is counted under (`tr.acceptance.AcceptanceStats`).
+
+    `level` is the probability bucket (0: under 10% .. 9: 90% and more) the model gave a ROW or PAIR
+    candidate when its row was written, the n-gram length for LOOKUP, 0 for the root.
+    """
+
+    kind: OriginKind
+    level: int = 0
+
+    def __post_init__(self) -> None:
+        # A dynamic tree looks a rate up per candidate it weighs: hash once, not per lookup.
+        object.__setattr__(self, "_hash", hash((self.kind.value, self.level)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.level}"
+
+
+ROOT_ORIGIN = Origin(OriginKind.ROOT)
+
+
+@dataclass
+class Draft:
+    """One step's tree, as the drafter built it. Node 0 is the root (the last committed token); parents
+    come before children. Plain lists: the decoder builds the tensors it verifies with."""
+
+    tokens: list[int]  # (n,)
+    parents: list[int]  # (n,) parent index, -1 for the root
+    depths: list[int]  # (n,) 0 for the root
+    ranks: list[int]  # (n,) candidate rank in the parent's row; -1 for the root, LOOKUP for n-gram copies
+    origins: list[Origin]  # (n,)
+    scores: list[float]  # (n,) estimated chance each node is accepted (1 for the root)
+    predicted_cost: float = 0.0  # verification cost in one-token forward passes (0: unknown)
+    considered: list[float] = field(default_factory=list)  # scores of every node weighed, best first (kept first)
+    curve: CostCurve | None = None  # the cost curve the size was chosen by, or reported against
+    probe: bool = False  # the root alone, to time a one-token pass (`LearnedCost.needs_probe`)
+
+    @property
+    def size(self) -> int:
+        return len(self.parents)
+
+    @property
+    def expected_tokens(self) -> float:
+        """Expected tokens this step emits: the bonus plus each node's chance of acceptance."""
+        return sum(self.scores)
 
 
 @dataclass
@@ -27,20 +88,12 @@ class RowWrite:
 
 @dataclass
 class Step:
-    """What one forward pass did. Step 0 is the prefill over the prompt."""
+    """What one forward pass did: the draft it verified and what verification found. Step 0 is the
+    prefill over the prompt."""
 
     index: int
     tokens: list[int]  # emitted by this step, in order
-    tree_tokens: list[int] = field(default_factory=list)  # node 0 is the root (last committed token)
-    tree_parents: list[int] = field(default_factory=list)
-    tree_depths: list[int] = field(default_factory=list)
-    tree_ranks: list[int] = field(default_factory=list)  # candidate rank in the parent's row (-2: prompt lookup)
-    tree_sources: list[str] = field(default_factory=list)  # acceptance-statistics key of each node
-    tree_scores: list[float] = field(default_factory=list)  # estimated chance each node is accepted
-    predicted_cost: float = 0.0  # the tree's expected verification cost, in one-token passes (0: unknown)
-    considered_scores: list[float] = field(default_factory=list)  # a dynamic tree's candidates, best first
-    cost_curve: CostCurve | None = None  # the device's cost curve as the drafter saw it this step
-    probe: bool = False  # the drafter verified the root alone, to time a one-token pass
+    draft: Draft | None = None  # None for the prefill and plain decoding
     choices: list[int] = field(default_factory=list)  # the model's token after each node (-1: not drawn)
     accepted: list[int] = field(default_factory=list)  # node indices of the accepted path, root first
     rows_written: list[RowWrite] = field(default_factory=list)
@@ -60,9 +113,14 @@ class Step:
         return max(len(self.accepted) - 1, 0)
 
     @property
+    def drafted(self) -> int:
+        """Draft nodes verified, the root not counted (0 without a draft)."""
+        return self.draft.size - 1 if self.draft else 0
+
+    @property
     def expected_tokens(self) -> float:
         """What the drafter expected this step to emit (bonus included)."""
-        return sum(self.tree_scores) if self.tree_scores else 1.0
+        return self.draft.expected_tokens if self.draft else 1.0
 
 
 @dataclass

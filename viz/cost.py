@@ -28,8 +28,9 @@ def tree_size_figure(curve: CostCurve | None, step: Step | None = None) -> go.Fi
     title = "Why this tree size"
     if curve is None:
         return empty_figure(title, "The device has not been calibrated yet.")
-    chosen = len(step.tree_tokens) - 1 if step is not None and step.tree_tokens else None
-    weighed = step.considered_scores if step is not None else []
+    draft = step.draft if step is not None else None
+    chosen = draft.size - 1 if draft is not None else None
+    weighed = draft.considered if draft is not None else []
     largest = max(len(weighed), chosen or 0, 16)
     sizes = list(range(largest + 1))
     cost = [curve.relative(n + 1) for n in sizes]

@@ -10,8 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 
-from tr.records import Step
-from tr.records import RowWrite
+from tr.records import RowWrite, Step
 
 TABLE_STYLE = "border-collapse:collapse;font-size:13px;font-family:ui-monospace,Menlo,Consolas,monospace"
 CELL_STYLE = "border:1px solid #e5e7eb;padding:2px 6px;white-space:pre;color:#111827"
@@ -39,7 +38,7 @@ def changed_candidates(write: RowWrite) -> set[int]:
 
 def ordered_writes(step: Step) -> list[RowWrite]:
     """The step's row writes with the root's row first: it is the row that drafted the first layer."""
-    root = step.tree_tokens[0] if step.tree_tokens else None
+    root = step.draft.tokens[0] if step.draft else None
     return sorted(step.rows_written, key=lambda w: w.token != root)  # stable: the rest keep their order
 
 
@@ -61,7 +60,7 @@ def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int 
     writes = ordered_writes(step)
     if not writes:
         return f'<p style="{NOTE_STYLE}">Step {step.index} wrote no rows of the adjacency matrix.</p>'
-    root = step.tree_tokens[0] if step.tree_tokens else None
+    root = step.draft.tokens[0] if step.draft else None
     k = len(writes[0].new)
     shown = writes[:max_rows]
     changed = sum(len(changed_candidates(w)) for w in writes)

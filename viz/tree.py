@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import networkx as nx
 import plotly.graph_objects as go
 
-from tr.records import Step
-from tr.records import LOOKUP
+from tr.records import Origin, OriginKind, Step
 
 from .style import base_layout, empty_figure
 
@@ -50,7 +49,7 @@ OTHER_EDGE = dict(color="#d4d4d8", width=1)
 
 def has_tree(step: Step) -> bool:
     """Whether the step verified a draft tree (prefill and autoregressive steps do not)."""
-    return len(step.tree_tokens) > 1
+    return step.draft is not None and step.draft.size > 1
 
 
 def most_accepted_step(steps: list[Step]) -> int:
@@ -72,38 +71,46 @@ def quoted(token: int, token_text: Callable[[int], str]) -> str:
 
 def agreement(step: Step, node: int, token_text: Callable[[int], str]) -> str:
     """Did the model, at this node's parent, choose this node's token? In words, for hover text."""
-    choice = step.choices[step.tree_parents[node]]
+    choice = step.choices[step.draft.parents[node]]
     if choice < 0:
         return "not checked (the model's choice was not drawn here)"
-    if choice == step.tree_tokens[node]:
+    if choice == step.draft.tokens[node]:
         return "yes"
     return f"no: it chose {quoted(choice, token_text)}"
 
 
+def origin_text(origin: Origin, rank: int) -> str:
+    """Where a draft node came from, in words, for hover text."""
+    if origin.kind is OriginKind.LOOKUP:
+        return f"copied by prompt lookup (a {origin.level}-token match)"
+    row = "the pair row (parent and grandparent tokens)" if origin.kind is OriginKind.PAIR else "the parent's row"
+    return f"candidate rank {rank} of {row}, given {origin.level * 10}-{origin.level * 10 + 10}% when written"
+
+
 def tree_graph(step: Step, token_text: Callable[[int], str]) -> nx.DiGraph:
     """The step's draft tree plus the bonus node; every node carries depth, rank, kind and hover text."""
-    graph = nx.DiGraph()
+    graph, draft = nx.DiGraph(), step.draft
     accepted = set(step.accepted)
-    for node, token in enumerate(step.tree_tokens):
-        depth, rank = step.tree_depths[node], step.tree_ranks[node]
+    for node, token in enumerate(draft.tokens):
+        depth, rank = draft.depths[node], draft.ranks[node]
         if node == 0:
             kind = ROOT
             hover = f"node 0 (root), depth 0<br>token {quoted(token, token_text)}<br>the last committed token"
         else:
             kind = ACCEPTED if node in accepted else REJECTED
-            origin = "copied by prompt lookup" if rank == LOOKUP else f"candidate rank {rank}"
-            chance = f"<br>estimated chance: {step.tree_scores[node]:.0%}" if step.tree_scores else ""
-            hover = (f"node {node}, depth {depth}, {origin}<br>token {quoted(token, token_text)}{chance}"
+            chance = f"<br>estimated chance: {draft.scores[node]:.0%}" if draft.scores else ""
+            hover = (f"node {node}, depth {depth}, {origin_text(draft.origins[node], rank)}"
+                     f"<br>token {quoted(token, token_text)}{chance}"
                      f"<br>model agreed: {agreement(step, node, token_text)}")
         graph.add_node(node, token=token, depth=depth, rank=rank, kind=kind, hover=hover)
         if node:
-            graph.add_edge(step.tree_parents[node], node, on_path=node in accepted)
+            graph.add_edge(draft.parents[node], node, on_path=node in accepted)
     last = step.accepted[-1]
     token = bonus_token(step)
     hover = (f"bonus token {quoted(token, token_text)}<br>the model's own choice after node {last};"
              "<br>always correct, emitted without drafting")
     # Rank past every real candidate so the bonus sits below its siblings in the layout.
-    graph.add_node(BONUS, token=token, depth=step.tree_depths[last] + 1, rank=len(step.tree_tokens),
+    graph.add_node(BONUS, token=token, depth=draft.depths[last] + 1, rank=draft.size,
                    kind=BONUS_KIND, hover=hover)
     graph.add_edge(last, BONUS, on_path=False)
     return graph
@@ -174,7 +181,7 @@ def _labels(graph: nx.DiGraph, pos: dict, token_text: Callable[[int], str]) -> l
 
 
 def title_of(step: Step) -> str:
-    title = f"Step {step.index}: drafted {len(step.tree_tokens) - 1}, accepted {step.accepted_drafts} + bonus"
+    title = f"Step {step.index}: drafted {step.drafted}, accepted {step.accepted_drafts} + bonus"
     if len(step.tokens) < step.accepted_drafts + 1:
         title += f" (output cut to {len(step.tokens)} by end of text or length limit)"
     return title
@@ -185,7 +192,7 @@ def tree_figure(step: Step, token_text: Callable[[int], str]) -> go.Figure:
     if not has_tree(step):
         if step.index == 0:
             what = "the prefill over the prompt"
-        elif step.probe:
+        elif step.draft is not None and step.draft.probe:
             what = "a timing probe (the root alone, a plain decoding step: it keeps the cost curve honest)"
         else:
             what = "a step without drafting"

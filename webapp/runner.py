@@ -82,7 +82,7 @@ def race_chunks(lm: LoadedModel, settings: Settings, prompt_ids: list[int], matr
     runners = {
         "ar": decode_steps(lm, prompt_ids, Method.AR, settings.max_new_tokens, settings.sampling),
         "tr": decode_steps(lm, prompt_ids, Method.TR, settings.max_new_tokens, settings.sampling, matrix,
-                           make_drafter(lm, settings.tree, costs), settings.start),
+                           make_drafter(lm, settings.tree, costs, prompt_ids=prompt_ids), settings.start),
     }
     events, finished = race(runners), False
     while not finished:

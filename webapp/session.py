@@ -54,9 +54,9 @@ class Run:
         steps = self.steps["tr"][1:]
         if not self.settings.tree.sized_by_cost or not steps:
             return ""
-        sizes = [len(s.tree_tokens) - 1 for s in steps]
+        sizes = [s.drafted for s in steps]
         expected = sum(s.expected_tokens for s in steps) / len(steps)
-        cost = sum(s.predicted_cost for s in steps) / len(steps)
+        cost = sum(s.draft.predicted_cost for s in steps if s.draft) / len(steps)
         return (f" (auto tree: {sum(sizes) / len(sizes):.1f} draft nodes on average, from {min(sizes)} to "
                 f"{max(sizes)}; expected {expected:.2f} tokens per pass for {cost:.2f}× the cost of a one-token "
                 f"pass on this device, got {summarize(self.steps['tr']).mat:.2f})")

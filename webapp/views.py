@@ -53,7 +53,7 @@ def step_views(lm: LoadedModel, session: Session, index: Any) -> dict[str, Any]:
     step = steps[min(max(int(index or 0), 0), len(steps) - 1)]
     return {
         "tree": viz.tree_figure(step, lm.token_text),
-        "why": viz.tree_size_figure(step.cost_curve or session.run.curve, step),
+        "why": viz.tree_size_figure((step.draft and step.draft.curve) or session.run.curve, step),
         "rows": viz.rows_table_html(step, lm.token_text),
     }
 

@@ -20,9 +20,8 @@ from ..decoding import Clock, forward, tree_mask
 from ..kv_cache import PreallocatedCache
 from .model import cache_dir
 
-# Every size up to 16, where a CPU's trees live: the curve is not smooth there, and interpolating hid it
-# (bundled model, 2-core AVX2 CPU, two runs: 3 nodes 1.08-1.09x, 4 nodes 1.02-1.06x, 7 nodes 1.22-1.24x,
-# 8 nodes 1.18-1.19x; fbgemm's half-precision product works in blocks of six rows).
+# Every size up to 16, where a CPU's trees live: the curve is not smooth there (fbgemm's half-precision
+# product works in blocks of six rows), and interpolating between sparser sizes hid its steps.
 SIZES = (*range(1, 17), 20, 24, 32, 48, 64, 81)
 
 

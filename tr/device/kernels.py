@@ -1,47 +1,22 @@
-"""Kernel choices: MKL's code branch, applied when `tr` is imported; tuned product layouts, a screened
-LM head and grouped attention for tree passes, applied when a model is loaded on the CPU; no cuDNN
-attention on CUDA.
+"""Kernel choices for this machine, applied by explicit calls (`configure`, `install_kernels`; `load_model`
+makes both), never on import.
 
-Intel's MKL picks a conservative code path on AMD processors, and its small-row products (a forward
-over a few tree tokens) then cost nearly as much per row as separate one-row products. Pinning MKL's
-code branch (`MKL_CBWR`) to the widest vector extension the CPU has flattens that curve: measured on a
-2-core AMD EPYC with AVX2, an MLP projection over 8 rows went from 310 to 220 us while one row stayed
-at about 120 us. The setting is process-wide, so plain decoding and Token Recycling run with the same
-kernels. A value the user already set is left alone.
+- MKL's code branch (`configure`): MKL picks a conservative path on AMD processors, where small-row
+  products (a tree pass) then cost nearly as much per row as separate one-row products; pinning
+  `MKL_CBWR` to the widest extension the CPU has flattens that. Process-wide, so every decoder gets it; a
+  value the user set is left alone.
+- Tuned product layouts (`tune`, `CpuLinear`): each float32 weight product can be one of three BLAS
+  calls, and the fastest depends on the weight's shape and the row count; tuned once per machine and
+  cached, then followed by every decoder alike (a fair baseline).
+- A screened LM head (`CpuLmHead`, `Fp16Screen`): greedy decoding reads only each row's argmax, so the
+  head screens the vocabulary with a half-precision copy of its weight and recomputes in fp32 only the
+  tokens a proven error bound cannot rule out; each row's argmax is the fp32 head's.
+- Grouped attention with a mask on the CPU (`TRANSFORMERS_SDPA_FORCE_GQA`): otherwise transformers copies
+  every key and value head once per query head for a masked (tree) pass. On CUDA a mask with grouped
+  heads takes a slower kernel, so it is set only for CPU models.
+- No cuDNN attention on CUDA: cuDNN builds a new plan for every new key length, i.e. every decoding step.
 
-Every float32 product with a weight (`nn.Linear`: the attention and MLP projections and the LM head)
-can be computed by three BLAS calls, and which is fastest depends on the weight's shape and the number
-of rows: `F.linear` as `nn.Linear` does it, the weight times the transposed rows, or the rows times a
-contiguous transposed copy of the weight. `load_model` tunes this once per CPU (`tune`, a few seconds,
-cached) for every weight shape and row count up to 8 and installs `CpuLinear` modules that follow the
-plan; both decoders and transformers' `generate` share them. On the bundled model (2-core AMD EPYC,
-AVX2) the one-row MLP products read their weights markedly faster in the tuned layouts than through
-`F.linear` (gate and up projections: rows times the transposed copy), and a plain decoding step got
-faster by more than a tree pass did, whose several rows `F.linear` already served well: a fair
-baseline made Token Recycling's ratio smaller (BENCHMARKS.md, ninth run). The LM head alone, in the
-layouts it now tunes to, had cut a whole fp32 forward pass by about 20% at every tree size.
-
-Greedy decoding reads only each row's argmax from the LM head (and, for the matrix, an approximate
-top-k). Within `tr.decoding.argmax_only`, `CpuLmHead` screens the vocabulary with a half-precision copy of the
-weight (fbgemm's fp16 product: half the memory traffic, fp32 arithmetic) and recomputes in fp32 only the
-tokens that a proven error bound cannot rule out (median 1, at most 6 per row on the bundled model), so
-every row's argmax is the fp32 head's argmax. On the bundled model (2-core AMD EPYC, AVX2) the head went
-from 6.8 to 3.6 ms for one row and 12.6 to 9.2 ms for eight. Both decoders and the benchmark's greedy
-`generate` runs use it; sampling needs every logit exact and runs without it.
-
-A tree pass carries an explicit attention mask, and with a mask transformers' SDPA attention copies
-every key and value head once per query head that shares it (`repeat_kv`) over the whole context,
-unless told that grouped-query attention is safe with a mask. On the CPU it is (torch's CPU kernel takes
-grouped heads and a mask together, with the same result): measured side by side on the bundled model,
-an 8-token pass behind 1,024 cached tokens went from 137 to 114 ms (4 tokens: 119 to 105 ms), a
-one-token pass unchanged. On CUDA a mask with grouped heads falls back to a slower kernel, so the switch
-is set only when a model is loaded on the CPU (process-wide, like MKL's branch, so every method gets it).
-
-On CUDA, torch prefers cuDNN's attention for bf16/fp16 on recent GPUs, and cuDNN builds a new execution
-plan for every new key length: a decoding loop meets a new length at every step. Measured on an H200 with
-the bundled model in bf16: our one-token loop ran at 19.8 tokens/s with cuDNN attention (1.2 ms of CPU
-per attention call) and 60.1 without it (transformers' `generate`: 54.7 and 61.2). `install_kernels`
-turns it off when a model is loaded on CUDA; flash attention takes its place.
+Measurements behind each choice are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -51,7 +26,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -163,15 +138,15 @@ class CpuLmHead(CpuLinear):
         return super().forward(hidden)
 
 
-def tune(weights: Sequence[torch.Tensor], max_rows: int = TUNED_ROWS, repeats: int = 3, letters: str = "LWT"
-         ) -> str:
+def tune(weights: Sequence[torch.Tensor], max_rows: int = TUNED_ROWS, repeats: int = 3, letters: str = "LWT",
+         timer: Callable[[], float] = time.perf_counter) -> str:
     """The fastest of the `letters` layouts for each row count 1..max_rows, for products with these
     same-shaped weights.
 
     Each timing runs over the weights in turn (as many as fill `TUNING_BYTES`), as a forward pass reads
     them, so none is still in the CPU's cache when it is read again; each is the fastest of `repeats`
     rounds, the layouts interleaved so a drifting host slows all alike. A draw within 3% keeps the
-    simpler layout (L, then W).
+    simpler layout (L, then W). `timer` is the time source (seconds): tests pass a fake one.
     """
     count = max(1, min(len(weights), TUNING_BYTES // (weights[0].numel() * weights[0].element_size())))
     weights = weights[:count]
@@ -182,10 +157,10 @@ def tune(weights: Sequence[torch.Tensor], max_rows: int = TUNED_ROWS, repeats: i
         for _ in range(repeats):
             for n in best:
                 for letter in letters:
-                    layout, begin = LAYOUTS[letter], time.perf_counter()
+                    layout, begin = LAYOUTS[letter], timer()
                     for weight, weight_t in zip(weights, transposed):
                         layout(rows[:n], weight, weight_t)
-                    best[n][letter] = min(best[n][letter], time.perf_counter() - begin)
+                    best[n][letter] = min(best[n][letter], timer() - begin)
     plan = ""
     for times in best.values():
         fastest = min(times.values())

@@ -1,0 +1,103 @@
+"""The benchmark's options as typed values: its method list and the range checks of its numbers.
+
+A ``tr`` entry's tree and start are parsed by `tr.specs` (the one grammar of run options); this module
+only splits the comma list and tells the benchmark's own methods apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from tr.matrix import MAX_K
+from tr.specs import (
+    DYNAMIC_PREFIX,
+    MAX_NEW_TOKENS,
+    MAX_TREE_NODES,
+    TREE_NAMES,
+    Start,
+    TreeSpec,
+    parse_tree,
+    parse_variant,
+    variant_name,
+)
+from tr.trees import DEFAULT_TEMPLATE
+
+
+class Kind(str, Enum):
+    AR = "ar"  # this project's autoregressive loop
+    HF = "hf"  # transformers' greedy `model.generate`
+    PLD = "pld"  # transformers' prompt lookup decoding
+    TR = "tr"  # Token Recycling, one variant per tree and start
+
+
+BASELINES = (Kind.AR, Kind.HF)  # speed-up is measured against the faster of these, per category
+KIND_NAMES = tuple(kind.value for kind in Kind)
+VARIANT_SEPARATOR = ":"  # tr:TREE:START; what follows the method is `tr.specs.parse_variant`'s grammar
+METHODS_HELP = (f"a comma list of {', '.join(KIND_NAMES)}; tr also as tr:TREE or tr:TREE:START with "
+                f"TREE one of {', '.join(TREE_NAMES)}, {DYNAMIC_PREFIX}N (N from 1 to {MAX_TREE_NODES}) or a "
+                f"JSON list of paths, and START one of {', '.join(s.value for s in Start)}")
+
+
+@dataclass(frozen=True)
+class BenchMethod:
+    """One benchmarked method; a Token Recycling variant carries its tree and start."""
+
+    kind: Kind
+    tree: TreeSpec | None = None  # TR only
+    start: Start = Start.HOT  # TR only
+
+    @property
+    def name(self) -> str:
+        """How the method is written in the JSON, the table and the progress bar."""
+        return variant_name(self.tree, self.start) if self.kind is Kind.TR else self.kind.value
+
+
+@dataclass(frozen=True)
+class Template:
+    """``--template`` as given: tree text (a JSON file's contents) and the name a plain ``tr`` gets from it."""
+
+    text: str = DEFAULT_TEMPLATE
+    label: str = DEFAULT_TEMPLATE
+
+    def tree(self, k: int) -> TreeSpec:
+        return parse_tree(self.text, k, label=self.label)
+
+
+def parse_method(entry: str, k: int, template: Template, start: Start) -> BenchMethod:
+    """One entry of the comma list; a ``tr`` variant's missing tree and start come from `template` and `start`."""
+    if entry == Kind.TR:
+        return BenchMethod(Kind.TR, template.tree(k), start)
+    if entry in KIND_NAMES:
+        return BenchMethod(Kind(entry))
+    if entry.partition(VARIANT_SEPARATOR)[0] == Kind.TR:  # only tr takes a variant
+        return BenchMethod(Kind.TR, *parse_variant(entry, k, tree=template.text, start=start))
+    raise ValueError(f"unknown method {entry!r}: use {METHODS_HELP}")
+
+
+def parse_methods(text: str, k: int, template: Template = Template(), start: Start = Start.HOT
+                  ) -> list[BenchMethod]:
+    """A comma list of methods, in the order given, without repeats (two entries naming the same variant,
+    such as ``tr`` and ``tr:TREE:hot``, run once)."""
+    methods: dict[str, BenchMethod] = {}
+    for entry in (part.strip() for part in text.split(",")):
+        if entry:
+            method = parse_method(entry, k, template, start)
+            methods.setdefault(method.name, method)
+    if not methods:
+        raise ValueError(f"no methods given: use {METHODS_HELP}")
+    return list(methods.values())
+
+
+def check_numbers(max_new_tokens: int, k: int, pld_tokens: int, warmup: int, repeats: int = 1) -> None:
+    """Range checks done before the model loads; the decoders repeat them, but only after the slow load."""
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens}")
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"--k must be from 1 to {MAX_K}, got {k}")
+    if pld_tokens < 1:
+        raise ValueError(f"--pld-tokens must be at least 1, got {pld_tokens}")
+    if warmup < 0:
+        raise ValueError(f"--warmup must be 0 or more, got {warmup}")
+    if repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {repeats}")
