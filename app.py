@@ -22,10 +22,11 @@ from tr.costs import LearnedCost
 from tr.device.calibrate import calibrate
 from tr.device.model import BUNDLED, DTYPES, ModelLoadError, load_model
 from tr.device.primed import describe_primed
+from webapp.downloads import Downloads
 from webapp.layout import build_demo
 from webapp.runner import prepare_zero_gpu, race_runner
+from webapp.session import STATE_SESSIONS
 
-STATE_SESSIONS = 200  # each session holds a vocab x k matrix (~3 MB for SmolLM2): bound how many are kept
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 
 
@@ -80,14 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     # The device's verification cost, measured once per model, device, dtype and kernel settings and then
     # read from disk. A ZeroGPU main process has no GPU to measure on: the first race measures it there.
     costs = None if zero_gpu else LearnedCost(calibrate(lm.model, lm.name))
+    downloads = Downloads()
     demo = build_demo(lm, costs, race_runner(lm), model_note=" (ZeroGPU: a GPU is attached for each run)"
-                      if zero_gpu else "")
+                      if zero_gpu else "", downloads=downloads)
     print(f"Serving on http://{host}:{port}", flush=True)
     try:
         demo.launch(server_name=host, server_port=port, share=args.share, state_session_capacity=STATE_SESSIONS)
     except OSError as err:  # e.g. the port is taken
         print(f"error: could not start the web server on {host}:{port}: {err}", file=sys.stderr)
         return 1
+    finally:
+        downloads.close()
     return 0
 
 

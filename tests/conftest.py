@@ -88,16 +88,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+APP_DOWNLOADS = {}  # app URL -> its `webapp.downloads.Downloads`
+
+
 def launch_app(lm: LoadedModel):
     """The app on `lm`, launched in this process as app.py would, on a free port: (demo, port)."""
     from tr.costs import LearnedCost  # gradio is slow to import: only the tests that launch the app pay for it
     from tr.device.calibrate import calibrate
+    from webapp.downloads import Downloads
     from webapp.layout import build_demo
     from webapp.runner import race_runner
 
-    port = free_port()
-    demo = build_demo(lm, LearnedCost(calibrate(lm.model, lm.name)), race_runner(lm))
+    port, downloads = free_port(), Downloads()
+    demo = build_demo(lm, LearnedCost(calibrate(lm.model, lm.name)), race_runner(lm), downloads=downloads)
     demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    APP_DOWNLOADS[f"http://127.0.0.1:{port}/"] = downloads
     return demo, port
 
 
@@ -105,5 +110,7 @@ def launch_app(lm: LoadedModel):
 def app_url(tiny_model_dir):
     """The app on the tiny model, launched in this process on a free port; its URL."""
     demo, port = launch_app(load_model(str(tiny_model_dir)))
-    yield f"http://127.0.0.1:{port}/"
+    url = f"http://127.0.0.1:{port}/"
+    yield url
     demo.close()
+    APP_DOWNLOADS.pop(url).close()

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tr.drafts import TemplateDrafter
+from tr.specs import parse_tree
 from tr.generate import decode_steps, generate
 from tr.matrix import AdjacencyMatrix
 from tr.device.model import ModelLoadError, load_model
-from tr.trees import DraftTree, best_first_template
 
 MAX_NEW = 32
 TEMPLATES = ("paper-80", "small-16", "tiny-8")
@@ -28,14 +27,14 @@ def spread_over_categories(questions: list[dict], count: int) -> list[dict]:
 
 def test_recycling_is_lossless_on_spec_bench(real_lm, spec_bench_questions):
     matrix = AdjacencyMatrix(real_lm.vocab_size)
-    drafters = [TemplateDrafter(DraftTree.from_paths(best_first_template(name, 8))) for name in TEMPLATES]
+    trees = [parse_tree(name, 8) for name in TEMPLATES]
     questions = spread_over_categories(spec_bench_questions, 10)
     assert len({q["category"] for q in questions}) == 10
     drafts = 0
     for i, q in enumerate(questions):
-        prompt, drafter = q["turns"][0], drafters[i % len(drafters)]
+        prompt, tree = q["turns"][0], trees[i % len(trees)]
         plain = generate(real_lm, prompt, "ar", max_new_tokens=MAX_NEW)
-        recycled = generate(real_lm, prompt, "tr", max_new_tokens=MAX_NEW, matrix=matrix, drafter=drafter)
+        recycled = generate(real_lm, prompt, "tr", max_new_tokens=MAX_NEW, matrix=matrix, tree=tree)
         assert recycled.token_ids == plain.token_ids, f"question {q['question_id']} ({q['category']})"
         assert recycled.text == plain.text
         drafts += sum(s.accepted_drafts for s in recycled.steps)

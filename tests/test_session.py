@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from pathlib import Path
 
 import pytest
 
@@ -85,17 +84,12 @@ def test_a_stopped_race_ends_without_a_last_chunk(tiny_lm):
     assert chunks == []
 
 
-def test_history_is_bounded_and_the_download_goes_with_the_session(tiny_lm):
+def test_history_is_bounded(tiny_lm):
     session = Session()
     run, _ = race(tiny_lm, session, SETTINGS)
     for _ in range(HISTORY_LIMIT + 5):
         session.remember(run)
     assert len(session.history) == HISTORY_LIMIT
-    path = Path(session.write_download(tiny_lm, run))
-    assert json.loads(path.read_text())["run"] == 1
-    assert session.write_download(tiny_lm, run) == str(path)  # one file per session, overwritten
-    session.forget()
-    assert not path.exists()
 
 
 @pytest.mark.parametrize("custom, reason", [

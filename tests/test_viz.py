@@ -263,7 +263,8 @@ def test_token_lookup_reads_a_word_or_an_id():
     assert "Candidates after" in lookup("one") and "is 2 tokens" not in lookup("one")
     assert "is 2 tokens; showing the first" in lookup("one two")
     assert "has not been written yet" in lookup("#9") and "(id 9)" in lookup("#9")
-    assert "outside the vocabulary (0..9)" in lookup("#10")
+    for bad in ("#10", "#" + "9" * 5000, "#²", "#-1", "#"):  # int() of the first two would raise
+        assert "# followed by a whole number from 0 to 9" in lookup(bad)
     assert "no tokens" in viz.token_lookup_html("x", 10, lambda t: [], rows.get, nasty_text)
 
 

@@ -11,11 +11,11 @@ import importlib
 
 _EXPORTS = {
     "AdjacencyMatrix": "matrix", "BUILTIN_TEMPLATES": "trees", "DEFAULT_TEMPLATE": "trees", "DraftTree": "trees",
-    "TreeError": "trees", "load_template": "trees", "Draft": "records", "DynamicDrafter": "drafts",
+    "TreeError": "trees", "Draft": "records", "DynamicDrafter": "drafts",
     "TemplateDrafter": "drafts", "autoregressive": "decoding", "token_recycling": "decoding", "race": "race",
     "GREEDY": "sampling", "Sampling": "sampling", "Step": "records", "Stats": "records", "summarize": "records",
-    "token_ids": "records", "first_divergence": "records", "AUTO": "generate", "AUTO_NO_LOOKUP": "generate",
-    "METHODS": "generate", "START_MODES": "generate", "Generation": "generate", "decode_steps": "generate",
+    "token_ids": "records", "first_divergence": "records", "Method": "specs", "Start": "specs", "TreeSpec": "specs",
+    "parse_tree": "specs", "parse_start": "specs", "Generation": "generate", "decode_steps": "generate",
     "generate": "generate", "make_drafter": "generate", "BUNDLED": "device.model", "LoadedModel": "device.model",
     "ModelLoadError": "device.model", "load_model": "device.model",
 }

@@ -72,21 +72,27 @@ def decode_steps(
     max_new_tokens: int = 128,
     sampling: Sampling = GREEDY,
     matrix: AdjacencyMatrix | None = None,
-    drafter: Drafter | None = None,
+    tree: TreeSpec | None = None,
     start: Start = Start.HOT,
+    costs: CostCurve | LearnedCost | None = None,
 ) -> Iterator[Step]:
     """Step records of one method on one prompt; `matrix` persists across calls unless `start` is cold.
-    `drafter` comes from `make_drafter`; by default the paper's template."""
+    `tree` is the draft tree (by default the paper's template); `costs` the device's cost curve for trees
+    sized by cost (see `make_drafter`)."""
     method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
     if method is Method.AR:
         return autoregressive(lm.model, prompt_ids, max_new_tokens, sampling, lm.eos_ids)
     matrix = matrix or AdjacencyMatrix(lm.vocab_size)
+    tree = tree or default_tree(matrix.k)
+    if tree.k > matrix.k:
+        raise ValueError(f"the tree {tree.label!r} uses candidate ranks up to k={tree.k}, but the matrix keeps "
+                         f"k={matrix.k} per row: parse the tree with k={matrix.k}")
+    drafter = make_drafter(lm, tree, costs, prompt_ids=prompt_ids)
     if start is Start.PRIMED:
         matrix.fill_from(load_primed(lm, matrix.k))
     if start is Start.COLD:
         matrix.reset()
-    drafter = drafter or make_drafter(lm, default_tree(matrix.k), prompt_ids=prompt_ids)
     return token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, sampling, lm.eos_ids,
                            seed_from_prompt=start is Start.SEEDED)
 

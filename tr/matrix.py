@@ -29,7 +29,7 @@ MAX_PAIRS = 1 << 18  # pair rows kept (about 100 MB of Python lists at k=8); the
 
 
 class AdjacencyMatrix:
-    def __init__(self, vocab_size: int, k: int = 8):
+    def __init__(self, vocab_size: int, k: int = 8, max_pairs: int = MAX_PAIRS):
         if not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         if vocab_size < k:
@@ -43,6 +43,7 @@ class AdjacencyMatrix:
         # Rows keyed by two tokens: what the model predicted after `b` when `b` followed `a`. A second
         # order of the same recycling, which the dynamic drafter prefers where it has one.
         self.pairs: dict[tuple[int, int], tuple[list[int], list[float]]] = {}
+        self.max_pairs = max_pairs
         self.stats = AcceptanceStats(k)
 
     def reset(self) -> None:
@@ -104,15 +105,16 @@ class AdjacencyMatrix:
 
     def fill_from(self, other: AdjacencyMatrix) -> int:
         """Copy into every row still empty here the row `other` has, and the pair rows this matrix
-        lacks (as its oldest, the first to go); rows already written here are fresher and stay.
-        Returns how many rows it filled."""
+        lacks, its latest as many as fit under `max_pairs` (as this matrix's oldest, the first to go);
+        rows already written here are fresher and stay. Returns how many rows it filled."""
         if other.vocab_size != self.vocab_size or other.k != self.k:
             raise ValueError("fill_from needs a matrix of the same vocabulary size and k")
         rows = (other.filled & ~self.filled).nonzero().flatten()
         self.table[rows], self.probs[rows], self.filled[rows] = other.table[rows], other.probs[rows], True
-        missing = {key: (list(row), list(p)) for key, (row, p) in other.pairs.items() if key not in self.pairs}
-        if missing:
-            self.pairs = {**missing, **self.pairs}
+        missing = [(key, (list(row), list(p))) for key, (row, p) in other.pairs.items() if key not in self.pairs]
+        room = max(self.max_pairs - len(self.pairs), 0)
+        if missing and room:
+            self.pairs = {**dict(missing[-room:]), **self.pairs}
         return len(rows)
 
     def write(self, tokens: list[int], logits: torch.Tensor, previous: list[int] | None = None) -> list[RowWrite]:
@@ -147,6 +149,6 @@ class AdjacencyMatrix:
             if before >= 0:
                 self.pairs.pop((before, token), None)  # re-insert: the dict's order is last-written order
                 self.pairs[(before, token)] = (row, p)
-        if len(self.pairs) > MAX_PAIRS:  # forget the least recently written quarter
-            for key in list(itertools.islice(self.pairs, MAX_PAIRS // 4)):
+        if len(self.pairs) > self.max_pairs:  # forget the least recently written quarter
+            for key in list(itertools.islice(self.pairs, len(self.pairs) - self.max_pairs * 3 // 4)):
                 del self.pairs[key]

@@ -15,6 +15,9 @@ from enum import Enum
 from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError, best_first_template, validate_paths
 
 MAX_NEW_TOKENS = 1024  # new tokens per request, everywhere (library, app, benchmark)
+# Prompt tokens per request where strangers send them (the app, its API, the benchmark's prompt files):
+# reading the longest such prompt (the prefill, which a Stop cannot interrupt) stays short on a small CPU.
+MAX_PROMPT_TOKENS = 2048
 MAX_TREE_NODES = 256  # draft nodes of any tree: one verification pass stays a bounded amount of work
 MAX_TREE_JSON_CHARS = 20_000
 CUSTOM_EXAMPLE = "[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]]"
@@ -93,6 +96,12 @@ def parse_tree(text: str, k: int, label: str = "custom") -> TreeSpec:
     except json.JSONDecodeError as err:
         raise TreeError(f"the tree is not valid JSON: {err}") from None
     return _template(label, paths, k)
+
+
+def check_prompt_tokens(count: int) -> None:
+    """Raise ValueError, with the limit and the count, for a prompt of more than MAX_PROMPT_TOKENS tokens."""
+    if count > MAX_PROMPT_TOKENS:
+        raise ValueError(f"the prompt is too long: {count:,} tokens, at most {MAX_PROMPT_TOKENS:,} are accepted")
 
 
 def default_tree(k: int) -> TreeSpec:

@@ -1,4 +1,4 @@
-"""Figures and HTML built from decoding step records (`tr.decoding.Step`): the draft tree of a step,
+"""Figures and HTML built from decoding step records (`tr.records.Step`): the draft tree of a step,
 the matrix rows it rewrote, charts over whole runs and the generated text banded by step.
 
 Pure functions of their inputs: no model, no UI framework; plotly and networkx only.

@@ -92,13 +92,16 @@ def token_lookup_html(text: str | None, vocab_size: int, encode: Callable[[str],
     text = (text or "").strip()
     if not text:
         return f'<p style="{NOTE_STYLE}">Type a word (or <code>#id</code> for a token id) to see its row.</p>'
-    note = ""
-    if text.startswith("#") and text[1:].isdigit():
-        token = int(text[1:])
-        if token >= vocab_size:
-            return f'<p style="{NOTE_STYLE}">Token id {token} is outside the vocabulary (0..{vocab_size - 1}).</p>'
+    note, text = "", text[:200]  # only the first token matters
+    if text.startswith("#"):
+        digits = text[1:]
+        # ASCII digits only (int() rejects some characters isdigit() accepts), and few of them.
+        if not (digits.isascii() and digits.isdigit()) or int(digits[:12]) >= vocab_size:
+            return (f'<p style="{NOTE_STYLE}">A token id is # followed by a whole number from 0 to '
+                    f'{vocab_size - 1}.</p>')
+        token = int(digits)
     else:
-        ids = encode(text[:200])  # only the first token matters
+        ids = encode(text)
         if not ids:
             return f'<p style="{NOTE_STYLE}">That text has no tokens.</p>'
         token = ids[0]

@@ -1,15 +1,21 @@
 """The app's event handlers: each takes a session and named values and returns views by name.
 
 The Run button's path: `parse_settings` checks the request; the prompt is encoded and checked against
-the model's room; `webapp.runner` races both decoders beside the model and hands back chunks of step
-records; each chunk is added to the session's run and rendered (throttled: rendering costs the CPU the
-race runs on). The last chunk brings back the session's matrix and the device's corrected cost curve.
+the token limit and the model's room; the session is handed back to the page at once (so Stop reaches
+the run from its first instant); `webapp.runner` races both decoders beside the model and hands back
+chunks of step records; each chunk is added to the session's run and rendered (throttled: rendering
+costs the CPU the race runs on). The last chunk brings back the session's matrix and the device's
+corrected cost curve.
+
+Rejected input gets a one-line message and one line in the log. Anything unexpected is logged once with
+its traceback under a short id, and the visitor sees that id.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,9 +25,10 @@ from tr.device.primed import find_primed
 from tr.generate import check_request
 
 from . import views
+from .downloads import Downloads
 from .runner import CHUNK_S, Runner
 from .session import Session
-from .settings import parse_settings
+from .settings import parse_lookup, parse_prompt_ids, parse_settings, parse_step
 
 log = logging.getLogger("token-recycling-app")
 
@@ -45,25 +52,49 @@ class Pacer:
         return True
 
 
+def rejected(err: ValueError) -> str:
+    """The visitor's message for rejected input, logged in one line."""
+    message = str(err)
+    log.info("rejected: %s", message.splitlines()[0][:300])
+    return message
+
+
+def unexpected(err: Exception, what: str) -> str:
+    """Log the traceback once under a new id; the visitor's message, with that id."""
+    error_id = uuid.uuid4().hex[:8]
+    log.error("error %s in %s", error_id, what, exc_info=err)
+    return f"something went wrong ({type(err).__name__}, error id {error_id}); the app is still running"
+
+
+def parse_lookup_or_none(text: Any) -> str:
+    """The lookup box beside another action: a bad value only empties the lookup view."""
+    try:
+        return parse_lookup(text)
+    except ValueError as err:
+        rejected(err)
+        return ""
+
+
 class Handlers:
     """The handlers of one app: its model, the device's cost curve (shared by every session: it is the
-    device's, and every run's steps correct it) and where races run."""
+    device's, and every run's steps correct it), where races run and where downloads are written."""
 
-    def __init__(self, lm: LoadedModel, costs: LearnedCost | None, runner: Runner):
-        self.lm, self.costs, self.runner = lm, costs, runner
+    def __init__(self, lm: LoadedModel, costs: LearnedCost | None, runner: Runner, downloads: Downloads):
+        self.lm, self.costs, self.runner, self.downloads = lm, costs, runner, downloads
 
-    def run(self, session: Session | None, values: dict[str, Any], lookup_text: str | None) -> Iterator[dict]:
+    def run(self, session: Session | None, values: dict[str, Any], lookup_text: Any) -> Iterator[dict]:
         """The Run button: race both decoders, streaming throttled updates, then render everything."""
         session = session or Session()
         try:
-            settings = parse_settings(values)
-            prompt_ids = self.lm.encode(settings.prompt)
+            settings, lookup_text = parse_settings(values), parse_lookup(lookup_text)
+            prompt_ids = parse_prompt_ids(self.lm.encode(settings.prompt))
             check_request(self.lm, prompt_ids, settings.max_new_tokens)
         except ValueError as err:  # every message here is written for the visitor
-            yield views.failure(str(err)) | {"session": session}
+            yield views.failure(rejected(err)) | {"session": session}
             return
         matrix, replaced = session.matrix_for(self.lm.vocab_size, settings.k)
         run = session.begin(settings, self.costs.curve if self.costs else None)
+        yield {"message": "Running…", "session": session}  # the page holds the session, and Stop reaches it
         note = f" (k changed: this run started a fresh matrix with k={settings.k})" if replaced else ""
         begin = time.perf_counter()
         tree_pacer, chart_pacer, budget = Pacer(TREE_EVERY_S), Pacer(CHARTS_EVERY_S), [CHUNK_S]
@@ -82,24 +113,22 @@ class Handlers:
                 # Rendering costs real time on a small CPU: keep it (and sending) under a third of the wall
                 # time, so the live view never slows the race down more than it must.
                 budget[0] = max(CHUNK_S, 2 * (time.perf_counter() - rendering))
+            if run.stopped:  # the Stop handler has already shown what the run got to
+                return
+            run.wall_s, run.finished = time.perf_counter() - begin, True
+            session.remember(run)
+            session.download_path = self.downloads.write(run.record(self.lm), replaces=session.download_path)
+            message = (f"Done{note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for both "
+                       "decoders together (each side's own compute time is in the table).")
+            yield views.final_views(self.lm, session, lookup_text, message) | {"session": session}
         except Exception as err:  # a bug or e.g. out of memory: keep serving, keep the traceback in the log
-            log.exception("run %d failed", run.number)
             run.stopped = True
-            yield views.failure(f"the run failed ({type(err).__name__}: {err}); the app is still running") | {
-                "session": session}
-            return
-        if run.stopped:  # the Stop handler has already shown what the run got to
-            return
-        run.wall_s, run.finished = time.perf_counter() - begin, True
-        session.remember(run)
-        message = (f"Done{note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for both "
-                   "decoders together (each side's own compute time is in the table).")
-        yield views.final_views(self.lm, session, lookup_text, message) | {"session": session}
+            yield views.failure(unexpected(err, f"run {run.number}")) | {"session": session}
 
-    def stop(self, session: Session | None, lookup_text: str | None) -> dict:
+    def stop(self, session: Session | None, lookup_text: Any) -> dict:
         """The Stop button: flag the run to stop at its next step (gradio also cancels the event, but only
         between updates) and show at once what it got to."""
-        session = session or Session()
+        session, lookup_text = session or Session(), parse_lookup_or_none(lookup_text)
         run = session.run
         if run is None or run.finished or run.stopped:
             return {"message": "Nothing is running.", "session": session}
@@ -107,19 +136,30 @@ class Handlers:
         session.remember(run)
         return views.final_views(self.lm, session, lookup_text, f"Stopped run {run.number}.") | {"session": session}
 
-    def reset(self, session: Session | None, lookup_text: str | None) -> dict:
+    def reset(self, session: Session | None, lookup_text: Any) -> dict:
         """Reset matrix: forget every row this session learned (the next run starts cold, or primed)."""
-        session = session or Session()
+        session, lookup_text = session or Session(), parse_lookup_or_none(lookup_text)
         if session.matrix is not None:
             session.matrix.reset()
         primed = find_primed(self.lm) is not None
         note = " A primed start fills the empty rows from the primed matrix again." if primed else ""
         return {"message": "Matrix reset: every row is empty again." + note,
-                "matrix_info": views.matrix_info(session),
-                "lookup": views.lookup_html(self.lm, session, lookup_text), "session": session}
+                "matrix_info": views.matrix_info(session), "lookup": self.lookup(session, lookup_text)["lookup"],
+                "session": session}
 
-    def lookup(self, session: Session | None, text: str | None) -> dict:
-        return {"lookup": views.lookup_html(self.lm, session or Session(), text)}
+    def lookup(self, session: Session | None, text: Any) -> dict:
+        try:
+            return {"lookup": views.lookup_html(self.lm, session or Session(), parse_lookup(text))}
+        except ValueError as err:
+            return {"lookup": views.note_html(rejected(err))}
 
     def show_step(self, session: Session | None, index: Any) -> dict:
-        return views.step_views(self.lm, session or Session(), index)
+        try:
+            return views.step_views(self.lm, session or Session(), parse_step(index))
+        except ValueError as err:
+            return {"rows": views.note_html(rejected(err))}
+
+    def forget(self, session: Session | None) -> None:
+        """Gradio drops a closed session's state after a while: remove its download with it."""
+        if session is not None:
+            self.downloads.remove(session.download_path)

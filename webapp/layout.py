@@ -7,6 +7,7 @@ only orders, and every handler returns a dict of views by name. Each browser ses
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Callable, Iterator
@@ -23,7 +24,9 @@ from tr.matrix import MAX_K
 from tr.specs import CUSTOM_EXAMPLE, MAX_NEW_TOKENS, Start
 from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, howto_charts
 
-from .handlers import Handlers
+from . import views
+from .downloads import Downloads
+from .handlers import Handlers, unexpected
 from .runner import Runner
 from .session import NAMES, Session
 from .settings import CUSTOM, DECODING, FIELDS, TEMPLATES
@@ -162,19 +165,33 @@ def charts_panel(lm: LoadedModel, v: dict[str, Any]) -> None:
     v["history"] = gr.Markdown(viz.history_markdown([]), elem_classes="history")
 
 
-def forget(session: Session | None) -> None:
-    """Gradio drops a closed session's state after a while: remove its download file with it."""
-    if session is not None:
-        session.forget()
+def guarded(fn: Callable[..., dict], what: str, names: tuple[str, ...]) -> Callable[..., Any]:
+    """A handler returning views by name, in the order of `names`; anything unexpected is logged once
+    with an id and shown in the first view (a message or a note)."""
+
+    @functools.wraps(fn)  # the API shows the handler's own parameter names
+    def call(*args: Any) -> Any:
+        try:
+            values = ordered(fn(*args), names)
+        except Exception as err:
+            message = unexpected(err, what)
+            first = views.failure(message) if names[0] == "message" else {names[0]: views.note_html(message)}
+            values = ordered(first, names)
+        return values[0] if len(names) == 1 else values
+
+    return call
 
 
-def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model_note: str = "") -> gr.Blocks:
+def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model_note: str = "",
+               downloads: Downloads | None = None) -> gr.Blocks:
     """The whole app on an already loaded model. `costs` is the device's cost curve (None: measured by
     the first run, as on ZeroGPU); `runner` is where races run (`webapp.runner.race_runner`)."""
-    handlers = Handlers(lm, costs, runner)
-    # delete_cache: gradio keeps a copy of every download; drop copies older than an hour, hourly.
-    with App(title="Token Recycling, live", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        v: dict[str, Any] = {"session": gr.State(None, delete_callback=forget)}  # views by name
+    handlers = Handlers(lm, costs, runner, downloads or Downloads())
+    # delete_cache: gradio serves a copy of every download from its cache; drop copies older than the
+    # app's own files, as often.
+    cache_s = int(handlers.downloads.max_age_s)
+    with App(title="Token Recycling, live", analytics_enabled=False, delete_cache=(cache_s, cache_s)) as demo:
+        v: dict[str, Any] = {"session": gr.State(None, delete_callback=handlers.forget)}  # views by name
         gr.Markdown(f"# Token Recycling, live\nModel `{lm.name}` on `{lm.device}`{model_note}; "
                     f"{describe_primed(lm)}.", elem_classes="title")
         gr.Markdown(ABOUT, elem_classes="intro")
@@ -196,26 +213,28 @@ def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model
 
 def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict[str, gr.Button],
          reset_button: gr.Button, lookup_text: gr.Textbox) -> None:
-    """Every event, its inputs and outputs by name."""
+    """Every event, its inputs and outputs by name. `preprocess=False` everywhere: the values arrive as
+    sent, and `webapp.settings` checks each one (Gradio's own checks would answer an API client with a
+    generic error and log a traceback)."""
     outputs = [v[name] for name in OUTPUTS]
 
     def run(state: Session | None, *values: Any) -> Iterator[tuple]:
         *settings, lookup = values
-        for views in handlers.run(state, dict(zip(FIELDS, settings)), lookup):
-            yield ordered(views)
+        for views_by_name in handlers.run(state, dict(zip(FIELDS, settings)), lookup):
+            yield ordered(views_by_name)
 
     # One race on the model at a time, across all sessions; the bounded queue holds the rest.
     run_event = buttons["run"].click(api(run, ("state", *FIELDS, "lookup")), [v["session"], *(w[n] for n in FIELDS),
                                      lookup_text], outputs, api_name="run", concurrency_limit=1,
-                                     concurrency_id="model", show_progress="minimal")
-    buttons["stop"].click(lambda state, text: ordered(handlers.stop(state, text)), [v["session"], lookup_text],
-                          outputs, cancels=[run_event], api_name="stop", queue=False)
+                                     concurrency_id="model", show_progress="minimal", preprocess=False)
+    buttons["stop"].click(guarded(handlers.stop, "stop", OUTPUTS), [v["session"], lookup_text], outputs,
+                          cancels=[run_event], api_name="stop", queue=False, preprocess=False)
     reset_outputs = ("message", "matrix_info", "lookup", "session")
-    reset_button.click(lambda state, text: ordered(handlers.reset(state, text), reset_outputs),
-                       [v["session"], lookup_text], [v[n] for n in reset_outputs], api_name="reset_matrix")
-    lookup_text.submit(lambda state, text: handlers.lookup(state, text)["lookup"], [v["session"], lookup_text],
-                       v["lookup"], api_name="lookup")
+    reset_button.click(guarded(handlers.reset, "reset", reset_outputs), [v["session"], lookup_text],
+                       [v[n] for n in reset_outputs], api_name="reset_matrix", preprocess=False)
+    lookup_text.submit(guarded(handlers.lookup, "lookup", ("lookup",)), [v["session"], lookup_text], [v["lookup"]],
+                       api_name="lookup", preprocess=False)
     step_outputs = ("tree", "why", "rows")
-    v["slider"].input(lambda state, index: ordered(handlers.show_step(state, index), step_outputs),
-                      [v["session"], v["slider"]], [v[n] for n in step_outputs], api_name="show_step",
-                      trigger_mode="always_last", show_progress="hidden")
+    v["slider"].input(guarded(handlers.show_step, "show_step", step_outputs), [v["session"], v["slider"]],
+                      [v[n] for n in step_outputs], api_name="show_step", trigger_mode="always_last",
+                      show_progress="hidden", preprocess=False)

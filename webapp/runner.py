@@ -12,6 +12,7 @@ its result. Elsewhere nothing of `spaces` is imported and the race runs in this 
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 import os
@@ -25,7 +26,7 @@ import torch
 from tr.costs import LearnedCost
 from tr.device.calibrate import calibrate
 from tr.device.model import LoadedModel
-from tr.generate import decode_steps, make_drafter
+from tr.generate import decode_steps
 from tr.matrix import AdjacencyMatrix
 from tr.race import race
 from tr.records import Step
@@ -64,6 +65,14 @@ def prepare_zero_gpu() -> bool:
     return True
 
 
+def _release_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them after a long prompt's activations)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _warm_up(lm: LoadedModel) -> None:
     """One untimed pass, so a freshly attached GPU's start-up cost is charged to neither decoder."""
     if lm.device.type == "cuda":
@@ -82,7 +91,7 @@ def race_chunks(lm: LoadedModel, settings: Settings, prompt_ids: list[int], matr
     runners = {
         "ar": decode_steps(lm, prompt_ids, Method.AR, settings.max_new_tokens, settings.sampling),
         "tr": decode_steps(lm, prompt_ids, Method.TR, settings.max_new_tokens, settings.sampling, matrix,
-                           make_drafter(lm, settings.tree, costs, prompt_ids=prompt_ids), settings.start),
+                           settings.tree, settings.start, costs),
     }
     events, finished = race(runners), False
     while not finished:
@@ -98,6 +107,8 @@ def race_chunks(lm: LoadedModel, settings: Settings, prompt_ids: list[int], matr
             return
         if not finished:
             yield chunk
+    del events, runners  # the decoders' caches and activations
+    _release_memory()
     yield Chunk(chunk.steps, done=True, matrix=matrix, costs=costs)
 
 

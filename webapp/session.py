@@ -7,11 +7,7 @@ as plain records); a `Run` only collects what arrives.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tr.costs import CostCurve
@@ -25,6 +21,11 @@ PAPER = ("Luo et al., Turning Trash into Treasure: Accelerating Inference of Lar
          "Token Recycling, ACL 2025, arXiv 2408.08696")
 NAMES = {"ar": "Autoregressive (plain decoding)", "tr": "Token Recycling"}
 HISTORY_LIMIT = 20
+# What the app keeps per visitor, bounded: Gradio keeps at most STATE_SESSIONS sessions (the oldest go
+# first), each with one matrix whose pair rows stop at SESSION_PAIRS (`python -m tools.load sessions`
+# measures the worst case; README.md states it).
+STATE_SESSIONS = 32
+SESSION_PAIRS = 1 << 15  # above the shipped primed matrix's 22,929 pair rows, so a primed start keeps them all
 
 
 @dataclass
@@ -98,14 +99,14 @@ class Session:
     run: Run | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     runs: int = 0
-    download_path: str | None = None
+    download_path: str | None = None  # the latest run's record (`webapp.downloads`)
 
     def matrix_for(self, vocab_size: int, k: int) -> tuple[AdjacencyMatrix, bool]:
         """The session's matrix for this k, and whether an older one (with another k) was replaced."""
         if self.matrix is not None and self.matrix.k == k:
             return self.matrix, False
         replaced = self.matrix is not None
-        self.matrix = AdjacencyMatrix(vocab_size, k)
+        self.matrix = AdjacencyMatrix(vocab_size, k, max_pairs=SESSION_PAIRS)
         return self.matrix, replaced
 
     def begin(self, settings: Settings, curve: CostCurve | None) -> Run:
@@ -125,16 +126,3 @@ class Session:
             "identical": ("yes" if run.difference() is None else "no") + (" so far (stopped)" if run.stopped else ""),
         })
         del self.history[:-HISTORY_LIMIT]
-
-    def write_download(self, lm: LoadedModel, run: Run) -> str:
-        """Write the run's JSON to this session's own file (overwritten each run, so files do not pile up)."""
-        if self.download_path is None:
-            handle, self.download_path = tempfile.mkstemp(prefix="token-recycling-run-", suffix=".json")
-            os.close(handle)
-        Path(self.download_path).write_text(json.dumps(run.record(lm)))
-        return self.download_path
-
-    def forget(self) -> None:
-        """Remove the download file (the session is being dropped)."""
-        if self.download_path:
-            Path(self.download_path).unlink(missing_ok=True)

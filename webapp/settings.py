@@ -14,12 +14,17 @@ from typing import Any
 
 from tr.matrix import MAX_K
 from tr.sampling import Sampling
-from tr.specs import MAX_NEW_TOKENS, TREE_NAMES, Start, TreeSpec, parse_start, parse_tree
+from tr.specs import (
+    MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TREE_NAMES, Start, TreeSpec, check_prompt_tokens, parse_start, parse_tree,
+)
 
 CUSTOM = "custom JSON"
 TEMPLATES = (*TREE_NAMES, CUSTOM)  # the first, auto, is the default
 DECODING = ("greedy", "sampling")
-MAX_PROMPT_CHARS = 8000
+# A cheap bound before the tokenizer runs: no tokenizer makes fewer than one token per 32 characters of
+# text a visitor types, so a longer text cannot be under the token limit.
+MAX_PROMPT_CHARS = 32 * MAX_PROMPT_TOKENS
+MAX_LOOKUP_CHARS = 200
 # The race's fields, in the order the API lists them.
 FIELDS = ("prompt", "max_new_tokens", "template", "custom_json", "k", "decoding", "temperature", "top_p", "seed",
           "start")
@@ -89,7 +94,8 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("The prompt is empty: type some text or pick one of the examples.")
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"The prompt is too long: {len(prompt):,} characters, at most {MAX_PROMPT_CHARS:,}.")
+        raise ValueError(f"The prompt is too long: {len(prompt):,} characters is far more than the "
+                         f"{MAX_PROMPT_TOKENS:,} tokens accepted.")
     k = _whole("k", values["k"], 1, MAX_K)
     template = _choice("Draft tree", values["template"], TEMPLATES)
     custom = values["custom_json"] if isinstance(values["custom_json"], str) else ""
@@ -101,3 +107,23 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
         sampling=_sampling(values),
         start=parse_start(_choice("Start", values["start"], tuple(s.value for s in Start))),
     )
+
+
+def parse_prompt_ids(ids: list[int]) -> list[int]:
+    """The encoded prompt, within the token limit."""
+    check_prompt_tokens(len(ids))
+    return ids
+
+
+def parse_lookup(text: Any) -> str:
+    """The token lookup box: text, of which only the start matters."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise ValueError(f"Look up must be text (a word or #id), got {type(text).__name__}")
+    return text[:MAX_LOOKUP_CHARS]
+
+
+def parse_step(value: Any) -> int:
+    """The step slider: a whole number of 0 or more (views clamp it to the run's last step)."""
+    return _whole("Step", value, 0, 1 << 30)

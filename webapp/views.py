@@ -4,6 +4,7 @@ the charts. Built from a session's records with `viz`; the layout maps each name
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import gradio as gr
@@ -91,7 +92,8 @@ def live_views(lm: LoadedModel, session: Session, run: Run, tree: bool, charts: 
 
 
 def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, message: str) -> dict[str, Any]:
-    """Every view, from the session's latest run (or empty placeholders before its first)."""
+    """Every view, from the session's latest run (or empty placeholders before its first); the download
+    offers `session.download_path`."""
     run = session.run
     views = {
         "message": message,
@@ -107,13 +109,18 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
         "tr_pane": pane_html(lm, run, "tr"),
         "stats": stats_html(run),
         "slider": slider_for(run, shown),
-        "download": gr.DownloadButton(value=session.write_download(lm, run), interactive=True),
+        "download": gr.DownloadButton(value=session.download_path, interactive=session.download_path is not None),
     }
     return views | chart_views(run)
 
 
+def note_html(message: str) -> str:
+    return f'<p class="howto">{html.escape(message)}</p>'
+
+
 def failure(message: str) -> dict[str, Any]:
     """A bad request: a toast plus the message in the page; every other view stays as it was."""
-    message = message[:1].upper() + message[1:]  # tr's messages start lower-case, mid-sentence style
+    if len(message.split(" ", 1)[0]) > 1:  # tr's messages start lower-case, mid-sentence style; "k" stays
+        message = message[:1].upper() + message[1:]
     gr.Warning(message)
     return {"message": f"⚠️ **{message}**"}

@@ -19,7 +19,7 @@ from tr.costs import LearnedCost
 from tr.decoding import argmax_only
 from tr.device.calibrate import calibrate
 from tr.device.model import LoadedModel
-from tr.generate import check_request, decode_steps, make_drafter
+from tr.generate import check_request, decode_steps
 from tr.matrix import AdjacencyMatrix
 from tr.records import Step, first_divergence, summarize, token_ids
 from tr.specs import Method
@@ -128,9 +128,8 @@ def tr_runner(lm: LoadedModel, method: BenchMethod, max_new_tokens: int, k: int,
     matrix, costs = AdjacencyMatrix(lm.vocab_size, k), LearnedCost(curve) if curve else None
 
     def run(ids: list[int], scratch: bool) -> Run:
-        drafter = make_drafter(lm, method.tree, copy.deepcopy(costs) if scratch else costs, prompt_ids=ids)
         return run_own(lm, ids, Method.TR, max_new_tokens, matrix=copy.deepcopy(matrix) if scratch else matrix,
-                       drafter=drafter, start=method.start)
+                       tree=method.tree, start=method.start, costs=copy.deepcopy(costs) if scratch else costs)
     return run
 
 

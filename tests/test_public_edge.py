@@ -1,0 +1,144 @@
+"""The app in front of strangers, through gradio_client on a tiny model: Stop from a run's first instant,
+one limit in tokens, bad values of any type answered in one line (one log line, no traceback),
+unexpected errors logged once under an id the visitor sees, and no files left behind."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+import app
+from tr.specs import MAX_PROMPT_TOKENS
+from webapp.downloads import Downloads
+from webapp.layout import OUTPUTS
+
+FIELDS = [name for name in OUTPUTS if name != "session"]
+GOOD = dict(prompt="Write a haiku about recycling.", max_new_tokens=8, template="small-16", custom_json="", k=8,
+            decoding="greedy", temperature=0.7, top_p=0.9, seed=0, start="hot", lookup="the")
+
+
+def client(app_url: str) -> Client:
+    return Client(app_url, verbose=False, analytics_enabled=False)
+
+
+def run(c: Client, **changes) -> dict:
+    return dict(zip(FIELDS, c.predict(**(GOOD | changes), api_name="/run")))
+
+
+def test_stop_reaches_a_run_from_its_first_update(app_url):
+    c = client(app_url)
+    job = c.submit(**(GOOD | dict(max_new_tokens=1024, template="tiny-4")), api_name="/run")
+    deadline = time.monotonic() + 60
+    while not job.outputs():  # the first update: the run has begun, nothing decoded is needed
+        assert time.monotonic() < deadline and not job.done()
+        time.sleep(0.01)
+    message = c.predict("the", api_name="/stop")[0]
+    assert re.match(r"Stopped run \d+\.", message), message
+    last = dict(zip(FIELDS, job.result(timeout=60)))
+    assert "Done" not in (last["message"] or "")
+
+
+@pytest.mark.parametrize("prompt, needle", [
+    ("word " * (MAX_PROMPT_TOKENS + 10), f"tokens, at most {MAX_PROMPT_TOKENS:,} are accepted"),
+    ("😀" * 3000, f"at most {MAX_PROMPT_TOKENS:,} are accepted"),
+    ("x" * (32 * MAX_PROMPT_TOKENS + 1), f"far more than the {MAX_PROMPT_TOKENS:,} tokens accepted"),
+])
+def test_one_prompt_limit_in_tokens_says_the_limit_and_the_count(app_url, prompt, needle):
+    result = run(client(app_url), prompt=prompt)
+    assert needle in result["message"], result["message"][:300]
+
+
+@pytest.mark.parametrize("changes, needle", [
+    (dict(k=99), "k must be a whole number from 1 to 32, got 99"),
+    (dict(k="eight"), "k must be a whole number from 1 to 32, got 'eight'"),
+    (dict(max_new_tokens=0), "Max new tokens must be a whole number from 1 to 1024, got 0"),
+    (dict(max_new_tokens=2.5), "Max new tokens must be a whole number from 1 to 1024, got 2.5"),
+    (dict(max_new_tokens="lots"), "Max new tokens must be a whole number"),
+    (dict(max_new_tokens=None), "Max new tokens must be a whole number"),
+    (dict(decoding="sampling", top_p=0.0), "Top-p must be a number in (0.0, 1.0], got 0.0"),
+    (dict(decoding="sampling", seed=10**30), "Seed must be a whole number from 0 to 2147483647"),
+    (dict(start="lukewarm"), "Start must be one of hot, cold, seeded, primed, got 'lukewarm'"),
+    (dict(template=["auto"]), "Draft tree must be one of auto"),
+    (dict(prompt=123), "The prompt is empty"),
+])
+def test_wrong_values_of_any_type_get_one_line_and_one_log_line(app_url, changes, needle, caplog):
+    c = client(app_url)
+    with caplog.at_level(logging.INFO, logger="token-recycling-app"):
+        result = run(c, **changes)
+    assert needle in result["message"], result["message"]
+    records = [r for r in caplog.records if r.name == "token-recycling-app"]
+    assert len(records) == 1 and records[0].exc_info is None and "\n" not in records[0].getMessage()
+    assert run(c, max_new_tokens=4)["message"].startswith("Done")
+
+
+def test_the_lookup_survives_any_text_and_the_app_keeps_serving(app_url):
+    c = client(app_url)
+    for text in ("#" + "9" * 5000, "#²", "#-1", "#", 42, None, "x" * 100_000):
+        html = c.predict(text, api_name="/lookup")
+        assert "Traceback" not in html and ("token id" in html or "row" in html or "Type a word" in html
+                                            or "must be text" in html), html[:200]
+    assert "not created yet" in c.predict("#" + "9" * 5000, api_name="/reset_matrix")[1]
+    assert run(c)["message"].startswith("Done")
+
+
+def test_an_unexpected_error_is_logged_once_with_the_id_the_visitor_sees(app_url, monkeypatch, caplog):
+    from webapp import views
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(views, "lookup_html", broken)
+    with caplog.at_level(logging.INFO, logger="token-recycling-app"):
+        html = client(app_url).predict("the", api_name="/lookup")
+    shown = re.search(r"error id ([0-9a-f]{8})", html)
+    assert shown, html
+    records = [r for r in caplog.records if r.name == "token-recycling-app"]
+    assert len(records) == 1 and records[0].exc_info and shown.group(1) in records[0].getMessage()
+
+
+def test_downloads_are_replaced_removed_with_their_session_and_expire():
+    now = [1000.0]
+    downloads = Downloads(max_age_s=60, clock=lambda: now[0])
+    try:
+        first = downloads.write({"run": 1})
+        second = downloads.write({"run": 2}, replaces=first)
+        assert downloads.files() == [Path(second)] and json.loads(Path(second).read_text()) == {"run": 2}
+        others = [downloads.write({"run": n}) for n in range(5)]
+        downloads.remove(others[0])  # a session that ended
+        assert len(downloads.files()) == 5
+        now[0] += 61
+        downloads.write({"run": 9})  # every write sweeps what expired
+        assert len(downloads.files()) == 1
+    finally:
+        downloads.close()
+    assert not downloads.folder.exists()
+
+
+def test_many_sessions_leave_at_most_one_file_each_and_none_once_expired(app_url):
+    import conftest
+
+    downloads = conftest.APP_DOWNLOADS[app_url]
+    before = len(downloads.files())
+    clients = [client(app_url) for _ in range(6)]
+    for c in clients:
+        run(c)
+        run(c)  # a session's second run replaces its file
+    assert len(downloads.files()) <= before + len(clients)
+    downloads.max_age_s = 0
+    downloads.sweep()
+    assert downloads.files() == []
+
+
+def test_a_bad_port_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        app.main(["--port", "99999"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("argument --port: must be a whole number from 1 to 65535, got '99999'")
+    assert not any("Traceback" in line for line in err)
