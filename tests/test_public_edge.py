@@ -142,3 +142,32 @@ def test_a_bad_port_is_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("argument --port: must be a whole number from 1 to 65535, got '99999'")
     assert not any("Traceback" in line for line in err)
+
+
+def test_a_page_load_copies_no_model(tiny_model_dir):
+    """Gradio deep-copies the page's config for every page load: nothing in it may lead to the model (a
+    bound method did, copying the whole model per visitor)."""
+    import types
+
+    import torch
+
+    from tr.costs import CostCurve, LearnedCost
+    from tr.device.model import load_model
+    from webapp.layout import build_demo
+    from webapp.runner import race_runner
+
+    lm = load_model(str(tiny_model_dir))
+    demo = build_demo(lm, LearnedCost(CostCurve([1, 2], [0.01, 0.011], 64, "cpu")), race_runner(lm))
+    seen, stack = set(), [demo.config]
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        assert not isinstance(value, (types.MethodType, torch.nn.Module, torch.Tensor)), type(value)
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+        elif hasattr(value, "__dict__") and not isinstance(value, (types.FunctionType, type)):
+            stack.extend(vars(value).values())

@@ -191,7 +191,9 @@ def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model
     # app's own files, as often.
     cache_s = int(handlers.downloads.max_age_s)
     with App(title="Token Recycling, live", analytics_enabled=False, delete_cache=(cache_s, cache_s)) as demo:
-        v: dict[str, Any] = {"session": gr.State(None, delete_callback=handlers.forget)}  # views by name
+        # A function, not a bound method: Gradio deep-copies the page's config for every page load, and a
+        # bound method would take its object (the model with it) along.
+        v: dict[str, Any] = {"session": gr.State(None, delete_callback=lambda state: handlers.forget(state))}
         gr.Markdown(f"# Token Recycling, live\nModel `{lm.name}` on `{lm.device}`{model_note}; "
                     f"{describe_primed(lm)}.", elem_classes="title")
         gr.Markdown(ABOUT, elem_classes="intro")
