@@ -11,26 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
 
 import app
-from webapp.layout import OUTPUTS
+from app_client import client, run
 from webapp.settings import FIELDS as SETTINGS, MAX_PROMPT_CHARS, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-# Outputs of /run and /stop, in OUTPUTS order without the session state (the API never sees it).
-FIELDS = [name for name in OUTPUTS if name != "session"]
-GOOD = dict(prompt="Write a haiku about recycling.", max_new_tokens=16, template="small-16", custom_json="", k=8,
-            decoding="greedy", temperature=0.7, top_p=0.9, seed=0, start="hot", lookup="the")
-
-
-def client(app_url: str) -> Client:
-    return Client(app_url, verbose=False, analytics_enabled=False)
-
-
-def run(c: Client, **changes) -> dict:
-    """Call /run and name its outputs."""
-    return dict(zip(FIELDS, c.predict(**(GOOD | changes), api_name="/run")))
 
 
 def download(result: dict) -> dict:

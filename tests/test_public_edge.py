@@ -11,24 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
 
 import app
 from tr.specs import MAX_PROMPT_TOKENS
 from webapp.downloads import Downloads
-from webapp.layout import OUTPUTS
+from app_client import FIELDS, GOOD, client, run
 
-FIELDS = [name for name in OUTPUTS if name != "session"]
-GOOD = dict(prompt="Write a haiku about recycling.", max_new_tokens=8, template="small-16", custom_json="", k=8,
-            decoding="greedy", temperature=0.7, top_p=0.9, seed=0, start="hot", lookup="the")
-
-
-def client(app_url: str) -> Client:
-    return Client(app_url, verbose=False, analytics_enabled=False)
-
-
-def run(c: Client, **changes) -> dict:
-    return dict(zip(FIELDS, c.predict(**(GOOD | changes), api_name="/run")))
 
 
 def test_stop_reaches_a_run_from_its_first_update(app_url):

@@ -13,17 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
-
+from app_client import client, run
 from conftest import free_port
+
 from tr.device.model import BUNDLED, HUB_FALLBACK, load_model, resolve
 from tr.device.primed import SHIPPED, find_primed
-from webapp.layout import OUTPUTS
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = [name for name in OUTPUTS if name != "session"]
-RUN = dict(prompt="Count from one to ten.", max_new_tokens=16, template="auto", custom_json="", k=8,
-           decoding="greedy", temperature=0.7, top_p=0.9, seed=0, start="primed", lookup="the")
+SPACE_RUN = dict(prompt="Count from one to ten.", template="auto", start="primed")  # the page's defaults
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 FAKE_SPACES = '''
 """A stand-in for the `spaces` package on a ZeroGPU Space: the decorated call's arguments and every
@@ -56,10 +53,6 @@ def hub_home(tmp_path_factory) -> Path:
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(COMMIT)
     return home
-
-
-def run(client: Client, **changes) -> dict:
-    return dict(zip(FIELDS, client.predict(**(RUN | changes), api_name="/run")))
 
 
 def listening(port: int) -> list[str]:
@@ -118,8 +111,8 @@ def test_a_cpu_space_binds_all_interfaces_loads_the_hub_model_and_keeps_visitors
     assert listening(port) in (["00000000"], ["00000000000000000000000000000000"]), "bound to 0.0.0.0 only"
     text = log.read_text()
     assert f"from the hub id {HUB_FALLBACK}" in text and "Primed start: primed matrix" in text, text
-    a, b = (Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False) for _ in range(2))
-    result = run(a)
+    a, b = (client(f"http://127.0.0.1:{port}/") for _ in range(2))
+    result = run(a, **SPACE_RUN)
     assert result["message"].startswith("Done"), result["message"]
     assert "identical" in result["stats"] and "not identical" not in result["stats"]
     record = json.loads(Path(result["download"]["value"]).read_text())
@@ -127,7 +120,7 @@ def test_a_cpu_space_binds_all_interfaces_loads_the_hub_model_and_keeps_visitors
     assert "Candidates after" in a.predict(f"#{token}", api_name="/lookup")
     assert "has not been written yet" in b.predict(f"#{token}", api_name="/lookup")  # B has no matrix yet
     assert "not created yet" in b.predict("the", api_name="/reset_matrix")[1]
-    assert run(b, prompt="Name three colours.")["message"].startswith("Done")
+    assert run(b, **SPACE_RUN | {"prompt": "Name three colours."})["message"].startswith("Done")
 
 
 def test_on_zero_gpu_races_run_in_the_decorated_call_and_the_matrix_comes_back(tmp_path, monkeypatch, tiny_model_dir):
@@ -146,13 +139,13 @@ def test_on_zero_gpu_races_run_in_the_decorated_call_and_the_matrix_comes_back(t
     demo = build_demo(lm, None, race_runner(lm))  # no cost curve: the first decorated call measures it
     demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False)
-        first = run(client, start="cold", max_new_tokens=12)
+        visitor = client(f"http://127.0.0.1:{port}/")
+        first = run(visitor, **SPACE_RUN | {"start": "cold", "max_new_tokens": 12})
         assert first["message"].startswith("Done"), first["message"]
         assert spaces.calls == [GPU_DURATION_S]
         filled = int(first["matrix_info"].split(" of ")[0].split()[-1].replace(",", ""))
         assert filled > 0, "the matrix came back to the main process"
-        second = run(client, start="hot", max_new_tokens=12)
+        second = run(visitor, **SPACE_RUN | {"start": "hot", "max_new_tokens": 12})
         assert spaces.calls == [GPU_DURATION_S] * 2 and "identical" in second["stats"]
         assert int(second["matrix_info"].split(" of ")[0].split()[-1].replace(",", "")) >= filled  # hot start
         assert second["why"]["type"] == "plotly"  # the cost curve measured in the first call came back
