@@ -26,6 +26,8 @@ def test_stop_reaches_a_run_from_its_first_update(app_url):
     while not job.outputs():  # the first update: the run has begun, nothing decoded is needed
         assert time.monotonic() < deadline and not job.done()
         time.sleep(0.01)
+    first = dict(zip(FIELDS, job.outputs()[0]))
+    assert first["message"] == "Running…", first["message"]  # sent before any decoding step
     message = c.predict("the", api_name="/stop")[0]
     assert re.match(r"Stopped run \d+\.", message), message
     last = dict(zip(FIELDS, job.result(timeout=60)))

@@ -101,3 +101,13 @@ def test_history_is_bounded(tiny_lm):
 def test_broken_custom_trees_are_refused_with_the_reason(custom, reason):
     with pytest.raises(ValueError, match=reason):
         parse_settings(SETTINGS | {"template": "custom JSON", "custom_json": custom})
+
+
+def test_a_tree_checked_for_a_larger_k_than_the_matrix_is_refused(tiny_lm):
+    from tr.generate import decode_steps
+    from tr.matrix import AdjacencyMatrix
+    from tr.specs import parse_tree
+
+    matrix = AdjacencyMatrix(tiny_lm.vocab_size, 4)
+    with pytest.raises(ValueError, match="ranks up to k=8, but the matrix keeps k=4"):
+        decode_steps(tiny_lm, [1, 2, 3], "tr", 4, matrix=matrix, tree=parse_tree("paper-80", 8))
