@@ -133,6 +133,7 @@ def handlers(tiny_model_dir):
     downloads.close()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request: the toast is not shown
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(values=settings_values(valid=True) | settings_values(valid=False), lookup=ANYTHING)
