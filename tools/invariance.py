@@ -31,7 +31,9 @@ PROMPT = "Explain in a few sentences how a bicycle's gears make climbing a hill 
 
 
 class Recorder:
-    """Every leaf module's output during a pass, by module name, in call order."""
+    """Every leaf module's input and output during a pass, in call order: `name <` for what went in,
+    `name` for what came out. An input that differs while the module before agreed points at work done
+    between modules (attention's softmax and weighted sum, residual adds)."""
 
     def __init__(self, model: torch.nn.Module):
         self.outputs: dict[str, torch.Tensor] = {}
@@ -41,6 +43,8 @@ class Recorder:
     def _hook(self, name: str):
         def record(module, args, output):
             output = output[0] if isinstance(output, tuple) else output
+            if args and isinstance(args[0], torch.Tensor):
+                self.outputs[f"{name} <"] = args[0].detach().clone()
             if isinstance(output, torch.Tensor):
                 self.outputs[name] = output.detach().clone()
         return record
@@ -58,18 +62,23 @@ def prefilled(lm: LoadedModel, prompt: list[int], room: int) -> PreallocatedCach
 
 
 def row(tensor: torch.Tensor, index: int) -> torch.Tensor:
-    """Row `index` of a module output over the pass's tokens ((1, n, ...) or (n, ...))."""
-    return tensor[0, index] if tensor.dim() >= 3 else tensor[index]
+    """Row `index` of a module's tensor over the pass's tokens: (1, n, ...) or (n, ...)."""
+    return tensor[0, index] if tensor.dim() >= 2 and tensor.shape[0] == 1 else tensor[index]
 
 
 @torch.inference_mode()
-def one_token_passes(lm: LoadedModel, prompt: list[int], chain: list[int]) -> list[dict[str, torch.Tensor]]:
-    """Each chain token alone, behind the prompt and the chain tokens before it: every module's output."""
+def one_token_passes(lm: LoadedModel, prompt: list[int], chain: list[int], masked: bool = False
+                     ) -> list[dict[str, torch.Tensor]]:
+    """Each chain token alone, behind the prompt and the chain tokens before it: every module's output.
+    `masked`: with an explicit (all-visible) attention mask, as a tree pass has, instead of none, as
+    plain decoding runs today."""
     cache, recorder, seen = prefilled(lm, prompt, len(chain)), Recorder(lm.model), []
+    alone = torch.ones(1, 1, dtype=torch.bool)
     try:
         for offset, token in enumerate(chain):
             position = torch.tensor([len(prompt) + offset], device=lm.device)
-            forward(lm.model, cache, torch.tensor([token], device=lm.device), position)
+            mask = tree_mask(alone, cache.length, lm.dtype, lm.device) if masked else None
+            forward(lm.model, cache, torch.tensor([token], device=lm.device), position, mask)
             seen.append({name: row(out, 0) for name, out in recorder.outputs.items()})
     finally:
         recorder.close()
@@ -106,13 +115,13 @@ def compare(alone: list[dict[str, torch.Tensor]], together: dict[str, torch.Tens
             "first_difference": first}
 
 
-def measure(lm: LoadedModel, sizes: Sequence[int]) -> dict:
+def measure(lm: LoadedModel, sizes: Sequence[int], masked: bool = False) -> dict:
     prompt = lm.encode(PROMPT)
     generator = torch.Generator().manual_seed(0)
     results = {}
     for size in sizes:
         chain = torch.randint(lm.vocab_size, (size,), generator=generator).tolist()
-        alone = one_token_passes(lm, prompt, chain)
+        alone = one_token_passes(lm, prompt, chain, masked)
         # A chain: token i's parent is token i - 1; the first token is the pass's root.
         results[f"chain-{size}"] = compare(alone, tree_pass(lm, prompt, chain, [-1, *range(size - 1)],
                                                              list(range(size))), range(size))
@@ -133,15 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
     parser.add_argument("--sizes", nargs="+", type=int, default=[2, 4, 8, 16, 32, 81])
+    parser.add_argument("--masked-alone", action="store_true",
+                        help="give one-token passes an explicit all-visible mask, as tree passes have")
     args = parser.parse_args(argv)
     if any(not 2 <= size <= 81 for size in args.sizes):
         parser.error("--sizes must be from 2 to 81")
     flags = cpu_flags()
-    report = {"cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}), "results": {}}
+    report = {"cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}), "masked_alone": args.masked_alone,
+              "results": {}}
     for dtype in args.dtypes:
         lm = load_model(args.model, args.device, dtype)
         report["device"] = str(lm.device)
-        report["results"][dtype] = measure(lm, args.sizes)
+        report["results"][dtype] = measure(lm, args.sizes, args.masked_alone)
     print(json.dumps(report, indent=1))
     return 0
 
