@@ -105,7 +105,7 @@ def soak(runs: int) -> dict:
     return {"runs": runs, "first_tenth_s": round(sum(seconds[:tenth]) / tenth, 2),
             "last_tenth_s": round(sum(seconds[-tenth:]) / tenth, 2), "rss_mb_after_first": round(memory[0]),
             "rss_mb_after_tenth": round(memory[tenth - 1]), "rss_mb_last": round(memory[-1]),
-            "rss_mb_max": round(max(memory))}
+            "rss_mb_max": round(max(memory)), "rss_mb_every_tenth_run": [round(m) for m in memory[tenth - 1::tenth]]}
 
 
 def longest_prompt() -> str:
