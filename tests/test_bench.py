@@ -203,6 +203,7 @@ def test_load_questions_keeps_file_order_per_category(tmp_path, monkeypatch):
     (["--methods", "tr:dynamic-x"], "dynamic-N with N from 1 to 256"),
     # Found only once the model is loaded (its position limit): still one error line, after the load bars.
     (["--model", "{tiny}", "--prompts", "{tmp}/long.jsonl"], "the prompt is too long"),
+    (["--model", "{tiny}", "--prompts", "{tmp}/long.jsonl"], "at most 2,048 are accepted"),  # the app's limit
     (["--model", "{tiny}", "--methods", "ar,tr:auto:primed"], "there is no primed matrix"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, tiny_model_dir, monkeypatch):

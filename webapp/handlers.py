@@ -23,12 +23,13 @@ from tr.costs import LearnedCost
 from tr.device.model import LoadedModel
 from tr.device.primed import find_primed
 from tr.generate import check_request
+from tr.specs import check_prompt_tokens
 
 from . import views
 from .downloads import Downloads
 from .runner import CHUNK_S, Runner
 from .session import Session
-from .settings import parse_lookup, parse_prompt_ids, parse_settings, parse_step
+from .settings import parse_lookup, parse_settings, parse_step
 
 log = logging.getLogger("token-recycling-app")
 
@@ -87,7 +88,8 @@ class Handlers:
         session = session or Session()
         try:
             settings, lookup_text = parse_settings(values), parse_lookup(lookup_text)
-            prompt_ids = parse_prompt_ids(self.lm.encode(settings.prompt))
+            prompt_ids = self.lm.encode(settings.prompt)
+            check_prompt_tokens(len(prompt_ids))
             check_request(self.lm, prompt_ids, settings.max_new_tokens)
         except ValueError as err:  # every message here is written for the visitor
             yield views.failure(rejected(err)) | {"session": session}
@@ -144,7 +146,7 @@ class Handlers:
         primed = find_primed(self.lm) is not None
         note = " A primed start fills the empty rows from the primed matrix again." if primed else ""
         return {"message": "Matrix reset: every row is empty again." + note,
-                "matrix_info": views.matrix_info(session), "lookup": self.lookup(session, lookup_text)["lookup"],
+                "matrix_info": views.matrix_info(session), "lookup": views.lookup_html(self.lm, session, lookup_text),
                 "session": session}
 
     def lookup(self, session: Session | None, text: Any) -> dict:

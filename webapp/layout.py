@@ -144,8 +144,7 @@ def step_panel(costs: LearnedCost | None, v: dict[str, Any]) -> gr.Textbox:
             gr.Markdown(HOWTO_MATRIX, elem_classes="howto")
             v["rows"] = gr.HTML('<p class="howto">No steps yet: start a run.</p>', elem_classes="rows-box",
                                 elem_id="rows-table")
-            v["matrix_info"] = gr.Markdown("Adjacency matrix: not created yet (it is made on this session's "
-                                           "first run).")
+            v["matrix_info"] = gr.Markdown(views.NO_MATRIX)
             lookup_text = gr.Textbox(label="Look up a token's row", submit_btn="Look up", elem_id="lookup-text",
                                      placeholder="a word, e.g. the, Python, or #42 for a token id")
             v["lookup"] = gr.HTML('<p class="howto">Type a word (or <code>#id</code>) to see its row.</p>')

@@ -15,7 +15,7 @@ from typing import Any
 from tr.matrix import MAX_K
 from tr.sampling import Sampling
 from tr.specs import (
-    MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TREE_NAMES, Start, TreeSpec, check_prompt_tokens, parse_start, parse_tree,
+    MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TREE_NAMES, Start, TreeSpec, parse_start, parse_tree,
 )
 
 CUSTOM = "custom JSON"
@@ -107,12 +107,6 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
         sampling=_sampling(values),
         start=parse_start(_choice("Start", values["start"], tuple(s.value for s in Start))),
     )
-
-
-def parse_prompt_ids(ids: list[int]) -> list[int]:
-    """The encoded prompt, within the token limit."""
-    check_prompt_tokens(len(ids))
-    return ids
 
 
 def parse_lookup(text: Any) -> str:

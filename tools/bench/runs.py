@@ -22,7 +22,7 @@ from tr.device.model import LoadedModel
 from tr.generate import check_request, decode_steps
 from tr.matrix import AdjacencyMatrix
 from tr.records import Step, first_divergence, summarize, token_ids
-from tr.specs import Method
+from tr.specs import Method, check_prompt_tokens
 
 from .options import BenchMethod, Kind, check_numbers
 from .prompts import Question
@@ -186,6 +186,7 @@ def encode_all(lm: LoadedModel, questions: Sequence[Question], max_new_tokens: i
     """Every prompt encoded and checked first, so a too-long one fails before minutes of timing."""
     encoded = [lm.encode(q.prompt) for q in questions]
     for ids in encoded:
+        check_prompt_tokens(len(ids))  # the limit the app applies to a visitor's prompt
         check_request(lm, ids, max_new_tokens)
     return encoded
 
