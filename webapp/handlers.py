@@ -7,6 +7,9 @@ chunks of step records; each chunk is added to the session's run and rendered (t
 costs the CPU the race runs on). The last chunk brings back the session's matrix and the device's
 corrected cost curve.
 
+Step mode (the Next step button) runs the same race one Token Recycling step per click, paused in
+between (`webapp.stepping`); Continue lets a paused race go on live.
+
 Rejected input gets a one-line message and one line in the log. Anything unexpected is logged once with
 its traceback under a short id, and the visitor sees that id.
 """
@@ -27,9 +30,10 @@ from tr.specs import check_prompt_tokens
 
 from . import views
 from .downloads import Downloads
-from .runner import CHUNK_S, Runner
-from .session import Session
+from .runner import CHUNK_S, Chunk, Runner
+from .session import Run, Session
 from .settings import parse_lookup, parse_settings, parse_step
+from .stepping import PausedRaces, Stepper
 
 log = logging.getLogger("token-recycling-app")
 
@@ -78,29 +82,47 @@ def parse_lookup_or_none(text: Any) -> str:
 
 class Handlers:
     """The handlers of one app: its model, the device's cost curve (shared by every session: it is the
-    device's, and every run's steps correct it), where races run and where downloads are written."""
+    device's, and every run's steps correct it), where races run, where downloads are written and the
+    races paused in step mode."""
 
-    def __init__(self, lm: LoadedModel, costs: LearnedCost | None, runner: Runner, downloads: Downloads):
+    def __init__(self, lm: LoadedModel, costs: LearnedCost | None, runner: Runner, downloads: Downloads,
+                 paused: PausedRaces | None = None):
         self.lm, self.costs, self.runner, self.downloads = lm, costs, runner, downloads
+        self.paused = paused or PausedRaces()
 
-    def run(self, session: Session | None, values: dict[str, Any], lookup_text: Any) -> Iterator[dict]:
-        """The Run button: race both decoders, streaming throttled updates, then render everything."""
-        session = session or Session()
+    def begin(self, session: Session, values: dict[str, Any], lookup_text: Any, budget_s: float
+              ) -> tuple[Run, Iterator[Chunk]] | dict:
+        """Check a request and begin its race (ending a paused one); the views of a rejection instead."""
         try:
-            settings, lookup_text = parse_settings(values), parse_lookup(lookup_text)
+            settings, _ = parse_settings(values), parse_lookup(lookup_text)
             prompt_ids = self.lm.encode(settings.prompt)
             check_prompt_tokens(len(prompt_ids))
             check_request(self.lm, prompt_ids, settings.max_new_tokens)
         except ValueError as err:  # every message here is written for the visitor
-            yield views.failure(rejected(err)) | {"session": session}
-            return
+            return views.failure(rejected(err)) | {"session": session}
+        self.end_paused(session)
         matrix, replaced = session.matrix_for(self.lm.vocab_size, settings.k)
         run = session.begin(settings, self.costs.curve if self.costs else None)
+        run.budget_s = budget_s
+        if replaced:
+            run.note = f" (k changed: this run started a fresh matrix with k={settings.k})"
+        return run, self.runner(settings, prompt_ids, matrix, self.costs, lambda: run.stopped, lambda: run.budget_s)
+
+    def run(self, session: Session | None, values: dict[str, Any], lookup_text: Any) -> Iterator[dict]:
+        """The Run button: race both decoders, streaming throttled updates, then render everything."""
+        session = session or Session()
+        begun = self.begin(session, values, lookup_text, CHUNK_S)
+        if isinstance(begun, dict):
+            yield begun
+            return
+        run, chunks = begun
         yield {"message": "Running…", "session": session}  # the page holds the session, and Stop reaches it
-        note = f" (k changed: this run started a fresh matrix with k={settings.k})" if replaced else ""
-        begin = time.perf_counter()
-        tree_pacer, chart_pacer, budget = Pacer(TREE_EVERY_S), Pacer(CHARTS_EVERY_S), [CHUNK_S]
-        chunks = self.runner(settings, prompt_ids, matrix, self.costs, lambda: run.stopped, lambda: budget[0])
+        yield from self.stream(session, run, chunks, lookup_text)
+
+    def stream(self, session: Session, run: Run, chunks: Iterator[Chunk], lookup_text: Any) -> Iterator[dict]:
+        """Show a race live until it ends: throttled updates, then every view."""
+        begin = time.perf_counter() - run.wall_s
+        tree_pacer, chart_pacer = Pacer(TREE_EVERY_S), Pacer(CHARTS_EVERY_S)
         try:
             for chunk in chunks:
                 run.add(chunk.steps)
@@ -114,18 +136,81 @@ class Handlers:
                 yield views.live_views(self.lm, session, run, tree, charts) | {"session": session}
                 # Rendering costs real time on a small CPU: keep it (and sending) under a third of the wall
                 # time, so the live view never slows the race down more than it must.
-                budget[0] = max(CHUNK_S, 2 * (time.perf_counter() - rendering))
+                run.budget_s = max(CHUNK_S, 2 * (time.perf_counter() - rendering))
             if run.stopped:  # the Stop handler has already shown what the run got to
                 return
-            run.wall_s, run.finished = time.perf_counter() - begin, True
-            session.remember(run)
-            session.download_path = self.downloads.write(run.record(self.lm), replaces=session.download_path)
-            message = (f"Done{note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for both "
-                       "decoders together (each side's own compute time is in the table).")
-            yield views.final_views(self.lm, session, lookup_text, message) | {"session": session}
+            run.wall_s = time.perf_counter() - begin
+            yield self.finish(session, run, lookup_text)
         except Exception as err:  # a bug or e.g. out of memory: keep serving, keep the traceback in the log
             run.stopped = True
             yield views.failure(unexpected(err, f"run {run.number}")) | {"session": session}
+
+    def finish(self, session: Session, run: Run, lookup_text: Any) -> dict:
+        """A finished run: remembered, written for download, every view shown."""
+        run.finished = True
+        session.remember(run)
+        session.download_path = self.downloads.write(run.record(self.lm), replaces=session.download_path)
+        message = (f"Done{run.note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for both "
+                   "decoders together (each side's own compute time is in the table).")
+        return views.final_views(self.lm, session, parse_lookup_or_none(lookup_text), message) | {"session": session}
+
+    def step(self, session: Session | None, values: dict[str, Any], lookup_text: Any) -> Iterator[dict]:
+        """The Next step button: one more verification step of the session's paused race, or a new race
+        paused after its first step."""
+        session = session or Session()
+        if session.stepper is None:
+            begun = self.begin(session, values, lookup_text, budget_s=0.0)
+            if isinstance(begun, dict):
+                yield begun
+                return
+            session.stepper = Stepper(begun[1])
+            yield {"message": "Computing the first step…", "session": session}
+        run, stepper = session.run, session.stepper
+        began = time.perf_counter()
+        try:
+            run.add(stepper.advance())
+        except StopIteration:  # Stop came while the step was computed
+            return
+        except Exception as err:
+            self.end_paused(session)
+            yield views.failure(unexpected(err, f"run {run.number}")) | {"session": session}
+            return
+        run.wall_s += time.perf_counter() - began
+        if stepper.finished:
+            self.paused.remove(stepper)
+            session.stepper = None
+            session.matrix, self.costs = stepper.last.matrix, stepper.last.costs
+            yield self.finish(session, run, lookup_text)
+            return
+        self.paused.keep(stepper, on_close=lambda: self.close_paused(session, stepper))
+        yield views.step_mode_views(self.lm, session, run) | {"session": session}
+
+    def resume(self, session: Session | None, lookup_text: Any) -> Iterator[dict]:
+        """The Continue button: a paused race goes on live to its end."""
+        session = session or Session()
+        stepper = session.stepper
+        if stepper is None:
+            yield {"message": "Nothing is paused: **Next step** starts a race one step at a time.", "session": session}
+            return
+        self.paused.remove(stepper)
+        session.stepper, session.run.budget_s = None, CHUNK_S
+        yield {"message": "Running…", "session": session}
+        yield from self.stream(session, session.run, stepper.rest(), lookup_text)
+
+    def end_paused(self, session: Session) -> None:
+        """End the session's paused race, if any, as stopped."""
+        if session.stepper is not None:
+            self.paused.remove(session.stepper)
+            self.close_paused(session, session.stepper)
+
+    @staticmethod
+    def close_paused(session: Session, stepper: Stepper) -> None:
+        stepper.close()
+        if session.stepper is stepper:
+            session.stepper = None
+            if not session.run.stopped:
+                session.run.stopped = True
+                session.remember(session.run)
 
     def stop(self, session: Session | None, lookup_text: Any) -> dict:
         """The Stop button: flag the run to stop at its next step (gradio also cancels the event, but only
@@ -136,6 +221,7 @@ class Handlers:
             return {"message": "Nothing is running.", "session": session}
         run.stopped = True
         session.remember(run)
+        self.end_paused(session)
         return views.final_views(self.lm, session, lookup_text, f"Stopped run {run.number}.") | {"session": session}
 
     def reset(self, session: Session | None, lookup_text: Any) -> dict:
@@ -162,6 +248,7 @@ class Handlers:
             return {"rows": views.note_html(rejected(err))}
 
     def forget(self, session: Session | None) -> None:
-        """Gradio drops a closed session's state after a while: remove its download with it."""
+        """Gradio drops a closed session's state after a while: remove its download and paused race with it."""
         if session is not None:
             self.downloads.remove(session.download_path)
+            self.end_paused(session)

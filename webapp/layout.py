@@ -27,6 +27,7 @@ from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_S
 from . import views
 from .downloads import Downloads
 from .handlers import Handlers, unexpected
+from .mcp import add_mcp_tool
 from .runner import Runner
 from .session import NAMES, Session
 from .settings import CUSTOM, DECODING, FIELDS, TEMPLATES
@@ -110,7 +111,10 @@ def race_panel(examples: tuple[list, list], v: dict[str, Any], w: dict[str, Any]
         w["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=10, value=examples[0][1][0], scale=5,
                                  placeholder="Ask the model something, or pick an example below")
         with gr.Column(scale=1, min_width=120):
-            buttons = {"run": gr.Button("Run race", variant="primary"), "stop": gr.Button("Stop", variant="stop")}
+            buttons = {"run": gr.Button("Run race", variant="primary"),
+                       "step": gr.Button("Next step", elem_id="step-button"),
+                       "resume": gr.Button("Continue", elem_id="continue-button"),
+                       "stop": gr.Button("Stop", variant="stop")}
     gr.Examples(examples[0], inputs=[w["prompt"]], example_labels=examples[1], examples_per_page=12,
                 label="Example prompts (chat, code, translation, summarization, maths, retrieval)",
                 elem_id="examples")
@@ -208,6 +212,7 @@ def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model
         lookup_text = step_panel(costs, v)
         charts_panel(lm, v)
         wire(handlers, v, w, buttons, reset_button, lookup_text)
+    add_mcp_tool(demo, handlers)  # last: every other endpoint is hidden from MCP
     demo.queue(max_size=QUEUE_SIZE)
     return demo
 
@@ -219,17 +224,27 @@ def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict
     generic error and log a traceback)."""
     outputs = [v[name] for name in OUTPUTS]
 
-    def run(state: Session | None, *values: Any) -> Iterator[tuple]:
-        *settings, lookup = values
-        for views_by_name in handlers.run(state, dict(zip(FIELDS, settings)), lookup):
+    def race(handler: Callable[..., Iterator[dict]]) -> Callable[..., Iterator[tuple]]:
+        def call(state: Session | None, *values: Any) -> Iterator[tuple]:
+            *settings, lookup = values
+            for views_by_name in handler(state, dict(zip(FIELDS, settings)), lookup):
+                yield ordered(views_by_name)
+        return api(call, ("state", *FIELDS, "lookup"))
+
+    def resume(state: Session | None, lookup: Any) -> Iterator[tuple]:
+        for views_by_name in handlers.resume(state, lookup):
             yield ordered(views_by_name)
 
     # One race on the model at a time, across all sessions; the bounded queue holds the rest.
-    run_event = buttons["run"].click(api(run, ("state", *FIELDS, "lookup")), [v["session"], *(w[n] for n in FIELDS),
-                                     lookup_text], outputs, api_name="run", concurrency_limit=1,
-                                     concurrency_id="model", show_progress="minimal", preprocess=False)
+    on_model = dict(concurrency_limit=1, concurrency_id="model", show_progress="minimal", preprocess=False)
+    race_inputs = [v["session"], *(w[n] for n in FIELDS), lookup_text]
+    events = [
+        buttons["run"].click(race(handlers.run), race_inputs, outputs, api_name="run", **on_model),
+        buttons["step"].click(race(handlers.step), race_inputs, outputs, api_name="step", **on_model),
+        buttons["resume"].click(resume, [v["session"], lookup_text], outputs, api_name="continue", **on_model),
+    ]
     buttons["stop"].click(guarded(handlers.stop, "stop", OUTPUTS), [v["session"], lookup_text], outputs,
-                          cancels=[run_event], api_name="stop", queue=False, preprocess=False)
+                          cancels=events, api_name="stop", queue=False, preprocess=False)
     reset_outputs = ("message", "matrix_info", "lookup", "session")
     reset_button.click(guarded(handlers.reset, "reset", reset_outputs), [v["session"], lookup_text],
                        [v[n] for n in reset_outputs], api_name="reset_matrix", preprocess=False)

@@ -128,11 +128,19 @@ Runner = Callable[[Settings, list[int], AdjacencyMatrix, LearnedCost | None, Cal
 
 def race_runner(lm: LoadedModel) -> Runner:
     """`race_chunks` on `lm` here, or its ZeroGPU form: decorated, without the callbacks a worker cannot
-    reach (Stop then takes effect when Gradio cancels the call, between chunks)."""
+    reach (Stop then takes effect when Gradio cancels the call, between chunks; step mode reveals a race
+    computed whole)."""
     if not on_zero_gpu():
         return lambda *args: race_chunks(lm, *args)
     global _gpu_model
     _gpu_model = lm
     decorated = importlib.import_module("spaces").GPU(duration=GPU_DURATION_S)(_gpu_race)
-    return lambda settings, prompt_ids, matrix, costs, stopped, budget_s: decorated(settings, prompt_ids, matrix,
-                                                                                     costs)
+
+    def run(settings: Settings, prompt_ids: list[int], matrix: AdjacencyMatrix, costs: LearnedCost | None,
+            stopped: Callable[[], bool], budget_s: Callable[[], float]) -> Iterator[Chunk]:
+        chunks = decorated(settings, prompt_ids, matrix, costs)
+        # A decorated call must not wait for a teacher's clicks while it holds the GPU: in step mode (no
+        # compute per chunk) the race is computed whole, then revealed one step at a time.
+        return iter(list(chunks)) if budget_s() == 0 else chunks
+
+    return run

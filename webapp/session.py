@@ -15,7 +15,9 @@ from tr.device.model import LoadedModel
 from tr.matrix import AdjacencyMatrix
 from tr.records import Step, difference, speedup, summarize, token_ids
 
+from .runner import CHUNK_S
 from .settings import Settings
+from .stepping import Stepper
 
 PAPER = ("Luo et al., Turning Trash into Treasure: Accelerating Inference of Large Language Models with "
          "Token Recycling, ACL 2025, arXiv 2408.08696")
@@ -36,7 +38,9 @@ class Run:
     settings: Settings
     curve: CostCurve | None = None  # the device's verification cost as the run began (steps carry their own)
     steps: dict[str, list[Step]] = field(default_factory=lambda: {"ar": [], "tr": []})
-    wall_s: float = 0.0  # wall time of the whole race, rendering included (both sides, one after the other)
+    wall_s: float = 0.0  # wall time of the race, rendering included (both sides, one after the other; not pauses)
+    budget_s: float = CHUNK_S  # compute per chunk of steps the runner is asked for (0: one step per chunk)
+    note: str = ""  # what the visitor should know about how it began
     finished: bool = False
     stopped: bool = False
 
@@ -100,6 +104,7 @@ class Session:
     history: list[dict[str, Any]] = field(default_factory=list)
     runs: int = 0
     download_path: str | None = None  # the latest run's record (`webapp.downloads`)
+    stepper: Stepper | None = None  # the latest run, while it is paused in step mode
 
     def matrix_for(self, vocab_size: int, k: int) -> tuple[AdjacencyMatrix, bool]:
         """The session's matrix for this k, and whether an older one (with another k) was replaced."""

@@ -91,6 +91,17 @@ def live_views(lm: LoadedModel, session: Session, run: Run, tree: bool, charts: 
     return views | (chart_views(run) if charts else {})
 
 
+def step_mode_views(lm: LoadedModel, session: Session, run: Run) -> dict[str, Any]:
+    """A race paused after one of Token Recycling's steps: that step's tree, rows and verification, both
+    panes, the numbers and the charts so far."""
+    step, ar_n = run.steps["tr"][-1], len(token_ids(run.steps["ar"]))
+    message = (f"**Step mode, paused** after Token Recycling's step {step.index}: it checked {step.drafted} drafted "
+               f"tokens in one forward pass and committed {len(step.tokens)} "
+               f"({step.accepted_drafts} accepted + 1 of the model's own). Plain decoding has made {ar_n} tokens "
+               "on the same compute time. **Next step** goes on by one step, **Continue** runs to the end live.")
+    return live_views(lm, session, run, tree=True, charts=True) | {"message": message}
+
+
 def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, message: str) -> dict[str, Any]:
     """Every view, from the session's latest run (or empty placeholders before its first); the download
     offers `session.download_path`."""
