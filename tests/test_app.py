@@ -91,15 +91,16 @@ def test_bad_input_gives_a_message_and_the_app_keeps_serving(app_url, changes, e
 
 def test_settings_are_checked_again_before_a_run():
     # What a widget cannot send (e.g. an empty number box) still gets a clear message, not a stack trace.
-    values = dict(zip(SETTINGS, ["Hi", 8, "paper-80", "", 8, "sampling", 0.7, 0.9, None, "hot"]))
+    values = dict(zip(SETTINGS, ["Hi", 8, "paper-80", "", 8, "sampling", 0.7, 0.9, None, "hot", False]))
     with pytest.raises(ValueError, match="Seed must be a whole number"):
         parse_settings(values)
     for name, value, expected in [("k", 33, "k must be"), ("max_new_tokens", 2.5, "Max new tokens must be"),
                                   ("top_p", 0.0, "Top-p must be"), ("decoding", "beam", "Decoding must be"),
-                                  ("temperature", float("nan"), "Temperature must be")]:
+                                  ("temperature", float("nan"), "Temperature must be"),
+                                  ("prompt_lookup", "yes", "Prompt lookup lane must be true or false")]:
         with pytest.raises(ValueError, match=expected):
             parse_settings(values | {"seed": 0, name: value})
-    with pytest.raises(ValueError, match="missing settings: start"):
+    with pytest.raises(ValueError, match="missing settings: prompt_lookup"):
         parse_settings({name: values[name] for name in SETTINGS[:-1]})
 
 

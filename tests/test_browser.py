@@ -52,7 +52,7 @@ def test_race_in_the_browser(page):
 
     # An example fills the prompt.
     page.get_by_text("code: Write a Python function that").click()
-    expect(page.get_by_label("Prompt")).to_have_value(re.compile("Fibonacci"))
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value(re.compile("Fibonacci"))
     page.get_by_label("number input for Max new tokens").fill("24")
     page.get_by_label("number input for Max new tokens").press("Tab")
 
@@ -95,12 +95,12 @@ def test_race_in_the_browser(page):
 
 def test_bad_input_and_stop_in_the_browser(page):
     page.get_by_role("button", name="Run race").wait_for()
-    page.get_by_label("Prompt").fill("")
+    page.get_by_label("Prompt", exact=True).fill("")
     page.get_by_role("button", name="Run race").click()
     expect(page.locator("#message")).to_contain_text("The prompt is empty")
 
     # A long run stops at once on Stop and stays stopped.
-    page.get_by_label("Prompt").fill("Tell me a long story.")
+    page.get_by_label("Prompt", exact=True).fill("Tell me a long story.")
     page.get_by_label("number input for Max new tokens").fill("1024")
     page.get_by_label("number input for Max new tokens").press("Tab")
     page.get_by_role("button", name="Run race").click()
@@ -111,4 +111,69 @@ def test_bad_input_and_stop_in_the_browser(page):
     assert "identical so far" in stats
     page.wait_for_timeout(2000)
     assert page.locator("#stats").inner_text() == stats
+    assert page.errors == [], page.errors
+
+
+def step_shown(page, number: int) -> None:
+    """The page shows Token Recycling's step `number` paused: its tree, and a verification table with one
+    row per node of that step's tree (the message says how many were drafted)."""
+    message = page.locator("#message")
+    expect(message).to_contain_text(f"paused after Token Recycling's step {number}:", timeout=RUN_TIMEOUT_MS)
+    drafted = int(re.search(r"checked (\d+) drafted", message.inner_text()).group(1))
+    expect(page.locator("#tree-plot .gtitle").first).to_have_text(re.compile(rf"^Step {number}(:.*)?$"))
+    expect(page.locator("#verify-table")).to_contain_text(f"Step {number}")
+    if drafted:  # the root and every drafted node, each with its drafted token and the model's choice
+        expect(page.locator('#verify-table tr[data-node]:not([data-node="bonus"])')).to_have_count(drafted + 1)
+        expect(page.locator('#verify-table tr[data-node="bonus"]')).to_have_count(1)
+        expect(page.locator("#mask-plot .gtitle").first).to_contain_text("attention")
+
+
+def test_step_mode_shows_one_verification_step_per_click(page):
+    page.get_by_role("button", name="Run race").wait_for()
+    page.get_by_label("Prompt", exact=True).fill("Count from one to twenty, in words, one per line.")
+    page.get_by_label("number input for Max new tokens").fill("24")
+    page.get_by_label("number input for Max new tokens").press("Tab")
+
+    page.get_by_role("button", name="Next step").click()
+    step_shown(page, 1)
+    for number in (2, 3):
+        page.get_by_role("button", name="Next step").click()
+        step_shown(page, number)
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#message")).to_contain_text("Done", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#stats")).to_contain_text("identical")
+    expect(page.locator("#stats")).not_to_contain_text("not identical")
+    assert page.errors == [], page.errors
+
+
+def test_three_lanes_and_a_replay_that_works_from_disk(page, tmp_path):
+    page.get_by_role("button", name="Run race").wait_for()
+    expect(page.locator("#pld-pane")).to_be_hidden()
+    page.get_by_label("Prompt", exact=True).fill("Repeat after me: the cat sat on the mat, the cat sat on the mat.")
+    page.get_by_label("number input for Max new tokens").fill("24")
+    page.get_by_label("number input for Max new tokens").press("Tab")
+    page.get_by_label("Third lane: prompt lookup decoding").check()
+    page.get_by_role("button", name="Run race").click()
+    expect(page.locator("#message")).to_contain_text("Done", timeout=RUN_TIMEOUT_MS)
+    for pane in ("#ar-pane", "#tr-pane", "#pld-pane"):
+        expect(page.locator(pane)).to_contain_text("done")
+    expect(page.locator("#stats")).to_contain_text("identical")
+    expect(page.locator("#stats")).not_to_contain_text("not identical")
+    expect(page.locator("#chart-time .legendtext")).to_have_count(3)
+
+    page.get_by_role("button", name="Make replay (HTML)").click()
+    expect(page.locator("#message")).to_contain_text("Replay of run 1 ready", timeout=RUN_TIMEOUT_MS)
+    with page.expect_download() as download:
+        page.locator("#replay-download").click()
+    saved = tmp_path / "replay.html"
+    download.value.save_as(saved)
+
+    offline = page.context.browser.new_context()
+    offline.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+    replay = offline.new_page()
+    replay.goto(saved.as_uri())
+    expect(replay.locator(".pane")).to_have_count(3)
+    replay.locator("#step").evaluate("(s) => { s.value = 1; s.dispatchEvent(new Event('input')); }")
+    expect(replay.locator("#tree .gtitle")).to_have_text(re.compile(r"^Step 1(:.*)?$"))
+    offline.close()
     assert page.errors == [], page.errors

@@ -71,6 +71,7 @@ def settings_values(valid: bool):
         "top_p": st.floats(0.05, 1.0),
         "seed": st.integers(0, 2**31 - 1),
         "start": st.sampled_from(["hot", "cold", "seeded"]),
+        "prompt_lookup": st.booleans(),
     }
     if valid:
         return st.fixed_dictionaries(field)

@@ -14,7 +14,7 @@ from webapp.runner import race_chunks
 from webapp.session import HISTORY_LIMIT, Session
 from webapp.settings import FIELDS, parse_settings
 
-SETTINGS = dict(zip(FIELDS, ["Count to five.", 12, "small-16", "", 8, "greedy", 0.7, 0.9, 0, "hot"]))
+SETTINGS = dict(zip(FIELDS, ["Count to five.", 12, "small-16", "", 8, "greedy", 0.7, 0.9, 0, "hot", False]))
 CURVE = CostCurve([1, 2, 8, 32], [0.01, 0.011, 0.014, 0.025], 64, "cpu")
 
 

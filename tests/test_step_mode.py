@@ -15,7 +15,7 @@ from webapp.session import Session
 from webapp.settings import FIELDS
 from webapp.stepping import PausedRaces, Stepper
 
-SETTINGS = dict(zip(FIELDS, ["Count to five.", 16, "small-16", "", 8, "greedy", 0.7, 0.9, 0, "hot"]))
+SETTINGS = dict(zip(FIELDS, ["Count to five.", 16, "small-16", "", 8, "greedy", 0.7, 0.9, 0, "hot", False]))
 CURVE = CostCurve([1, 2, 8, 32], [0.01, 0.011, 0.014, 0.025], 64, "cpu")
 
 

@@ -13,17 +13,19 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tr.decoding import autoregressive, token_recycling
 from tr.matrix import AdjacencyMatrix
-from tr.drafts import TemplateDrafter
-from tr.records import LOOKUP, ROOT_ORIGIN, Draft, Origin, OriginKind, RowWrite, Step
+from tr.drafts import PromptLookupDrafter, TemplateDrafter
+from tr.records import LOOKUP, ROOT_ORIGIN, Draft, Origin, OriginKind, RowWrite, Step, speedup, summarize
 from tr.trees import DraftTree, best_first_template, validate_paths
 from viz import (
     accepted_histogram, banded_html, mat_over_steps, matrix_summary, plain_html, row_lookup_html,
     rows_table_html, speedup_over_steps, tokens_vs_time, tree_figure,
 )
 import viz
-from viz.style import note_of
+from viz.explain import GLOSSARY, howto_charts, run_summary
+from viz.race import compare, history_markdown, stats_html, verdict_html
+from viz.style import LANE_COLORS, lane_name, note_of
 from viz.text import step_pieces
-from viz.tree import ACCEPTED, BONUS_KIND, REJECTED, ROOT, ROW_GAP, ROW_PX
+from viz.tree import ACCEPTED, BONUS_KIND, REJECTED, ROOT, ROW_GAP, ROW_PX, interesting_step, marks_for
 
 PROMPT = [1, 2, 3, 4, 5]
 
@@ -65,7 +67,8 @@ def runs() -> dict[str, list[Step]]:
     drafter = TemplateDrafter(DraftTree.from_paths(best_first_template("paper-80", 8)))
     tr_steps = list(token_recycling(model, PROMPT, 24, AdjacencyMatrix(64, 8), drafter))
     ar_steps = list(autoregressive(model, PROMPT, 24))
-    return {"ar": ar_steps, "tr": tr_steps}
+    pld_steps = list(token_recycling(model, PROMPT, 24, None, PromptLookupDrafter(PROMPT)))
+    return {"ar": ar_steps, "tr": tr_steps, "pld": pld_steps}
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +127,9 @@ def test_tree_hover_says_whether_the_model_agreed(best_step):
         tree = best_step.draft
         agreed = tree.tokens[node] == best_step.choices[tree.parents[node]]
         assert ("model agreed: yes" in hover) == agreed
-        assert f"node {node}, depth {tree.depths[node]}, candidate rank {tree.ranks[node]} of the parent's row" in hover
+        parent = tree.parents[node]
+        assert (f"node {node}, depth {tree.depths[node]}, from the row of 't{tree.tokens[parent]}', "
+                f"rank {tree.ranks[node]}") in hover
 
 
 def test_tree_hover_says_where_each_node_came_from():
@@ -133,9 +138,23 @@ def test_tree_hover_says_where_each_node_came_from():
     step.draft.origins[3] = Origin(OriginKind.PAIR, 3)
     fig = tree_figure(step, token_text)
     hovers = {n: h for t in fig.data if t.customdata is not None for n, h in zip(t.customdata, t.hovertext)}
-    assert "candidate rank 0 of the parent's row, given 50-60% when written" in hovers[1]
-    assert "copied by prompt lookup (a 2-token match)" in hovers[2]
-    assert "candidate rank 2 of the pair row" in hovers[3] and "30-40%" in hovers[3]
+    assert "from the row of 't10', rank 0 (given 50-60% when written)" in hovers[1]
+    assert "copied from the text" in hovers[2] and "last 2 token(s)" in hovers[2]
+    assert "from the row of ('t10', 't11'), rank 2 (given 30-40% when written)" in hovers[3]
+    step.draft.origins[1] = Origin(OriginKind.PAIR, 3)  # a pair row under the root: its first key is not held
+    hovers = {n: h for t in tree_figure(step, token_text).data if t.customdata is not None
+              for n, h in zip(t.customdata, t.hovertext)}
+    assert "from the row of (the token before, 't10'), rank 0" in hovers[1]
+
+
+def test_tree_legend_explains_rejected_nodes_even_when_there_are_none():
+    all_accepted = Step(3, [11, 12, 7], draft([10, 11, 12], [-1, 0, 1]), choices=[11, 12, 7], accepted=[0, 1, 2])
+    for step in (small_step(), all_accepted):
+        fig = tree_figure(step, token_text)
+        rejected = trace(fig, REJECTED.name)
+        assert rejected.showlegend is not False and len(rejected.x) >= 1 and "rejected" in REJECTED.name
+        assert rejected.marker.color == REJECTED.color != ACCEPTED.color
+    assert list(trace(tree_figure(all_accepted, token_text), REJECTED.name).customdata) == []
 
 
 def test_tree_layout_is_layered_legible_and_uncrossed(best_step):
@@ -222,23 +241,30 @@ def test_rows_table_marks_exactly_the_new_candidates():
         RowWrite(5, old=[0, 0, 0], new=[0, 2, 1], was_filled=False),  # never filled: all new
     ])
     page = rows_table_html(step, token_text)
-    rows = re.findall(r"<tr>(.*?)</tr>", page.split("<tbody>")[1])
-    assert len(rows) == 3
-    assert 'class="root"' in rows[0] and ">t7" in rows[0] and 'class="root"' not in page.split(rows[0])[1]
-    expected = [("t7", {"t6", "t8"}), ("t3", {"t9"}), ("t5", {"t0", "t2", "t1"})]
-    for row, (head, changed) in zip(rows, expected):
-        assert re.search(r"<th[^>]*>" + head, row)
-        assert set(re.findall(r'<td class="changed"[^>]*>(.*?)</td>', row)) == changed
-        assert len(re.findall(r"<td", row)) == 3
-    assert "overwrote 3 rows" in page and "showing" not in page
+    before = re.findall(r'<tr class="before">(.*?)</tr>', page)
+    after = re.findall(r'<tr class="after">(.*?)</tr>', page)
+    assert len(before) == len(after) == 3
+    assert 'class="root"' in before[0] and ">t7" in before[0] and 'class="root"' not in "".join(before[1:])
+    expected = [("t7", {"t1", "t2"}, {"t6", "t8"}), ("t3", {"t4"}, {"t9"}), ("t5", set(), {"t0", "t2", "t1"})]
+    for old, new, (head, dropped, changed) in zip(before, after, expected):
+        assert re.search(r'<th[^>]*rowspan="2"[^>]*>' + head, old) and ">before</td>" in old
+        assert set(re.findall(r'<td class="dropped"[^>]*>(.*?)</td>', old)) == dropped
+        assert ">after</td>" in new and set(re.findall(r'<td class="changed"[^>]*>(.*?)</td>', new)) == changed
+        assert len(re.findall(r"<td", new)) == 4  # "after" and the k = 3 candidates
+    assert "first written at this step" in before[2] and 'colspan="3"' in before[2]
+    assert "overwrote 3 rows, each shown before → after the overwrite" in page and "showing" not in page
+    # Columns share the table's width: k = 8 fits a 600 px panel without a scroll bar.
+    wide = Step(2, [5], draft([7], [-1]), rows_written=[RowWrite(7, list(range(8)), list(range(1, 9)), True)])
+    width = int(re.search(r"min-width:(\d+)px", rows_table_html(wide, token_text)).group(1))
+    assert "table-layout:fixed;width:100%" in page and width <= 600
 
 
 def test_rows_table_truncates_escapes_and_handles_no_rows(runs, best_step):
     page = rows_table_html(best_step, nasty_text, max_rows=5)
     assert f"overwrote {len(best_step.rows_written):,} rows" in page and "showing the first 5" in page
-    assert page.count("<tr>") == 6  # header + 5
+    assert page.count("<tr") == 11  # the header, then before and after for each of 5 rows
     assert "<b>" not in page and "&lt;b&gt;" in page
-    first = page.split("<tbody>")[1].split("</tr>")[0]
+    first = page.split("<tbody>")[1].split("</tr>")[0]  # the root's row, before
     assert 'class="root"' in first and re.search(r"<th[^>]*>" + re.escape(nasty_text(best_step.draft.tokens[0])
                                                                            .replace("&", "&amp;").replace("<", "&lt;")
                                                                            .replace(">", "&gt;")), first)
@@ -273,56 +299,181 @@ def test_panes_and_the_step_to_open_on():
     assert viz.most_accepted_step(steps) == 1  # the first of the steps that accepted the most
     assert viz.most_accepted_step(steps[:1]) == 0 and viz.most_accepted_step([]) == 0
     pane = viz.pane_html("A <b>", steps, lambda ids: " ".join(map(str, ids)), banded=True)
-    assert pane.startswith('<p class="pane-title">A &lt;b&gt; · ') and pane.count('class="tr-band"') == 4
+    assert pane.startswith('<p class="pane-title">A &lt;b&gt;: ') and pane.count('class="tr-band"') == 4
     assert "waiting" in viz.pane_html("A", [], str, banded=False)
+
+
+def test_interesting_step_shows_accepted_and_rejected_drafts(runs):
+    chain = draft([10, 11, 12], [-1, 0, 1])
+    steps = [Step(0, [1]),
+             Step(1, [11, 12, 5], chain, choices=[11, 12, 5], accepted=[0, 1, 2]),  # all accepted
+             Step(2, [11, 4], chain, choices=[11, 4, 5], accepted=[0, 1]),  # one accepted, one rejected
+             Step(3, [7], chain, choices=[7, 4, 5], accepted=[0])]  # all rejected
+    assert viz.most_accepted_step(steps) == 1 and interesting_step(steps) == 2
+    assert interesting_step(steps[:2]) == 1  # nothing mixed: the most accepted
+    assert marks_for(steps) == {1: "most accepted, largest tree", 2: "first rejection"}
+    assert marks_for([Step(0, [1])]) == {}
+    real = runs["tr"][interesting_step(runs["tr"])]
+    assert 0 < real.accepted_drafts < real.drafted
 
 
 # --- charts ------------------------------------------------------------------------------------------
 
+CHARTS = (tokens_vs_time, speedup_over_steps, accepted_histogram, mat_over_steps)
+
+
 def test_speedup_matches_a_hand_computation():
     ar = [timed(i, i + 1, 0.5 * (i + 1)) for i in range(4)]  # 1..4 tokens at 0.5 s each: 2 s for 4
     tr = [timed(0, 1, 0.5), timed(1, 3, 1.0, 2), timed(2, 8, 1.6, 5)]
-    fig = speedup_over_steps(ar, tr)
-    line = trace(fig, "speed-up")
-    assert list(line.x) == [0, 1, 2]
+    fig = speedup_over_steps({"ar": ar, "tr": tr})
+    line = trace(fig, lane_name("tr"))
+    assert list(line.x) == [1, 3, 8]  # tokens written so far
     # 1 token: AR 0.5 s / 0.5; 3 tokens: AR 1.5 s / 1.0; 8 tokens: beyond AR, 8 * (2 s / 4) = 4 s / 1.6.
     assert list(line.y) == pytest.approx([1.0, 1.5, 2.5])
-    assert fig.layout.shapes[0].y0 == 1 and fig.layout.shapes[0].line.dash == "dash"
-    assert fig.layout.yaxis.title.text == "speed-up (×)"
+    baseline = [t for t in fig.data if t.name.startswith(lane_name("ar"))][0]
+    assert list(baseline.y) == [1, 1] and baseline.line.dash == "dash"
+    assert "(×" in fig.layout.yaxis.title.text and "2.50×" in fig.layout.title.subtitle.text
 
 
 def test_histogram_and_mat_skip_the_prefill():
     steps = [timed(0, 1, 0.1, 1), timed(1, 4, 0.2, 3), timed(2, 5, 0.3, 1), timed(3, 8, 0.4, 3)]
-    bars = accepted_histogram(steps).data[0]
-    assert list(bars.x) == [1, 2, 3] and list(bars.y) == [1, 0, 2]
-    line = mat_over_steps(steps).data[0]
+    bars = trace(accepted_histogram({"tr": steps}), lane_name("tr"))
+    assert list(bars.x) == [1, 2, 3] and list(bars.customdata) == [1, 0, 2]
+    assert list(bars.y) == pytest.approx([100 / 3, 0, 200 / 3])  # shares of the lane's calls
+    line = trace(mat_over_steps({"tr": steps}), lane_name("tr"))
     assert list(line.x) == [1, 2, 3] and list(line.y) == pytest.approx([3.0, 2.0, 7 / 3])
 
 
-def test_tokens_vs_time_draws_one_line_per_method(runs):
+def test_tokens_vs_time_draws_one_line_per_lane(runs):
     fig = tokens_vs_time(runs)
-    assert len(fig.data) == 2
+    assert len(fig.data) == 3
     for t, steps in zip(fig.data, runs.values()):
         assert list(t.x) == [s.elapsed_s for s in steps] and list(t.y) == [s.total_tokens for s in steps]
     assert "(s)" in fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
 
 
+def test_every_chart_has_a_legend_entry_per_lane_in_its_colour_and_a_takeaway(runs):
+    for chart in CHARTS:
+        fig = chart(runs)
+        for lane in runs:
+            drawn = [t for t in fig.data if t.name.startswith(lane_name(lane)) and t.showlegend is not False]
+            assert len(drawn) == 1, (chart.__name__, lane)
+            color = drawn[0].marker.color if drawn[0].type == "bar" else drawn[0].line.color
+            assert color == LANE_COLORS[lane]
+        assert fig.layout.title.subtitle.text and fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+
+
 def test_real_run_charts_are_consistent(runs):
-    tr_steps = runs["tr"]
-    mat = mat_over_steps(tr_steps).data[0]
-    decoded = sum(len(s.tokens) for s in tr_steps[1:])
-    assert mat.y[-1] == pytest.approx(decoded / (len(tr_steps) - 1))
-    bars = accepted_histogram(tr_steps).data[0]
-    assert sum(bars.y) == len(tr_steps) - 1
-    assert len(speedup_over_steps(runs["ar"], tr_steps).data[0].y) == len(tr_steps)
+    for lane in ("tr", "pld"):
+        steps = runs[lane]
+        mat = trace(mat_over_steps(runs), lane_name(lane))
+        assert mat.y[-1] == pytest.approx(summarize(steps).mat)
+        assert f"{summarize(steps).mat:.2f}" in mat_over_steps(runs).layout.title.subtitle.text
+        bars = trace(accepted_histogram(runs), lane_name(lane))
+        assert sum(bars.customdata) == len(steps) - 1 and sum(bars.y) == pytest.approx(100)
+        assert len(trace(speedup_over_steps(runs), lane_name(lane)).y) == len(steps)
+    plain = trace(accepted_histogram(runs), lane_name("ar"))
+    assert plain.x[0] == 1 and plain.y[0] == 100 and sum(plain.y) == 100  # every plain call wrote one token
+
+
+def test_the_mat_chart_says_what_a_running_average_does():
+    fig = mat_over_steps({"tr": [timed(0, 1, 0.1), timed(1, 6, 0.2, 5), timed(2, 7, 0.3, 1)]})
+    assert list(trace(fig, lane_name("tr")).y) == pytest.approx([5.0, 3.0])  # falls: early calls weigh most
+    text = fig.layout.title.text + fig.layout.title.subtitle.text
+    assert "running average" in text and "warms up" not in text and "rises" not in text
 
 
 @pytest.mark.parametrize("steps", [[], [timed(0, 1, 0.1)]])
 def test_charts_of_nothing_are_notes(steps):
-    for fig in (speedup_over_steps(steps, steps), accepted_histogram(steps), mat_over_steps(steps),
-                speedup_over_steps([], [timed(0, 1, 0.1)])):
-        assert not fig.data and note_of(fig)
+    for chart in CHARTS[1:]:
+        assert note_of(chart({"ar": steps, "tr": steps})) and note_of(chart({}))
+    assert note_of(speedup_over_steps({"ar": [], "tr": [timed(0, 1, 0.1)]}))
     assert note_of(tokens_vs_time({})) and note_of(tokens_vs_time({"ar": [], "tr": []}))
+
+
+# --- the race: numbers, verdict, summary, history --------------------------------------------------------
+
+def test_run_summary_arithmetic_gives_the_speed_up(runs):
+    for lane in ("tr", "pld"):
+        c = compare(runs["ar"], runs[lane])
+        assert c.speedup == pytest.approx(speedup(runs["ar"], runs[lane]))
+        assert c.tokens_per_call / c.base_tokens_per_call / c.cost_ratio == pytest.approx(c.speedup)
+        text = run_summary(lane_name(lane), c, finished=True)
+        numbers = re.search(r"so ([\d.,]+) / ([\d.,]+) / ([\d.]+) ([=≈]) <b>([\d.]+)×</b>", text)
+        assert numbers, text
+        a, b, cost, sign, shown = numbers.groups()
+        assert shown == f"{c.speedup:.2f}" and cost == f"{c.cost_ratio:.2f}"
+        assert float(a.replace(",", "")) / float(b.replace(",", "")) / float(cost) == pytest.approx(c.speedup, abs=0.01)
+        assert (sign == "=") == (f"{float(a.replace(',', '')) / float(b.replace(',', '')) / float(cost):.2f}" == shown)
+    assert compare([], runs["tr"]) is None and compare(runs["ar"], []) is None
+
+
+def test_run_summary_of_unequal_token_counts_divides_tokens_per_call():
+    ar = [timed(0, 1, 0.1)] + [timed(i, i + 1, 0.1 * (i + 1)) for i in range(1, 4)]  # 4 tokens, 4 calls, 0.4 s
+    tr = [timed(0, 1, 0.1), timed(1, 6, 0.3, 5)]  # 6 tokens, 2 calls, 0.3 s
+    c = compare(ar, tr)
+    assert c.speedup == pytest.approx(speedup(ar, tr)) == pytest.approx((6 / 0.3) / (4 / 0.4))
+    text = run_summary("TR", c, finished=False)
+    assert "has written 6 tokens in 2 model calls (3.00 per call), plain decoding 4 in 4 (1.00 per call)" in text
+    assert "so 3.00 / 1.00 / 1.50 = <b>2.00×</b>" in text
+
+
+def test_stats_has_a_column_per_lane_baseline_first(runs):
+    titles = {"ar": "Plain", "tr": "TR", "pld": "PLD"}
+    page = stats_html({"tr": runs["tr"], "ar": runs["ar"], "pld": runs["pld"]}, titles, True, False, False)
+    assert re.findall(r"<th>(.*?)</th>", page) == ["", "Plain", "TR", "PLD"]
+    speedups = re.findall(r"<tr><td>speed-up over plain decoding</td>(.*?)</tr>", page)[0]
+    assert re.findall(r"<td>(.*?)</td>", speedups) == [
+        "1.00× (baseline)", f"{speedup(runs['ar'], runs['tr']):.2f}×", f"{speedup(runs['ar'], runs['pld']):.2f}×"]
+    assert page.count('class="note"') == 2 and "<b>TR</b>" in page and "<b>PLD</b>" in page
+    assert "MAT" in page and page.count('class="metric"') == 3  # one per drafting lane, and the verdict
+    alone = stats_html({"ar": runs["ar"]}, {}, False, True, False)
+    assert "<th>plain decoding</th>" in alone and 'class="note"' not in alone
+
+
+def test_verdict_is_identical_only_when_every_lane_matches(runs):
+    titles = {"pld": "Prompt lookup"}
+    assert "identical</span> (" in verdict_html(runs, titles, True, False)
+    changed = list(runs["pld"])
+    last = changed[-1]
+    changed[-1] = Step(last.index, [*last.tokens[:-1], (last.tokens[-1] + 1) % 64], total_tokens=last.total_tokens)
+    position = sum(len(s.tokens) for s in changed) - 1
+    verdict = verdict_html({**runs, "pld": changed}, titles, True, False)
+    assert "not identical" in verdict and f"Prompt lookup first differs at token #{position}" in verdict
+    assert "Token Recycling" not in verdict
+    assert "identical so far" in verdict_html({"ar": runs["ar"][:3], "tr": runs["tr"]}, {}, False, False)
+
+
+def test_history_wraps_escapes_and_caps_prompts():
+    row = dict(run=1, template="auto", k=8, start="hot", tokens=9, mat=2.0, speedup="1.50×", identical="yes")
+    long = "Why | is *the* sky <b>blue</b>?\n" + "word " * 100
+    table = history_markdown([dict(row, prompt=long)])
+    cell = table.splitlines()[2].split(" | ")[1]
+    assert "\n" not in cell and "<b>" not in cell and "&lt;b&gt;" in cell and "\\*the\\*" in cell
+    assert "Why \\| is" in cell and cell.endswith("…") and len(cell) < 330
+    assert "word word word" in cell  # not cut at 48 characters
+    short = history_markdown([dict(row, prompt="Hi")]).splitlines()[2]
+    assert "| Hi |" in short
+
+
+# --- texts ---------------------------------------------------------------------------------------------
+
+def test_texts_explain_the_words_they_use():
+    for term in ("Speculative decoding", "Draft", "Verification", "Forward pass / model call", "Prefill",
+                 "Committed token", "Accepted token", "Bonus token", "MAT", "Tree attention", "Adjacency matrix",
+                 "Row", "Rank", "k", "Hot / cold / seeded / primed start", "Prompt lookup decoding", "Speed-up",
+                 "Compute clock vs wall time", "Lossless"):
+        assert f"- **{term}**" in GLOSSARY
+    assert "speculative decoding" in viz.explain.ABOUT and "guess, then check" in viz.explain.ABOUT
+    assert "wall time" in viz.explain.HOWTO_RACE and "since win" not in viz.explain.HOWTO_CONTROLS
+    assert "80 drafts + the root = 81" in viz.explain.HOWTO_CONTROLS
+
+
+def test_howto_charts_uses_the_runs_own_tree_and_cost():
+    text = howto_charts("cpu", 12.4, 1.37)
+    assert "12.4 drafts + the root = 13.4 tokens" in text and "1.37×" in text and "81" not in text
+    assert "mean accepted tokens" in text and "MAT − 1" in text and "τ" in text
+    assert "80 drafts + the root = 81 tokens" in howto_charts("cpu") and "GPU" in howto_charts("cuda")
 
 
 # --- text --------------------------------------------------------------------------------------------
@@ -342,9 +493,19 @@ def test_banded_html_has_one_escaped_band_per_step():
     page = banded_html(steps, byte_decode)
     bands = re.findall(r'<span class="tr-band" style="([^"]*)" title="([^"]*)">(.*?)</span>', page, re.S)
     assert [title for _, title, _ in bands] == ["step 0: 2 tokens", "step 2: 3 tokens", "step 3: 8 tokens"]
-    assert len({style for style, _, _ in bands}) == 3  # neighbouring bands differ in colour
+    styles = [style for style, _, _ in bands]
+    assert all(a != b for a, b in zip(styles, styles[1:])) and len(set(styles)) == 2  # two tints, alternating
     assert "<b>" not in page and "&lt;b&gt; &amp; é\nn" in "".join(body for _, _, body in bands)
-    assert "white-space:pre-wrap" in page and "band" in page.split("<div style")[0]
+    assert "white-space:pre-wrap" in page and "only alternate" in page.split("<div style")[0]
+
+
+def test_one_token_calls_are_not_tinted():
+    steps = [Step(0, list(b"a")), Step(1, list(b"bc")), Step(2, list(b"d")), Step(3, list(b"ef"))]
+    page = banded_html(steps, byte_decode)
+    spans = re.findall(r'<span class="tr-band"( style="[^"]*")? title="([^"]*)">', page)
+    assert [bool(style) for style, _ in spans] == [False, True, False, True]
+    assert spans[1][0] != spans[3][0]  # tinted bands alternate even with untinted text between them
+    assert "Untinted text came one token per call" in page
 
 
 def test_step_pieces_keep_context_dependent_spaces(runs):
@@ -374,19 +535,36 @@ def test_tree_size_figure_marks_the_chosen_size_at_the_ratio_peak():
     step = Step(3, [5], draft([1, 2, 3], [-1, 0, 1], considered=[0.8, 0.5, 0.05, 0.01]))
     fig = viz.tree_size_figure(curve, step)
     cost, expected, ratio = (trace.y for trace in fig.data)
+    assert [t.name for t in fig.data] == ["measured cost (one-token passes)", "expected tokens per call",
+                                          "expected speed-up = tokens ÷ cost"]
     assert expected[:3] == pytest.approx((1.0, 1.8, 2.3))
     assert list(ratio) == pytest.approx([e / c for e, c in zip(expected, cost)])
     assert int(max(range(len(ratio)), key=ratio.__getitem__)) == 2  # the peak is the tree's 2 drafts
-    assert fig.layout.shapes[0].x0 == 2
+    assert {shape.x0 for shape in fig.layout.shapes} == {2}
+    assert fig.data[2].yaxis != fig.data[1].yaxis == fig.data[0].yaxis  # the speed-up has its own axis
+    assert f"drafted 2, where the expected speed-up peaks at {max(ratio):.2f}×" in fig.layout.title.subtitle.text
+    template = Step(3, [5], draft([1, 2, 3, 4], [-1, 0, 1, 2], scores=[1.0, 0.9, 0.02, 0.01]))
+    assert "the peak is at 1 draft (" in viz.tree_size_figure(curve, template).layout.title.subtitle.text
     assert len(viz.tree_size_figure(curve).data) == 1  # no step yet: the device's curve alone
     assert note_of(viz.tree_size_figure(None)) is not None
     timed = CostCurve([1, 2, 8], [1.0, 1.05, 1.4], 64, "cpu", measured=[1.0, 1.1, 1.4])
     markers = [trace for trace in viz.tree_size_figure(timed).data if trace.mode == "markers"]
     assert len(markers) == 1 and list(markers[0].x) == [0, 1, 7]
     assert list(markers[0].y) == pytest.approx([1.0, 1.1, 1.4])
-    assert markers[0].name == "timed"
-    learned = CostCurve([1, 2, 8], [1.0, 1.05, 1.4], 64, "cpu", measured=[1.0, 1.1, 1.4], steps=212.4)
-    assert "corrected by ~212 decoding steps" in viz.tree_size_figure(learned).data[1].name
+    assert markers[0].name == "timings the cost is fitted to"
+
+
+@pytest.mark.parametrize("considered", [[0.8, 0.5, 0.05, 0.01], [0.9] * 40])
+def test_tree_size_lines_share_one_x_range(considered):
+    from tr.costs import CostCurve
+
+    curve = CostCurve([1, 2, 8, 32, 64], [1.0, 1.1, 1.4, 2.5, 4.0], 64, "cpu", measured=[1.0, 1.1, 1.4, 2.5, 4.0])
+    step = Step(3, [5], draft([1, 2, 3], [-1, 0, 1], considered=considered))
+    fig = viz.tree_size_figure(curve, step)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert len(lines) == 3 and {(t.x[0], t.x[-1]) for t in lines} == {(0, len(considered))}
+    markers = [t for t in fig.data if t.mode == "markers"]
+    assert all(0 <= x <= len(considered) for t in markers for x in t.x)
 
 
 def test_benchmark_figure_draws_every_method_and_category():

@@ -1,4 +1,4 @@
-"""Plain autoregressive decoding and Token Recycling, as iterators of step records.
+"""Plain autoregressive decoding, Token Recycling and prompt lookup decoding, as iterators of step records.
 
 Both share one machinery: a `PreallocatedCache`, `forward` (one model call over new tokens with
 explicit positions and, for trees, an explicit attention mask) and `Clock` (forward time vs. the rest,
@@ -10,6 +10,10 @@ synchronised on CUDA). A step of Token Recycling:
 3. accept: the longest root path whose every token is the model's own choice at its parent, plus
    the model's choice after it (the bonus token, always correct);
 4. recycle: overwrite the row of every token in the pass with its new top-k.
+
+Prompt lookup decoding is the same loop with a drafter that reads no matrix
+(`tr.drafts.PromptLookupDrafter`) and no matrix to recycle into: the same passes, clocks and acceptance,
+so the two methods differ only in where drafts come from.
 """
 
 from __future__ import annotations
@@ -265,7 +269,7 @@ def _sampled_path(
         path.append(node)
 
 
-def prefill(request: Request, prompt: list[int], ids: torch.Tensor, matrix: AdjacencyMatrix,
+def prefill(request: Request, prompt: list[int], ids: torch.Tensor, matrix: AdjacencyMatrix | None,
             seed_from_prompt: bool) -> Step:
     """Step 0: the prompt (`ids` on the model's device) in one pass; with `seed_from_prompt`, its logits
     (computed anyway) also write the rows of the prompt tokens."""
@@ -312,7 +316,7 @@ def token_recycling(
     model: torch.nn.Module,
     prompt_ids: Sequence[int],
     max_new_tokens: int,
-    matrix: AdjacencyMatrix,
+    matrix: AdjacencyMatrix | None,
     drafter: Drafter,
     sampling: Sampling = GREEDY,
     eos_ids: Sequence[int] = (),
@@ -320,10 +324,13 @@ def token_recycling(
 ) -> Iterator[Step]:
     """Token Recycling. `matrix` is read and updated in place (keep it for a hot start); `drafter` is
     one of `tr.drafts`, made for this request. With `seed_from_prompt`, the prefill also writes the rows
-    of the prompt tokens before the first draft."""
+    of the prompt tokens before the first draft. With `matrix` None, nothing is recycled: for a drafter
+    that reads no matrix (prompt lookup decoding)."""
     device = _device(model)
     ids = _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(device)
-    if matrix.vocab_size != _vocab_size(model):
+    if matrix is None and seed_from_prompt:
+        raise ValueError("seed_from_prompt writes the prompt's rows: it needs a matrix")
+    if matrix is not None and matrix.vocab_size != _vocab_size(model):
         raise ValueError(f"matrix has {matrix.vocab_size} rows but the model has {_vocab_size(model)} logits")
     cache = PreallocatedCache(len(ids) + max_new_tokens + drafter.max_size)
     request = Request(model, device, next(model.parameters()).dtype, cache, Clock(device), sampling,
@@ -342,9 +349,10 @@ def token_recycling(
         tree, start = tree_buffers(tuple(draft.parents)), request.cache.length
         logits = verify(request, draft, tree)
         verdict = accept(request, draft, tree, logits, start)
-        rows = recycle(matrix, draft, logits, before_root)
+        rows = recycle(matrix, draft, logits, before_root) if matrix is not None else []
         root, before_root = verdict.bonus, draft.tokens[verdict.path[-1]]
         emitted, finished = _clip([draft.tokens[i] for i in verdict.path[1:]] + [root], request.room, request.eos)
         step = Step(step.index + 1, emitted, draft, verdict.choices, verdict.path, rows,
                     forward_s=request.clock.forward_s, finished=finished)
-        matrix.stats.observe(step)
+        if matrix is not None:
+            matrix.stats.observe(step)

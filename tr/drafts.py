@@ -17,6 +17,8 @@ lossless, so a drafter only decides speed.
   tokens per unit of verification cost, read off the device's cost curve (calibrated, then corrected
   by the steps' own forward times: `tr.costs.LearnedCost`): a large tree where verification is nearly
   free, a small one where it is not.
+- `PromptLookupDrafter` (prompt lookup decoding, Saxena 2023): no matrix at all, only a chain copied from
+  the latest earlier occurrence of the text's last 1-3 tokens, verified by the same loop.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class Drafter(Protocol):
 
     max_size: int  # most nodes a draft can have, the root included: the decoder reserves cache room for them
 
-    def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
-        """The tree to verify after the committed token `root`, from the matrix's current rows."""
+    def draft(self, root: int, matrix: AdjacencyMatrix | None) -> Draft:
+        """The tree to verify after the committed token `root`, from the matrix's current rows (None in a
+        run that keeps no matrix, which only a drafter that reads none is given)."""
         ...
 
 
@@ -98,6 +101,48 @@ class NgramIndex:
             if start is not None:
                 return self.tokens[start : start + length], n
         return [], 0
+
+
+# Draft tokens per prompt-lookup chain: the reference method's default (Saxena's `num_pred_tokens`, the
+# value transformers' docs pass as `prompt_lookup_num_tokens`), so this drafter is the method as
+# published, a baseline rather than one tuned to this device. A chain is drafted only where the text
+# repeats; elsewhere a step is a plain one-token pass and costs nothing extra.
+LOOKUP_CHAIN = 10
+
+
+class PromptLookupDrafter:
+    """Prompt lookup decoding for one request: a chain of up to `length` tokens copied from what followed
+    the latest earlier occurrence of the text's longest matching final n-gram (n = 3, 2, 1), or the root
+    alone (a plain decoding step) when nothing matches. It reads no matrix.
+
+    `prompt_ids` start the text and `observe` adds each step's tokens, so the text always ends with the
+    root. `curve`, when given, only prices the drafts (`Draft.predicted_cost`); it never sizes them.
+    """
+
+    def __init__(self, prompt_ids: Sequence[int] = (), length: int = LOOKUP_CHAIN, curve: CostCurve | None = None):
+        if length < 1:
+            raise ValueError(f"a lookup chain needs at least one token, got length {length}")
+        self.length, self.curve = length, curve
+        self.max_size = length + 1  # the root included
+        self.index = NgramIndex()
+        self.index.extend(prompt_ids)
+        # Lookup rates by n-gram length, learned from this request's steps: the drafts' scores (no matrix
+        # keeps statistics here). Ranks are all LOOKUP, so one rank column is enough.
+        self.stats = AcceptanceStats(k=1)
+
+    def observe(self, step: Step) -> None:
+        """Follow the text and count which copies the model agreed with."""
+        self.index.extend(step.tokens)
+        self.stats.observe(step)
+
+    def draft(self, root: int, matrix: AdjacencyMatrix | None = None) -> Draft:
+        chain, match = self.index.continuation(self.length)
+        size = len(chain) + 1
+        parents = list(range(-1, len(chain)))  # a chain: each node's parent is the node before it
+        origins = [ROOT_ORIGIN] + [lookup_origin(match)] * len(chain)
+        return Draft([root, *chain], parents, list(range(size)), [-1] + [LOOKUP] * len(chain), origins,
+                     path_scores(parents, origins, self.stats), self.curve.relative(size) if self.curve else 0.0,
+                     curve=self.curve)
 
 
 # --- the dynamic tree: nodes, a frontier of candidates, an expansion rule ---------------------------

@@ -15,12 +15,13 @@ from .decoding import autoregressive, token_recycling
 from .device.calibrate import calibrate
 from .device.model import LoadedModel
 from .device.primed import load_primed
-from .drafts import Drafter, DynamicDrafter, TemplateDrafter
+from .drafts import Drafter, DynamicDrafter, PromptLookupDrafter, TemplateDrafter
 from .matrix import AdjacencyMatrix
 from .records import Stats, Step, summarize, token_ids
 from .sampling import GREEDY, Sampling
 from .specs import MAX_NEW_TOKENS, Method, Start, TreeKind, TreeSpec, default_tree
 from .trees import DraftTree
+
 
 @dataclass
 class Generation:
@@ -48,6 +49,11 @@ def template_tree(paths: tuple[tuple[int, ...], ...]) -> DraftTree:
     return DraftTree.from_paths(list(paths))
 
 
+def _snapshot(curve: CostCurve | LearnedCost | None) -> CostCurve | None:
+    """The curve as it stands, for drafters that only report their predicted cost."""
+    return curve.curve if isinstance(curve, LearnedCost) else curve
+
+
 def make_drafter(lm: LoadedModel, tree: TreeSpec, curve: CostCurve | LearnedCost | None = None, *,
                  prompt_ids: Sequence[int]) -> Drafter:
     """A fresh drafter for one tree spec and one request (`prompt_ids`: the text prompt lookup copies from).
@@ -61,8 +67,7 @@ def make_drafter(lm: LoadedModel, tree: TreeSpec, curve: CostCurve | LearnedCost
     if tree.sized_by_cost:
         curve = curve or calibrate(lm.model, lm.name)
         return DynamicDrafter(curve, lookup=tree.kind is TreeKind.AUTO, prompt_ids=prompt_ids)
-    snapshot = curve.curve if isinstance(curve, LearnedCost) else curve
-    return TemplateDrafter(template_tree(tree.paths), snapshot)
+    return TemplateDrafter(template_tree(tree.paths), _snapshot(curve))
 
 
 def decode_steps(
@@ -78,11 +83,15 @@ def decode_steps(
 ) -> Iterator[Step]:
     """Step records of one method on one prompt; `matrix` persists across calls unless `start` is cold.
     `tree` is the draft tree (by default the paper's template); `costs` the device's cost curve for trees
-    sized by cost (see `make_drafter`)."""
+    sized by cost (see `make_drafter`). Prompt lookup decoding (`Method.PLD`) keeps no matrix and no tree:
+    it ignores `matrix`, `tree` and `start`, and takes `costs` only to report each draft's predicted cost."""
     method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
     if method is Method.AR:
         return autoregressive(lm.model, prompt_ids, max_new_tokens, sampling, lm.eos_ids)
+    if method is Method.PLD:
+        drafter = PromptLookupDrafter(prompt_ids, curve=_snapshot(costs))
+        return token_recycling(lm.model, prompt_ids, max_new_tokens, None, drafter, sampling, lm.eos_ids)
     matrix = matrix or AdjacencyMatrix(lm.vocab_size)
     tree = tree or default_tree(matrix.k)
     if tree.k > matrix.k:

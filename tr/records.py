@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from .costs import CostCurve
 
@@ -121,6 +122,22 @@ class Step:
     def expected_tokens(self) -> float:
         """What the drafter expected this step to emit (bonus included)."""
         return self.draft.expected_tokens if self.draft else 1.0
+
+
+def _draft_from_dict(item: dict[str, Any]) -> Draft:
+    curve = item.get("curve")
+    return Draft(**{**item, "origins": [Origin(OriginKind(o["kind"]), o["level"]) for o in item["origins"]],
+                    "curve": CostCurve(**curve) if curve is not None else None})
+
+
+def steps_from_dicts(items: list[dict[str, Any]]) -> list[Step]:
+    """Steps back from `dataclasses.asdict` form, as a run's record holds them (also after a JSON round
+    trip, where an origin's kind is its word)."""
+    return [
+        Step(**{**item, "draft": _draft_from_dict(item["draft"]) if item.get("draft") is not None else None,
+                "rows_written": [RowWrite(**w) for w in item.get("rows_written", [])]})
+        for item in items
+    ]
 
 
 @dataclass

@@ -26,6 +26,7 @@ CUSTOM_EXAMPLE = "[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0
 class Method(str, Enum):
     AR = "ar"  # plain autoregressive decoding, one token per forward pass
     TR = "tr"  # Token Recycling
+    PLD = "pld"  # prompt lookup decoding: n-gram copies from the text, verified by Token Recycling's loop
 
 
 class Start(str, Enum):

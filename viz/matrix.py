@@ -1,8 +1,10 @@
 """The adjacency matrix as HTML: the rows one step overwrote, a single row looked up, a size summary.
 
 Every row a step writes replaces the token's k candidates with the model's latest top-k at that
-token. The table shows the new candidates and marks the ones that were not in the old row, which is
-how much the matrix "learned" in that step. All token text goes through `html.escape`.
+token. The table shows each such row twice, before and after the overwrite: dropped candidates struck
+through, new ones highlighted, which is how much the matrix "learned" in that step. Columns share the
+table's width, so k = 8 fits a 600 px panel; a long token is cut with an ellipsis (its cell's tooltip
+holds it whole). All token text goes through `html.escape`.
 """
 
 from __future__ import annotations
@@ -12,23 +14,38 @@ from collections.abc import Callable
 
 from tr.records import RowWrite, Step
 
-TABLE_STYLE = "border-collapse:collapse;font-size:13px;font-family:ui-monospace,Menlo,Consolas,monospace"
-CELL_STYLE = "border:1px solid #e5e7eb;padding:2px 6px;white-space:pre;color:#111827"
+TABLE_STYLE = ("border-collapse:collapse;font-size:12px;font-family:ui-monospace,Menlo,Consolas,monospace;"
+               "table-layout:fixed;width:100%;min-width:{width}px")
+COLUMN_PX = 44  # narrowest readable candidate column: wider tables scroll rather than squeeze
+CELL_STYLE = ("border:1px solid #e5e7eb;padding:1px 3px;white-space:pre;overflow:hidden;text-overflow:ellipsis;"
+              "color:#111827")
 HEAD_STYLE = CELL_STYLE + ";background:#f3f4f6;font-weight:600"
 CHANGED_STYLE = CELL_STYLE + ";background:#fde68a;font-weight:600"
 ROOT_STYLE = CELL_STYLE + ";background:#bbf7d0;font-weight:600"
+BEFORE_STYLE = CELL_STYLE + ";color:#6b7280;background:#fafafa"
+DROPPED_STYLE = BEFORE_STYLE + ";text-decoration:line-through"
+WHEN_STYLE = CELL_STYLE + ";color:#6b7280;font-family:Inter,Segoe UI,Helvetica,Arial,sans-serif"
 NOTE_STYLE = "font-size:13px;color:#4b5563;margin:4px 0"
 
 
-def _cell(text: str, style: str = CELL_STYLE, cls: str = "", tag: str = "td", title: str = "") -> str:
+def _cell(text: str, style: str = CELL_STYLE, cls: str = "", tag: str = "td", title: str = "", rows: int = 1) -> str:
     attrs = f' class="{cls}"' if cls else ""
+    attrs += f' rowspan="{rows}"' if rows > 1 else ""
     attrs += f' title="{html.escape(title)}"' if title else ""
     return f'<{tag}{attrs} style="{style}">{html.escape(text)}</{tag}>'
 
 
-def _header(k: int) -> str:
-    return "<thead><tr>" + _cell("token", HEAD_STYLE, tag="th") + "".join(
-        _cell(f"#{rank}", HEAD_STYLE, tag="th", title=f"candidate rank {rank}") for rank in range(k)) + "</tr></thead>"
+def _table_style(columns: int) -> str:
+    return TABLE_STYLE.format(width=columns * COLUMN_PX)
+
+
+def _header(k: int, when: bool = False) -> str:
+    """Column heads: the row's token, (with `when`) before/after, then ranks 0 to k-1."""
+    # Fixed widths for the label columns; the candidates share the rest of the table equally.
+    heads = [_cell("token", HEAD_STYLE + ";width:6.5em", tag="th")]
+    heads += [_cell("", HEAD_STYLE + ";width:3.6em", tag="th")] if when else []
+    heads += [_cell(f"#{rank}", HEAD_STYLE, tag="th", title=f"candidate rank {rank}") for rank in range(k)]
+    return "<thead><tr>" + "".join(heads) + "</tr></thead>"
 
 
 def changed_candidates(write: RowWrite) -> set[int]:
@@ -42,21 +59,35 @@ def ordered_writes(step: Step) -> list[RowWrite]:
     return sorted(step.rows_written, key=lambda w: w.token != root)  # stable: the rest keep their order
 
 
-def _row(write: RowWrite, token_text: Callable[[int], str], is_root: bool) -> str:
+def _before(write: RowWrite, token_text: Callable[[int], str]) -> str:
+    """The row as it was: struck-through candidates are the ones the overwrite dropped."""
+    if not write.was_filled:
+        return f'<td colspan="{len(write.new)}" style="{BEFORE_STYLE}">(empty: first written at this step)</td>'
+    kept = set(write.new)
+    return "".join(_cell(token_text(c), BEFORE_STYLE, title=f"id {c}, kept") if c in kept
+                   else _cell(token_text(c), DROPPED_STYLE, "dropped", title=f"id {c}, dropped")
+                   for c in write.old)
+
+
+def _after(write: RowWrite, token_text: Callable[[int], str]) -> str:
     changed = changed_candidates(write)
-    label = token_text(write.token) + ("  (root)" if is_root else "")
-    head = _cell(label, ROOT_STYLE if is_root else HEAD_STYLE, "root" if is_root else "", "th",
-                 "root: this row drafted the tree's first layer" if is_root else f"token id {write.token}")
-    cells = [
-        _cell(token_text(c), CHANGED_STYLE, "changed", title=f"id {c}, new in this row") if c in changed
-        else _cell(token_text(c), title=f"id {c}, already in the old row")
-        for c in write.new
-    ]
-    return f"<tr>{head}{''.join(cells)}</tr>"
+    return "".join(_cell(token_text(c), CHANGED_STYLE, "changed", title=f"id {c}, new in this row") if c in changed
+                   else _cell(token_text(c), title=f"id {c}, already in the old row")
+                   for c in write.new)
+
+
+def _row(write: RowWrite, token_text: Callable[[int], str], is_root: bool) -> str:
+    """Two table rows for one written row: before the overwrite, then after it."""
+    label = token_text(write.token) + (" (root)" if is_root else "")
+    tip = "root: this row drafted the tree's first layer" if is_root else f"token id {write.token}"
+    head = _cell(label, ROOT_STYLE if is_root else HEAD_STYLE, "root" if is_root else "", "th", tip, rows=2)
+    return (f'<tr class="before">{head}{_cell("before", WHEN_STYLE)}{_before(write, token_text)}</tr>'
+            f'<tr class="after">{_cell("after", WHEN_STYLE)}{_after(write, token_text)}</tr>')
 
 
 def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int = 40) -> str:
-    """An HTML table of the rows `step` overwrote: token, then its k new candidates, new ones marked."""
+    """An HTML table of the rows `step` overwrote: each token's row before the overwrite (dropped
+    candidates struck through) and after it (new candidates highlighted), the root's row first."""
     writes = ordered_writes(step)
     if not writes:
         return f'<p style="{NOTE_STYLE}">Step {step.index} wrote no rows of the adjacency matrix.</p>'
@@ -64,13 +95,14 @@ def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int 
     k = len(writes[0].new)
     shown = writes[:max_rows]
     changed = sum(len(changed_candidates(w)) for w in writes)
-    note = (f"Step {step.index} overwrote {len(writes):,} rows ({changed:,} of {len(writes) * k:,} candidates new"
-            f", <span style=\"{CHANGED_STYLE}\">highlighted</span>)")
+    note = (f"Step {step.index} overwrote {len(writes):,} rows, each shown before → after the overwrite "
+            f"({changed:,} of {len(writes) * k:,} candidates new, <span style=\"{CHANGED_STYLE}\">highlighted</span>; "
+            f"dropped ones <span style=\"{DROPPED_STYLE}\">struck through</span>; · is a space)")
     if len(writes) > max_rows:
         note += f"; showing the first {max_rows:,}"
     body = "".join(_row(w, token_text, w.token == root) for w in shown)
     return (f'<div class="tr-rows"><p style="{NOTE_STYLE}">{note}.</p>'
-            f'<table style="{TABLE_STYLE}">{_header(k)}<tbody>{body}</tbody></table></div>')
+            f'<table style="{_table_style(k + 2)}">{_header(k, when=True)}<tbody>{body}</tbody></table></div>')
 
 
 def row_lookup_html(token: int, candidates: list[int] | None, token_text: Callable[[int], str]) -> str:
@@ -82,7 +114,7 @@ def row_lookup_html(token: int, candidates: list[int] | None, token_text: Callab
     cells = _cell(token_text(token), HEAD_STYLE, tag="th") + "".join(
         _cell(token_text(c), title=f"id {c}") for c in candidates)
     return (f'<div class="tr-row"><p style="{NOTE_STYLE}">Candidates after <code>{name}</code> (id {token}), '
-            f'best first:</p><table style="{TABLE_STYLE}">{_header(len(candidates))}'
+            f'best first:</p><table style="{_table_style(len(candidates) + 1)}">{_header(len(candidates))}'
             f"<tbody><tr>{cells}</tr></tbody></table></div>")
 
 

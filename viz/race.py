@@ -1,59 +1,151 @@
-"""The race as HTML: the verdict, the per-side table and the history, from both decoders' step records.
+"""The race as HTML: the verdict, the per-lane table, a plain account of the speed-up, and the history.
 
-Everything takes the two step lists as they stand (mid-run or finished) and returns values or HTML;
-the app only places the result.
+Everything takes the lanes' step lists as they stand (mid-run or finished), keyed "ar" (plain
+decoding, the baseline), "tr", "pld"..., and returns values or HTML; the app only places the result.
 """
 
 from __future__ import annotations
 
 import html
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from tr.records import Step
-from tr.records import summarize
-from tr.records import difference, speedup, token_ids
+from tr.records import Stats, Step, difference, summarize, token_ids
+
+from .explain import run_summary
+from .style import BASELINE, drafting_lanes, lane_name
+
+MAT_TIP = "mean accepted tokens: tokens written per model call after the prefill, bonus token included"
+PROMPT_CHARS = 300  # a history row shows this much of its prompt
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~#])")
 
 
-def verdict_html(ar: list[Step], tr: list[Step], finished: bool, sampling: bool) -> str:
-    """Whether the two outputs are identical (or, mid-run, identical so far)."""
-    diff, n = difference(ar, tr, finished), len(token_ids(tr))
-    if diff is None:
+@dataclass(frozen=True)
+class Comparison:
+    """One drafting lane against plain decoding, each on its own compute clock. A model call is one
+    forward pass; the prefill over the prompt counts as one, so the numbers multiply exactly to the
+    speed-up `tr.records.speedup` reports."""
+
+    tokens: int
+    calls: int
+    seconds: float
+    base_tokens: int
+    base_calls: int
+    base_seconds: float
+    mean_drafts: float  # drafted tokens a decoding call verified, on average
+
+    @property
+    def tokens_per_call(self) -> float:
+        return self.tokens / self.calls
+
+    @property
+    def base_tokens_per_call(self) -> float:
+        return self.base_tokens / self.base_calls
+
+    @property
+    def cost_ratio(self) -> float:
+        """Seconds per call of this lane over plain decoding's: what one call over drafts costs."""
+        return (self.seconds / self.calls) / (self.base_seconds / self.base_calls)
+
+    @property
+    def speedup(self) -> float:
+        """Tokens per call gained, divided by what each call cost more: tokens/s over plain decoding's."""
+        return self.tokens_per_call / self.base_tokens_per_call / self.cost_ratio
+
+
+def compare(base: list[Step], lane: list[Step]) -> Comparison | None:
+    """The lane against the baseline; None until both have spent time and written a token."""
+    if not base or not lane:
+        return None
+    a, b = summarize(base), summarize(lane)
+    if not (a.seconds and b.seconds and a.tokens and b.tokens):
+        return None
+    decoding = lane[1:]
+    drafts = sum(s.drafted for s in decoding) / len(decoding) if decoding else 0.0
+    return Comparison(b.tokens, len(lane), b.seconds, a.tokens, len(base), a.seconds, drafts)
+
+
+def heading(lane: str, titles: Mapping[str, str]) -> str:
+    """The lane's column and sentence heading: the caller's title, else its usual name."""
+    return titles.get(lane) or lane_name(lane)
+
+
+def verdict_html(lanes: Mapping[str, list[Step]], titles: Mapping[str, str], finished: bool, sampling: bool) -> str:
+    """"identical" only when every lane's output equals plain decoding's (mid-run: as far as both got);
+    otherwise each differing lane and its first differing token."""
+    base = lanes.get(BASELINE)
+    others = drafting_lanes(lanes)
+    if not base or not others:
+        return "–"
+    diffs = {lane: difference(base, lanes[lane], finished) for lane in others}
+    wrong = {lane: at for lane, at in diffs.items() if at is not None}
+    if not wrong:
+        n = min(len(token_ids(steps)) for steps in lanes.values())
         return (f'<span class="ok">identical</span> ({n} tokens)' if finished else
-                f'<span class="ok">identical so far</span> (first {min(n, len(token_ids(ar)))} tokens)')
+                f'<span class="ok">identical so far</span> (first {n} tokens)')
     # Lossless sampling means the same distribution, not the same draws.
-    note = " (fine when sampling: both are draws from the model's own distribution)" if sampling else ""
-    return f'<span class="bad">not identical</span>: first difference at token #{diff}{note}'
+    note = " (fine when sampling: every output is a draw from the model's own distribution)" if sampling else ""
+    named = "; ".join(f"{html.escape(heading(lane, titles))} first differs at token #{at}"
+                      for lane, at in wrong.items())
+    return f'<span class="bad">not identical</span>: {named}{note}'
 
 
-def stats_html(ar: list[Step], tr: list[Step], finished: bool, stopped: bool, sampling: bool) -> str:
-    """Headline (speed-up, MAT, identical?), then tokens, passes, MAT, time and tokens/s per side."""
-    stats = [summarize(steps) if steps else None for steps in (ar, tr)]
+def _table(lanes: Mapping[str, list[Step]], titles: Mapping[str, str],
+           comparisons: Mapping[str, Comparison | None]) -> str:
+    order = [BASELINE, *drafting_lanes(lanes)] if BASELINE in lanes else list(lanes)
+    stats: dict[str, Stats | None] = {lane: summarize(lanes[lane]) if lanes[lane] else None for lane in order}
 
-    def cells(fmt: str, attr: str) -> str:
-        return "".join(f"<td>{fmt.format(getattr(s, attr)) if s else '–'}</td>" for s in stats)
+    def row(label: str, value: Any) -> str:
+        cells = "".join(f"<td>{value(lane, s) if s else '–'}</td>" for lane, s in stats.items())
+        return f"<tr><td>{label}</td>{cells}</tr>"
 
-    rows = [
-        ("tokens", cells("{:,}", "tokens")),
-        ("forward passes after the prefill", cells("{:,}", "steps")),
-        ("MAT: tokens per pass", cells("{:.2f}", "mat")),
-        ("compute time (own clock)", cells("{:.2f} s", "seconds")),
-        ("tokens / s", cells("{:.1f}", "tokens_per_s")),
-    ]
-    body = "".join(f"<tr><td>{label}</td>{values}</tr>" for label, values in rows)
-    ratio, tr_stats = speedup(ar, tr), stats[1]
+    def speed(lane: str, s: Stats) -> str:
+        c = comparisons.get(lane)
+        return "1.00× (baseline)" if lane == BASELINE else (f"{c.speedup:.2f}×" if c else "–")
+
+    body = "".join((
+        row("tokens written", lambda lane, s: f"{s.tokens:,}"),
+        row("model calls (the prefill counts as one)", lambda lane, s: f"{s.steps + 1:,}"),
+        row("MAT (mean accepted tokens): tokens per call after the prefill, bonus included",
+            lambda lane, s: f"{s.mat:.2f}"),
+        row("compute time (its own clock)", lambda lane, s: f"{s.seconds:.2f} s"),
+        row("time per model call", lambda lane, s: f"{1000 * s.seconds / (s.steps + 1):.1f} ms"),
+        row("tokens / s", lambda lane, s: f"{s.tokens_per_s:.1f}"),
+        row("speed-up over plain decoding", speed),
+    ))
+    heads = "".join(f"<th>{html.escape(heading(lane, titles))}</th>" for lane in order)
+    return f"<table><thead><tr><th></th>{heads}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def stats_html(lanes: Mapping[str, list[Step]], titles: Mapping[str, str], finished: bool, stopped: bool,
+               sampling: bool) -> str:
+    """Headline (speed-up and MAT per drafting lane, identical?), a table with one column per lane
+    ("ar" first), and one sentence per drafting lane saying where its speed-up came from."""
+    base = lanes.get(BASELINE, [])
+    comparisons = {lane: compare(base, lanes[lane]) for lane in drafting_lanes(lanes)}
     state = "" if finished else (" (stopped)" if stopped else " so far")
-    headline = (
-        f'<span class="metric">Speed-up{state} <b>{f"{ratio:.2f}×" if ratio else "–"}</b></span>'
-        f'<span class="metric">MAT <b>{f"{tr_stats.mat:.2f}" if tr_stats else "–"}</b></span>'
-        f'<span class="metric">Outputs: {verdict_html(ar, tr, finished, sampling)}</span>'
-    )
-    note = ""
-    if finished and ratio and tr_stats and ratio < tr_stats.mat:
-        # The question every visitor asks: why is the speed-up smaller than MAT (or even below 1)?
-        note = ('<p class="note">Speed-up is below MAT because one pass over the draft tree costs more than a '
-                "one-token pass here: see <i>Why this tree size</i> and <i>The whole run</i> below.</p>")
-    return (f'<div class="stats"><p class="headline">{headline}</p><table><thead><tr><th></th>'
-            f"<th>autoregressive</th><th>Token Recycling</th></tr></thead><tbody>{body}</tbody></table>{note}</div>")
+    metrics = []
+    for lane, c in comparisons.items():
+        ratio = f"{c.speedup:.2f}×" if c else "–"
+        mat = f"{summarize(lanes[lane]).mat:.2f}" if lanes[lane] else "–"
+        metrics.append(f'<span class="metric">{html.escape(heading(lane, titles))}: speed-up{state} <b>{ratio}</b> · '
+                       f'<abbr title="{MAT_TIP}">MAT</abbr> <b>{mat}</b></span>')
+    metrics.append(f'<span class="metric">Outputs: {verdict_html(lanes, titles, finished, sampling)}</span>')
+    sentences = "".join(f'<p class="note">{run_summary(heading(lane, titles), c, finished)}</p>'
+                        for lane, c in comparisons.items() if c)
+    return (f'<div class="stats"><p class="headline">{"".join(metrics)}</p>{_table(lanes, titles, comparisons)}'
+            f"{sentences}</div>")
+
+
+def prompt_cell(prompt: str, limit: int = PROMPT_CHARS) -> str:
+    """A prompt as one Markdown table cell: whitespace collapsed (a newline would end the row), HTML
+    and Markdown escaped (prompts come from strangers), cut at `limit` characters with an ellipsis."""
+    text = " ".join(prompt.split())
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
 
 
 def history_markdown(history: list[dict[str, Any]]) -> str:
@@ -63,7 +155,6 @@ def history_markdown(history: list[dict[str, Any]]) -> str:
     lines = ["| run | prompt | tree | k | start | tokens | TR MAT | speed-up | identical |",
              "|---|---|---|---|---|---|---|---|---|"]
     for h in reversed(history):
-        prompt = html.escape(h["prompt"][:48].replace("|", "/").replace("\n", " "))
-        lines.append(f"| {h['run']} | {prompt} | {h['template']} | {h['k']} | {h['start']} | {h['tokens']} | "
-                     f"{h['mat']:.2f} | {h['speedup']} | {h['identical']} |")
+        lines.append(f"| {h['run']} | {prompt_cell(h['prompt'])} | {h['template']} | {h['k']} | {h['start']} | "
+                     f"{h['tokens']} | {h['mat']:.2f} | {h['speedup']} | {h['identical']} |")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
-"""The generated text as HTML, with each forward pass's tokens on one coloured band.
+"""The generated text as HTML, with the tokens of each model call that wrote more than one on a tinted band.
 
 A band holds the tokens one step emitted together (accepted drafts plus the bonus token), so long
-bands are where the recycled drafts paid off. Text is decoded incrementally with a little context so
+bands are where the drafts paid off. Two tints alternate only so that neighbouring bands can be told
+apart; text on no tint came one token per call. Text is decoded incrementally with a little context so
 a step's share reads exactly as it does inside the whole text (spaces a tokenizer only renders after
 a previous token, characters split across tokens), without re-decoding the whole output per step.
 """
@@ -13,8 +14,8 @@ from collections.abc import Callable
 
 from tr.records import Step
 
-# Light enough for dark text, distinct enough that neighbouring bands never look alike.
-PASTELS = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fbcfe8", "#ddd6fe", "#fed7aa", "#a5f3fc", "#e5e7eb")
+# Light enough for dark text; they alternate, so neighbouring bands never look alike.
+TINTS = ("#fde68a", "#bfdbfe")
 CONTAINER_STYLE = ("white-space:pre-wrap;word-break:break-word;line-height:1.7;font-size:15px;"
                    "padding:8px 10px;border:1px solid #e5e7eb;border-radius:8px;min-height:3em")
 BAND_STYLE = "background:{color};color:#111827;border-radius:3px;padding:1px 0"
@@ -56,28 +57,33 @@ def _plural(n: int, word: str) -> str:
 
 
 def banded_html(steps: list[Step], decode: Callable[[list[int]], str]) -> str:
-    """The output with one pastel band per forward pass; hover a band for its step and token count."""
-    bands = []
+    """The output with each multi-token model call on a band of alternating tint; hover any piece for its
+    step and token count."""
+    bands, tinted = [], 0
     for step, piece in zip(steps, step_pieces(steps, decode)):
         if not piece:
             continue
-        style = BAND_STYLE.format(color=PASTELS[step.index % len(PASTELS)])
         title = f"step {step.index}: {_plural(len(step.tokens), 'token')}"
-        bands.append(f'<span class="tr-band" style="{style}" title="{title}">{html.escape(piece)}</span>')
-    legend = ("Each coloured band is one forward pass: the tokens it emitted together "
-              "(accepted drafts plus one bonus token; step 0 is the prefill). Hover a band for details.")
+        style = ""
+        if len(step.tokens) > 1:
+            style = f' style="{BAND_STYLE.format(color=TINTS[tinted % len(TINTS)])}"'
+            tinted += 1
+        bands.append(f'<span class="tr-band"{style} title="{title}">{html.escape(piece)}</span>')
+    legend = ("A tinted band is the text one model call wrote at once: its accepted drafts plus the model's own "
+              "bonus token. The two tints only alternate to keep neighbouring calls apart; they mean nothing "
+              "else. Untinted text came one token per call. Hover any piece for its step.")
     return _container("".join(bands), legend)
 
 
 def plain_html(steps: list[Step], decode: Callable[[list[int]], str]) -> str:
     """The output in the same box as `banded_html`, without bands (for the baseline)."""
     text = decode([t for step in steps for t in step.tokens]) if steps else ""
-    return _container(html.escape(text), "One token per forward pass.")
+    return _container(html.escape(text), "One token per model call: nothing is drafted.")
 
 
 def pane_html(title: str, steps: list[Step], decode: Callable[[list[int]], str], banded: bool) -> str:
     """One decoder's text so far under a heading with its own compute clock."""
-    clock = f"{steps[-1].elapsed_s:.2f} s" if steps else "waiting"
-    done = " · done" if steps and steps[-1].finished else ""
+    clock = f"{steps[-1].elapsed_s:.2f} s of its own compute" if steps else "waiting"
+    done = ", done" if steps and steps[-1].finished else ""
     body = banded_html(steps, decode) if banded else plain_html(steps, decode)
-    return f'<p class="pane-title">{html.escape(title)} · {clock}{done}</p>{body}'
+    return f'<p class="pane-title">{html.escape(title)}: {clock}{done}</p>{body}'

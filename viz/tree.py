@@ -3,7 +3,8 @@
 The tree is held as a networkx graph (node 0 is the root, the last committed token; the bonus token
 is an extra node hanging off the last accepted one) and drawn with a layered layout: depth on the x
 axis, siblings spread vertically in rank order and kept near their parent, so an 81-node tree with
-layers of 8, 18, 22, 14, 11 and 7 nodes stays readable.
+layers of 8, 18, 22, 14, 11 and 7 nodes stays readable. Hovering a node says which matrix cell it
+was drafted from; `interesting_step` and `marks_for` pick the steps worth opening on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import networkx as nx
 import plotly.graph_objects as go
 
-from tr.records import Origin, OriginKind, Step
+from tr.records import OriginKind, Step
 
 from .style import base_layout, empty_figure
 
@@ -39,7 +40,7 @@ class Kind:
 
 ROOT = Kind("root (last committed token)", "#1f6f3f", "square", 13, "#14532d")
 ACCEPTED = Kind("accepted draft", "#22a050", "circle", 12, "#14532d")
-REJECTED = Kind("rejected / off the accepted path", "#b4b4b4", "circle", 8, "#9ca3af", 0.7)
+REJECTED = Kind("rejected draft (or on a branch the model left)", "#9ca3af", "circle", 9, "#6b7280", 0.9)
 BONUS_KIND = Kind("bonus token (model's own choice)", "#e6a800", "star", 18, "#92400e")
 KINDS = (ROOT, ACCEPTED, REJECTED, BONUS_KIND)
 PATH_EDGE = dict(color="#22a050", width=3.5)
@@ -56,6 +57,31 @@ def most_accepted_step(steps: list[Step]) -> int:
     """The step that accepted the most drafts (the first of them): the most telling tree to show first."""
     decoding = range(1, len(steps)) if len(steps) > 1 else range(len(steps))  # step 0 (prefill) has no tree
     return max(decoding, key=lambda i: (steps[i].accepted_drafts, -i)) if steps else 0
+
+
+def interesting_step(steps: list[Step]) -> int:
+    """A step to open on that shows both outcomes: the most accepted (the first of them) among steps
+    with accepted and rejected drafts; else `most_accepted_step`."""
+    mixed = [i for i, s in enumerate(steps) if i and has_tree(s) and 0 < s.accepted_drafts < s.drafted]
+    return max(mixed, key=lambda i: (steps[i].accepted_drafts, -i)) if mixed else most_accepted_step(steps)
+
+
+def marks_for(steps: list[Step]) -> dict[int, str]:
+    """Steps worth a look, by index, in words for slider labels: the most accepted, the first with a
+    rejected draft, the largest tree. One step can earn several names."""
+    trees = [i for i, s in enumerate(steps) if i and has_tree(s)]
+    if not trees:
+        return {}
+    picks = {
+        "most accepted": most_accepted_step(steps),
+        "first rejection": next((i for i in trees if steps[i].accepted_drafts < steps[i].drafted), None),
+        "largest tree": max(trees, key=lambda i: (steps[i].drafted, -i)),
+    }
+    marks: dict[int, str] = {}
+    for name, i in picks.items():
+        if i is not None:
+            marks[i] = f"{marks[i]}, {name}" if i in marks else name
+    return marks
 
 
 def bonus_token(step: Step) -> int:
@@ -79,12 +105,20 @@ def agreement(step: Step, node: int, token_text: Callable[[int], str]) -> str:
     return f"no: it chose {quoted(choice, token_text)}"
 
 
-def origin_text(origin: Origin, rank: int) -> str:
-    """Where a draft node came from, in words, for hover text."""
+def cell_text(step: Step, node: int, token_text: Callable[[int], str]) -> str:
+    """Which matrix cell a drafted node was read from ("row of 'the', rank 2"; a pair row is keyed by the
+    grandparent and parent tokens), or that it was copied from the text."""
+    draft = step.draft
+    origin, parent = draft.origins[node], draft.parents[node]
     if origin.kind is OriginKind.LOOKUP:
-        return f"copied by prompt lookup (a {origin.level}-token match)"
-    row = "the pair row (parent and grandparent tokens)" if origin.kind is OriginKind.PAIR else "the parent's row"
-    return f"candidate rank {rank} of {row}, given {origin.level * 10}-{origin.level * 10 + 10}% when written"
+        return f"copied from the text: what followed an earlier occurrence of its last {origin.level} token(s)"
+    key = quoted(draft.tokens[parent], token_text)
+    if origin.kind is OriginKind.PAIR:
+        # The root's pair row is keyed by the committed token before it, which the step does not hold.
+        before = quoted(draft.tokens[draft.parents[parent]], token_text) if parent else "the token before"
+        key = f"({before}, {key})"
+    low = origin.level * 10
+    return f"row of {key}, rank {draft.ranks[node]} (given {low}-{low + 10}% when written)"
 
 
 def tree_graph(step: Step, token_text: Callable[[int], str]) -> nx.DiGraph:
@@ -92,17 +126,17 @@ def tree_graph(step: Step, token_text: Callable[[int], str]) -> nx.DiGraph:
     graph, draft = nx.DiGraph(), step.draft
     accepted = set(step.accepted)
     for node, token in enumerate(draft.tokens):
-        depth, rank = draft.depths[node], draft.ranks[node]
+        depth = draft.depths[node]
         if node == 0:
             kind = ROOT
             hover = f"node 0 (root), depth 0<br>token {quoted(token, token_text)}<br>the last committed token"
         else:
             kind = ACCEPTED if node in accepted else REJECTED
             chance = f"<br>estimated chance: {draft.scores[node]:.0%}" if draft.scores else ""
-            hover = (f"node {node}, depth {depth}, {origin_text(draft.origins[node], rank)}"
+            hover = (f"node {node}, depth {depth}, from the {cell_text(step, node, token_text)}"
                      f"<br>token {quoted(token, token_text)}{chance}"
                      f"<br>model agreed: {agreement(step, node, token_text)}")
-        graph.add_node(node, token=token, depth=depth, rank=rank, kind=kind, hover=hover)
+        graph.add_node(node, token=token, depth=depth, rank=draft.ranks[node], kind=kind, hover=hover)
         if node:
             graph.add_edge(draft.parents[node], node, on_path=node in accepted)
     last = step.accepted[-1]
@@ -162,8 +196,10 @@ def _edge_trace(pos: dict, edges: list, line: dict, name: str) -> go.Scatter:
 
 def _node_trace(graph: nx.DiGraph, pos: dict, kind: Kind) -> go.Scatter:
     nodes = [n for n, data in graph.nodes(data=True) if data["kind"] is kind]
+    # plotly drops a trace without points from the legend: a blank point keeps every kind explained.
+    xs, ys = ([pos[n][0] for n in nodes], [pos[n][1] for n in nodes]) if nodes else ([None], [None])
     return go.Scatter(
-        x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers", name=kind.name,
+        x=xs, y=ys, mode="markers", name=kind.name,
         marker=dict(color=kind.color, symbol=kind.symbol, size=kind.size, opacity=kind.opacity,
                     line=dict(color="white", width=1)),
         customdata=nodes, hovertext=[graph.nodes[n]["hover"] for n in nodes], hoverinfo="text",
@@ -194,6 +230,8 @@ def tree_figure(step: Step, token_text: Callable[[int], str]) -> go.Figure:
             what = "the prefill over the prompt"
         elif step.draft is not None and step.draft.probe:
             what = "a timing probe (the root alone, a plain decoding step: it keeps the cost curve honest)"
+        elif step.draft is not None:
+            what = "a step with nothing to draft (no match to copy, or an empty row): one call, one token"
         else:
             what = "a step without drafting"
         return empty_figure(f"Step {step.index}", f"No draft tree: this is {what}.")

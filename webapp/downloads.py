@@ -1,7 +1,7 @@
 """Run records written for download, with a bound on what is left on disk.
 
 A session's record goes to one file in the app's own folder, replaced by its next run and removed when
-the session ends; any file older than `max_age_s` is removed at the next write, so files left by
+the session ends (its replay page, made on demand, likewise); any file older than `max_age_s` is removed at the next write, so files left by
 visitors who never come back go too. Gradio serves a copy from its cache, which the app's
 `delete_cache` setting sweeps on the same schedule.
 """
@@ -28,13 +28,16 @@ class Downloads:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.written: dict[str, float] = {}  # path -> when written, by `clock`
 
-    def write(self, record: dict[str, Any], replaces: str | None = None) -> str:
-        """Write a record to a new file (removing the one it replaces and any that expired); its path."""
+    def write(self, content: dict[str, Any] | str, replaces: str | None = None) -> str:
+        """Write a record (as JSON) or a page (HTML text) to a new file, removing the one it replaces and
+        any that expired; its path."""
         self.remove(replaces)
         self.sweep()
-        handle, path = tempfile.mkstemp(prefix="run-", suffix=".json", dir=self.folder)
-        with os.fdopen(handle, "w") as file:
-            json.dump(record, file)
+        page = isinstance(content, str)
+        handle, path = tempfile.mkstemp(prefix="replay-" if page else "run-", suffix=".html" if page else ".json",
+                                        dir=self.folder)
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(content) if page else json.dump(content, file)
         self.written[path] = self.clock()
         return path
 

@@ -241,6 +241,15 @@ class Handlers:
         except ValueError as err:
             return {"lookup": views.note_html(rejected(err))}
 
+    def replay(self, session: Session | None) -> dict:
+        """Make replay: the latest run (finished or stopped) as one HTML page that works from disk."""
+        session = session or Session()
+        run = session.run
+        if run is None or not (run.finished or run.stopped) or session.stepper is not None:
+            return {"message": "Nothing to replay yet: a replay is made of a finished (or stopped) run."}
+        session.replay_path = self.downloads.write(views.replay_page(self.lm, run), replaces=session.replay_path)
+        return views.replay_views(run, session.replay_path)
+
     def show_step(self, session: Session | None, index: Any) -> dict:
         try:
             return views.step_views(self.lm, session or Session(), parse_step(index))
@@ -251,4 +260,5 @@ class Handlers:
         """Gradio drops a closed session's state after a while: remove its download and paused race with it."""
         if session is not None:
             self.downloads.remove(session.download_path)
+            self.downloads.remove(session.replay_path)
             self.end_paused(session)

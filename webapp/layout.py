@@ -22,7 +22,9 @@ from tr.device.model import LoadedModel
 from tr.device.primed import describe_primed, find_primed
 from tr.matrix import MAX_K
 from tr.specs import CUSTOM_EXAMPLE, MAX_NEW_TOKENS, Start
-from viz.explain import ABOUT, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, howto_charts
+from viz.explain import (
+    ABOUT, GLOSSARY, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, HOWTO_VERIFY, howto_charts,
+)
 
 from . import views
 from .downloads import Downloads
@@ -35,8 +37,9 @@ from .settings import CUSTOM, DECODING, FIELDS, TEMPLATES
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 QUEUE_SIZE = 16
 OUTPUTS = (
-    "message", "ar_pane", "tr_pane", "stats", "slider", "tree", "why", "rows", "matrix_info", "lookup",
-    "chart_time", "chart_speedup", "chart_hist", "chart_mat", "download", "history", "session",
+    "message", "ar_pane", "tr_pane", "pld_pane", "stats", "slider", "tree", "why", "rows", "verify", "mask",
+    "matrix_info", "lookup", "charts_howto", "chart_time", "chart_speedup", "chart_hist", "chart_mat", "download",
+    "replay", "history", "session",
 )
 
 
@@ -93,6 +96,8 @@ def settings_panel(lm: LoadedModel) -> dict[str, gr.components.Component]:
         primed = find_primed(lm) is not None
         w["start"] = gr.Radio([s.value for s in Start], value=(Start.PRIMED if primed else Start.HOT).value,
                               label="Start", min_width=120)
+    w["prompt_lookup"] = gr.Checkbox(False, label="Third lane: prompt lookup decoding",
+                                     info="drafts copied from the prompt, on the same clock")
     with gr.Row(visible=False) as sampling_row:
         w["temperature"] = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature", min_width=90)
         w["top_p"] = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", min_width=90)
@@ -121,9 +126,9 @@ def race_panel(examples: tuple[list, list], v: dict[str, Any], w: dict[str, Any]
     v["message"] = gr.Markdown("Pick an example or type a prompt, then press **Run race**.",
                                elem_classes="message", elem_id="message")
     with gr.Row(equal_height=False):
-        for name, elem_id in (("ar", "ar-pane"), ("tr", "tr-pane")):
-            v[f"{name}_pane"] = gr.HTML(f'<p class="pane-title">{NAMES[name]}</p>', elem_classes="pane",
-                                        elem_id=elem_id)
+        for lane in NAMES:  # the third lane shows once a race has it
+            v[f"{lane}_pane"] = gr.HTML(f'<p class="pane-title">{NAMES[lane]}</p>', elem_classes="pane",
+                                        elem_id=f"{lane}-pane", visible=lane != "pld")
     v["stats"] = gr.HTML(elem_classes="stats", elem_id="stats")
     gr.Markdown(HOWTO_RACE, elem_classes="howto")
     return buttons
@@ -152,20 +157,30 @@ def step_panel(costs: LearnedCost | None, v: dict[str, Any]) -> gr.Textbox:
             lookup_text = gr.Textbox(label="Look up a token's row", submit_btn="Look up", elem_id="lookup-text",
                                      placeholder="a word, e.g. the, Python, or #42 for a token id")
             v["lookup"] = gr.HTML('<p class="howto">Type a word (or <code>#id</code>) to see its row.</p>')
+    gr.Markdown("### The verification of that step")
+    gr.Markdown(HOWTO_VERIFY, elem_classes="howto")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=6, min_width=420):
+            v["verify"] = gr.HTML('<p class="howto">No steps yet: start a run.</p>', elem_id="verify-table")
+        with gr.Column(scale=5, min_width=420):
+            v["mask"] = gr.Plot(viz.empty_figure("Tree attention mask", "No steps yet: start a run."),
+                                show_label=False, elem_id="mask-plot")
     return lookup_text
 
 
 def charts_panel(lm: LoadedModel, v: dict[str, Any]) -> None:
     gr.Markdown("### The whole run")
-    gr.Markdown(howto_charts(lm.device.type), elem_classes="howto")
+    v["charts_howto"] = gr.Markdown(howto_charts(lm.device.type), elem_classes="howto")
     with gr.Row():
         v["chart_time"] = gr.Plot(viz.tokens_vs_time({}), show_label=False, elem_id="chart-time")
-        v["chart_speedup"] = gr.Plot(viz.speedup_over_steps([], []), show_label=False, elem_id="chart-speedup")
+        v["chart_speedup"] = gr.Plot(viz.speedup_over_steps({}), show_label=False, elem_id="chart-speedup")
     with gr.Row():
-        v["chart_hist"] = gr.Plot(viz.accepted_histogram([]), show_label=False, elem_id="chart-hist")
-        v["chart_mat"] = gr.Plot(viz.mat_over_steps([]), show_label=False, elem_id="chart-mat")
+        v["chart_hist"] = gr.Plot(viz.accepted_histogram({}), show_label=False, elem_id="chart-hist")
+        v["chart_mat"] = gr.Plot(viz.mat_over_steps({}), show_label=False, elem_id="chart-mat")
     gr.Markdown("### This session's runs")
     v["history"] = gr.Markdown(viz.history_markdown([]), elem_classes="history")
+    with gr.Accordion("Glossary: every word on this page", open=False, elem_id="glossary"):
+        gr.Markdown(GLOSSARY, elem_classes="howto")
 
 
 def guarded(fn: Callable[..., dict], what: str, names: tuple[str, ...]) -> Callable[..., Any]:
@@ -206,19 +221,24 @@ def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model
                 with gr.Row():
                     reset_button = gr.Button("Reset matrix", size="sm")
                     v["download"] = gr.DownloadButton("Download run (JSON)", size="sm", interactive=False)
+                with gr.Row():
+                    replay_button = gr.Button("Make replay (HTML)", size="sm", elem_id="make-replay")
+                    v["replay"] = gr.DownloadButton("Download replay", size="sm", interactive=False,
+                                                    elem_id="replay-download")
                 gr.Markdown(HOWTO_CONTROLS, elem_classes="howto")
             with gr.Column(scale=3):
                 buttons = race_panel(load_examples(), v, w)
         lookup_text = step_panel(costs, v)
         charts_panel(lm, v)
-        wire(handlers, v, w, buttons, reset_button, lookup_text)
+        buttons |= {"reset": reset_button, "replay": replay_button}
+        wire(handlers, v, w, buttons, lookup_text)
     add_mcp_tool(demo, handlers)  # last: every other endpoint is hidden from MCP
     demo.queue(max_size=QUEUE_SIZE)
     return demo
 
 
 def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict[str, gr.Button],
-         reset_button: gr.Button, lookup_text: gr.Textbox) -> None:
+         lookup_text: gr.Textbox) -> None:
     """Every event, its inputs and outputs by name. `preprocess=False` everywhere: the values arrive as
     sent, and `webapp.settings` checks each one (Gradio's own checks would answer an API client with a
     generic error and log a traceback)."""
@@ -246,11 +266,13 @@ def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict
     buttons["stop"].click(guarded(handlers.stop, "stop", OUTPUTS), [v["session"], lookup_text], outputs,
                           cancels=events, api_name="stop", queue=False, preprocess=False)
     reset_outputs = ("message", "matrix_info", "lookup", "session")
-    reset_button.click(guarded(handlers.reset, "reset", reset_outputs), [v["session"], lookup_text],
+    buttons["reset"].click(guarded(handlers.reset, "reset", reset_outputs), [v["session"], lookup_text],
                        [v[n] for n in reset_outputs], api_name="reset_matrix", preprocess=False)
     lookup_text.submit(guarded(handlers.lookup, "lookup", ("lookup",)), [v["session"], lookup_text], [v["lookup"]],
                        api_name="lookup", preprocess=False)
-    step_outputs = ("tree", "why", "rows")
+    buttons["replay"].click(guarded(handlers.replay, "replay", ("message", "replay")), [v["session"]],
+                            [v["message"], v["replay"]], api_name="replay", concurrency_limit=2, preprocess=False)
+    step_outputs = ("tree", "why", "rows", "verify", "mask")
     v["slider"].input(guarded(handlers.show_step, "show_step", step_outputs), [v["session"], v["slider"]],
                       [v[n] for n in step_outputs], api_name="show_step", trigger_mode="always_last",
                       show_progress="hidden", preprocess=False)

@@ -84,15 +84,16 @@ def _warm_up(lm: LoadedModel) -> None:
 def race_chunks(lm: LoadedModel, settings: Settings, prompt_ids: list[int], matrix: AdjacencyMatrix,
                 costs: LearnedCost | None, stopped: Callable[[], bool] | None = None,
                 budget_s: Callable[[], float] | None = None) -> Iterator[Chunk]:
-    """Race plain decoding against Token Recycling, one chunk of steps per `budget_s()` seconds."""
+    """Race plain decoding against Token Recycling (and prompt lookup decoding, when the settings ask),
+    one chunk of steps per `budget_s()` seconds."""
     with MODEL_LOCK:
         costs = costs or LearnedCost(calibrate(lm.model, lm.name))
         _warm_up(lm)
-    runners = {
-        "ar": decode_steps(lm, prompt_ids, Method.AR, settings.max_new_tokens, settings.sampling),
-        "tr": decode_steps(lm, prompt_ids, Method.TR, settings.max_new_tokens, settings.sampling, matrix,
-                           settings.tree, settings.start, costs),
-    }
+    options = {Method.TR: dict(matrix=matrix, tree=settings.tree, start=settings.start, costs=costs),
+               Method.PLD: dict(costs=costs)}
+    runners = {lane.value: decode_steps(lm, prompt_ids, lane, settings.max_new_tokens, settings.sampling,
+                                        **options.get(lane, {}))
+               for lane in settings.lanes}
     events, finished = race(runners), False
     while not finished:
         chunk, deadline = Chunk(), time.perf_counter() + (budget_s() if budget_s else CHUNK_S)

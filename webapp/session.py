@@ -21,7 +21,7 @@ from .stepping import Stepper
 
 PAPER = ("Luo et al., Turning Trash into Treasure: Accelerating Inference of Large Language Models with "
          "Token Recycling, ACL 2025, arXiv 2408.08696")
-NAMES = {"ar": "Autoregressive (plain decoding)", "tr": "Token Recycling"}
+NAMES = {"ar": "Autoregressive (plain decoding)", "tr": "Token Recycling", "pld": "Prompt lookup decoding"}
 HISTORY_LIMIT = 20
 # What the app keeps per visitor, bounded: Gradio keeps at most STATE_SESSIONS sessions (the oldest go
 # first), each with one matrix whose pair rows stop at SESSION_PAIRS (`python -m tools.load sessions`
@@ -37,12 +37,15 @@ class Run:
     number: int
     settings: Settings
     curve: CostCurve | None = None  # the device's verification cost as the run began (steps carry their own)
-    steps: dict[str, list[Step]] = field(default_factory=lambda: {"ar": [], "tr": []})
+    steps: dict[str, list[Step]] = field(default_factory=dict)  # per lane ("ar", "tr", "pld"), baseline first
     wall_s: float = 0.0  # wall time of the race, rendering included (both sides, one after the other; not pauses)
     budget_s: float = CHUNK_S  # compute per chunk of steps the runner is asked for (0: one step per chunk)
     note: str = ""  # what the visitor should know about how it began
     finished: bool = False
     stopped: bool = False
+
+    def __post_init__(self) -> None:
+        self.steps = {lane.value: [] for lane in self.settings.lanes}
 
     def add(self, steps: list[tuple[str, Step]]) -> None:
         for name, step in steps:
@@ -52,7 +55,9 @@ class Run:
         return speedup(self.steps["ar"], self.steps["tr"])
 
     def difference(self) -> int | None:
-        return difference(self.steps["ar"], self.steps["tr"], self.finished)
+        """The first token where any drafting lane differs from plain decoding (None: all identical)."""
+        found = [difference(self.steps["ar"], steps, self.finished) for lane, steps in self.steps.items() if lane != "ar"]
+        return min((d for d in found if d is not None), default=None)
 
     def tree_note(self) -> str:
         """What the auto trees were like over the run, and why: one sentence for a message line."""
@@ -90,6 +95,7 @@ class Run:
             "identical": diff is None,
             "first_difference": diff,
             "speedup": self.speedup(),
+            "speedups": {lane: speedup(self.steps["ar"], steps) for lane, steps in self.steps.items() if lane != "ar"},
             "wall_s": self.wall_s,
             "steps": {name: [asdict(s) for s in steps] for name, steps in self.steps.items()},
         }
@@ -104,6 +110,7 @@ class Session:
     history: list[dict[str, Any]] = field(default_factory=list)
     runs: int = 0
     download_path: str | None = None  # the latest run's record (`webapp.downloads`)
+    replay_path: str | None = None  # the latest replay page made (`Handlers.replay`)
     stepper: Stepper | None = None  # the latest run, while it is paused in step mode
 
     def matrix_for(self, vocab_size: int, k: int) -> tuple[AdjacencyMatrix, bool]:

@@ -15,7 +15,7 @@ from typing import Any
 from tr.matrix import MAX_K
 from tr.sampling import Sampling
 from tr.specs import (
-    MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TREE_NAMES, Start, TreeSpec, parse_start, parse_tree,
+    MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TREE_NAMES, Method, Start, TreeSpec, parse_start, parse_tree,
 )
 
 CUSTOM = "custom JSON"
@@ -27,7 +27,7 @@ MAX_PROMPT_CHARS = 32 * MAX_PROMPT_TOKENS
 MAX_LOOKUP_CHARS = 200
 # The race's fields, in the order the API lists them.
 FIELDS = ("prompt", "max_new_tokens", "template", "custom_json", "k", "decoding", "temperature", "top_p", "seed",
-          "start")
+          "start", "prompt_lookup")
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,16 @@ class Settings:
     k: int
     sampling: Sampling
     start: Start
+    prompt_lookup: bool = False  # a third lane: prompt lookup decoding
 
     @property
     def sampled(self) -> bool:
         return not self.sampling.greedy
+
+    @property
+    def lanes(self) -> tuple[Method, ...]:
+        """The decoders in the race, the baseline first."""
+        return (Method.AR, Method.TR, Method.PLD) if self.prompt_lookup else (Method.AR, Method.TR)
 
     def record(self) -> dict[str, Any]:
         """The settings as a visitor set them, for the run's JSON download."""
@@ -52,6 +58,7 @@ class Settings:
             "tree_paths": [list(p) for p in self.tree.paths], "k": self.k,
             "decoding": DECODING[self.sampled], "temperature": self.sampling.temperature,
             "top_p": self.sampling.top_p, "seed": self.sampling.seed, "start": self.start.value,
+            "prompt_lookup": self.prompt_lookup,
         }
 
 
@@ -73,6 +80,12 @@ def _number(name: str, value: Any, low: float, high: float) -> float:
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
     return value
 
 
@@ -106,6 +119,7 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
         k=k,
         sampling=_sampling(values),
         start=parse_start(_choice("Start", values["start"], tuple(s.value for s in Start))),
+        prompt_lookup=_flag("Prompt lookup lane", values["prompt_lookup"]),
     )
 
 

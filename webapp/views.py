@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 import viz
+from viz.explain import howto_charts
 from tr.device.model import LoadedModel
 from tr.records import token_ids
 
@@ -19,12 +20,15 @@ NO_MATRIX = "Adjacency matrix: not created yet (it is made on this session's fir
 
 
 def stats_html(run: Run) -> str:
-    """The per-side numbers table, with the verdict (identical or the first difference)."""
-    return viz.stats_html(run.steps["ar"], run.steps["tr"], run.finished, run.stopped, run.settings.sampled)
+    """The per-lane numbers table, with the verdict (identical or the first difference)."""
+    return viz.stats_html(run.steps, NAMES, run.finished, run.stopped, run.settings.sampled)
 
 
-def pane_html(lm: LoadedModel, run: Run, name: str) -> str:
-    return viz.pane_html(NAMES[name], run.steps[name], lm.decode, banded=name == "tr")
+def pane_views(lm: LoadedModel, run: Run) -> dict[str, Any]:
+    """One text pane per lane; the third lane's pane shows only when the run has that lane."""
+    panes = {f"{lane}_pane": viz.pane_html(NAMES[lane], steps, lm.decode, banded=lane != "ar")
+             for lane, steps in run.steps.items()}
+    return panes | {"pld_pane": gr.HTML(panes.get("pld_pane"), visible="pld" in run.steps)}
 
 
 def matrix_info(session: Session) -> str:
@@ -52,43 +56,51 @@ def step_views(lm: LoadedModel, session: Session, index: Any) -> dict[str, Any]:
         note = "No Token Recycling steps yet: start a run."
         return {"tree": viz.empty_figure("Draft tree", note), "rows": f'<p class="howto">{note}</p>'}
     step = steps[min(max(int(index or 0), 0), len(steps) - 1)]
+    sampled = session.run.settings.sampled
     return {
         "tree": viz.tree_figure(step, lm.token_text),
         "why": viz.tree_size_figure((step.draft and step.draft.curve) or session.run.curve, step),
         "rows": viz.rows_table_html(step, lm.token_text),
+        "verify": viz.verification_html(step, lm.token_text, sampled),
+        "mask": viz.attention_mask_figure(step, lm.token_text),
     }
 
 
 def slider_for(run: Run, value: int | None = None) -> Any:
-    last = max(len(run.steps["tr"]) - 1, 0)
+    """The step slider over the run's Token Recycling steps, naming the steps worth a look."""
+    steps = run.steps["tr"]
+    last = max(len(steps) - 1, 0)
+    marks = "; ".join(f"{index}: {why}" for index, why in sorted(viz.marks_for(steps).items()))
     return gr.Slider(minimum=0, maximum=max(last, 1), value=last if value is None else value, step=1,
-                     interactive=True, label=f"Token Recycling step (0 = prefill, {last} = last)")
+                     interactive=True, label=f"Token Recycling step (0 = the prefill, {last} = the last)",
+                     info=f"Worth a look: {marks}." if marks else None)
 
 
-def chart_views(run: Run) -> dict[str, Any]:
-    ar, tr = run.steps["ar"], run.steps["tr"]
+def chart_views(run: Run, device: str) -> dict[str, Any]:
+    """The whole run's charts, and the words under them in the run's own numbers."""
+    comparison = viz.compare(run.steps["ar"], run.steps["tr"])
+    words = howto_charts(device, comparison.mean_drafts, comparison.cost_ratio) if comparison else None
     return {
-        "chart_time": viz.tokens_vs_time({"ar": ar, "tr": tr}),
-        "chart_speedup": viz.speedup_over_steps(ar, tr),
-        "chart_hist": viz.accepted_histogram(tr),
-        "chart_mat": viz.mat_over_steps(tr),
+        "charts_howto": words or howto_charts(device),
+        "chart_time": viz.tokens_vs_time(run.steps),
+        "chart_speedup": viz.speedup_over_steps(run.steps),
+        "chart_hist": viz.accepted_histogram(run.steps),
+        "chart_mat": viz.mat_over_steps(run.steps),
     }
 
 
 def live_views(lm: LoadedModel, session: Session, run: Run, tree: bool, charts: bool) -> dict[str, Any]:
-    """What changes while a race runs: both panes and the numbers; when asked, the latest step's tree and
+    """What changes while a race runs: the panes and the numbers; when asked, the latest step's tree and
     rows (the view follows the run) and the charts."""
-    ar_n, tr_n = len(token_ids(run.steps["ar"])), len(token_ids(run.steps["tr"]))
+    made = ", ".join(f"{NAMES[lane]} {len(token_ids(steps))}" for lane, steps in run.steps.items())
     views = {
-        "message": f"Running… autoregressive {ar_n} tokens, Token Recycling {tr_n} tokens.",
-        "ar_pane": pane_html(lm, run, "ar"),
-        "tr_pane": pane_html(lm, run, "tr"),
+        "message": f"Running… tokens so far: {made}.",
         "stats": stats_html(run),
         "matrix_info": matrix_info(session),
-    }
+    } | pane_views(lm, run)
     if tree:
         views |= step_views(lm, session, len(run.steps["tr"]) - 1) | {"slider": slider_for(run)}
-    return views | (chart_views(run) if charts else {})
+    return views | (chart_views(run, lm.device.type) if charts else {})
 
 
 def step_mode_views(lm: LoadedModel, session: Session, run: Run) -> dict[str, Any]:
@@ -114,15 +126,26 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
     }
     if run is None:
         return views
-    shown = viz.most_accepted_step(run.steps["tr"])  # after the run, open on its most successful step
+    # After the run, open on a step that shows both sides of verification: drafts accepted and rejected.
+    shown = viz.interesting_step(run.steps["tr"])
     views |= step_views(lm, session, shown) | {
-        "ar_pane": pane_html(lm, run, "ar"),
-        "tr_pane": pane_html(lm, run, "tr"),
         "stats": stats_html(run),
         "slider": slider_for(run, shown),
         "download": gr.DownloadButton(value=session.download_path, interactive=session.download_path is not None),
+        "replay": gr.DownloadButton(value=None, interactive=False),  # a new run needs its own replay made
     }
-    return views | chart_views(run)
+    return views | pane_views(lm, run) | chart_views(run, lm.device.type)
+
+
+def replay_page(lm: LoadedModel, run: Run) -> str:
+    """The run as one self-contained HTML page (`viz.replay_html`)."""
+    return viz.replay_html(run.record(lm), lm.token_text, lm.decode, NAMES)
+
+
+def replay_views(run: Run, path: str) -> dict[str, Any]:
+    return {"message": f"Replay of run {run.number} ready: **Download replay** saves one HTML file that opens "
+                       "in any browser, offline.",
+            "replay": gr.DownloadButton(value=path, interactive=True)}
 
 
 def note_html(message: str) -> str:
