@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="address to listen on, 0.0.0.0 for all (default: $GRADIO_SERVER_NAME, as a "
                              f"HuggingFace Space sets it, else {DEFAULT_HOST})")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--no-mcp", action="store_true",
+                        help="do not serve the race as an MCP tool at /gradio_api/mcp/ (served by default)")
     return parser.parse_args(argv)
 
 
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                       if zero_gpu else "", downloads=downloads)
     print(f"Serving on http://{host}:{port}", flush=True)
     try:
-        demo.launch(server_name=host, server_port=port, share=args.share, state_session_capacity=STATE_SESSIONS)
+        demo.launch(server_name=host, server_port=port, share=args.share, state_session_capacity=STATE_SESSIONS,
+                    mcp_server=not args.no_mcp)
     except OSError as err:  # e.g. the port is taken
         print(f"error: could not start the web server on {host}:{port}: {err}", file=sys.stderr)
         return 1
