@@ -8,11 +8,12 @@ import re
 
 import pytest
 
+from test_viz import draft
 from tiny_models import tiny_model
 from tr.decoding import token_recycling
 from tr.drafts import DynamicDrafter, TemplateDrafter
 from tr.matrix import AdjacencyMatrix
-from tr.records import LOOKUP, ROOT_ORIGIN, Draft, Origin, OriginKind, Step
+from tr.records import LOOKUP, Origin, OriginKind, Step
 from tr.sampling import Sampling
 from tr.trees import DraftTree, ancestor_mask, best_first_template
 from viz import attention_mask_figure, verification_html, verification_summary
@@ -33,16 +34,9 @@ def hostile_text(token: int) -> str:
 def build(tokens: list[int], parents: list[int], choices: list[int], accepted: list[int],
           ranks: list[int] | None = None, emitted: list[int] | None = None) -> Step:
     """A hand-built step; nodes come from one-token rows (LOOKUP ranks from a 2-token match)."""
-    ranks = ranks if ranks is not None else [-1] + [0] * (len(tokens) - 1)
-    depths = [0]
-    for parent in parents[1:]:
-        depths.append(depths[parent] + 1)
-    origins = [ROOT_ORIGIN] + [Origin(OriginKind.LOOKUP, 2) if r == LOOKUP else Origin(OriginKind.ROW, 5)
-                               for r in ranks[1:]]
     last = choices[accepted[-1]]
     tokens_out = emitted if emitted is not None else [tokens[i] for i in accepted[1:]] + [last]
-    return Step(4, tokens_out, Draft(tokens, parents, depths, ranks, origins, [1.0] * len(tokens)),
-                choices=choices, accepted=accepted)
+    return Step(4, tokens_out, draft(tokens, parents, ranks), choices=choices, accepted=accepted)
 
 
 def branching_step(choices: list[int] | None = None) -> Step:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import plotly.graph_objects as go
 
@@ -84,11 +84,16 @@ def speedups(base: list[Step], steps: list[Step]) -> tuple[list[int], list[float
     return [n for n, _ in pairs], [v for _, v in pairs]
 
 
+def _curves(lanes: Lanes, points: Callable[[list[Step]], tuple[list, list]]) -> dict[str, tuple[list, list]]:
+    """Each drafting lane's (x, y) points, for the lanes that have any."""
+    curves = {lane: points(lanes[lane]) for lane in drafting_lanes(lanes)}
+    return {lane: xy for lane, xy in curves.items() if xy[0]}
+
+
 def speedup_over_steps(lanes: Lanes) -> go.Figure:
     """How many times faster each drafting lane reached each of its token counts than plain decoding."""
     title = "Speed-up over plain decoding as the run goes on"
-    curves = {lane: speedups(lanes.get(BASELINE, []), lanes[lane]) for lane in drafting_lanes(lanes)}
-    curves = {lane: xy for lane, xy in curves.items() if xy[0]}
+    curves = _curves(lanes, lambda steps: speedups(lanes.get(BASELINE, []), steps))
     if not curves:
         return empty_figure(title, "Needs plain decoding and a drafting decoder past the prefill: run a race.")
     last = _listing({lane: f"{ys[-1]:.2f}×" for lane, (_, ys) in curves.items()})
@@ -140,8 +145,7 @@ def cumulative_mat(steps: list[Step]) -> tuple[list[int], list[float]]:
 def mat_over_steps(lanes: Lanes) -> go.Figure:
     """Each drafting lane's MAT so far (a running average of tokens per call) against plain decoding's 1."""
     title = "MAT so far: running average of tokens per model call"
-    curves = {lane: cumulative_mat(lanes[lane]) for lane in drafting_lanes(lanes)}
-    curves = {lane: xy for lane, xy in curves.items() if xy[0]}
+    curves = _curves(lanes, cumulative_mat)
     if not curves:
         return empty_figure(title, "No decoding steps yet (the prefill is not counted).")
     final = _listing({lane: f"{ys[-1]:.2f}" for lane, (_, ys) in curves.items()})
