@@ -14,6 +14,8 @@ import pytest
 
 import app
 from app_client import client, run
+from tr.records import steps_from_dicts
+from viz import interesting_step
 from webapp.settings import FIELDS as SETTINGS, MAX_PROMPT_CHARS, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +41,7 @@ def test_run_returns_identical_outputs_steps_figures_and_download(app_url):
     assert "done" in result["ar_pane"] and "done" in result["tr_pane"]
     assert 'class="tr-band"' in result["tr_pane"]  # banded by step
     assert "identical" in result["stats"] and "not identical" not in result["stats"]
-    assert "Speed-up" in result["stats"] and "MAT" in result["stats"]
+    assert "speed-up" in result["stats"] and "MAT" in result["stats"]
 
     record = download(result)
     ar, tr = record["outputs"]["ar"], record["outputs"]["tr"]
@@ -55,10 +57,9 @@ def test_run_returns_identical_outputs_steps_figures_and_download(app_url):
     assert all(len(s["draft"]["tokens"]) == 81 for s in tr_steps[1:])  # paper-80: root + 80 drafts
     assert all(s["rows_written"] for s in tr_steps[1:])
 
-    # The slider spans every step and opens on the one that accepted the most drafts.
-    accepted = [max(len(s["accepted"]) - 1, 0) for s in tr_steps]
+    # The slider spans every step and opens on one that shows drafts both accepted and rejected.
     assert result["slider"]["maximum"] == max(len(tr_steps) - 1, 1)
-    assert result["slider"]["value"] == 1 + accepted[1:].index(max(accepted[1:]))
+    assert result["slider"]["value"] == interesting_step(steps_from_dicts(tr_steps))
     assert plotly_traces(result["tree"]), "the tree of that step is drawn"
     assert "<table" in result["rows"]
     assert rows_filled(result["matrix_info"]) > 0
@@ -67,11 +68,13 @@ def test_run_returns_identical_outputs_steps_figures_and_download(app_url):
     assert "| 1 |" in result["history"]
 
     # Scrubbing: the first decoding step's tree and rows.
-    tree, why, rows = c.predict(index=1, api_name="/show_step")
+    tree, why, rows, verify, mask = c.predict(index=1, api_name="/show_step")
     assert "Step 1:" in json.loads(tree["plot"])["layout"]["title"]["text"]
-    # A fixed template: only the device's cost curve and the timings it is fitted to.
-    assert [trace["mode"] for trace in plotly_traces(why)] == ["lines", "markers"]
+    # The device's cost curve and the timings it is fitted to come first.
+    assert [trace["mode"] for trace in plotly_traces(why)][:2] == ["lines", "markers"]
     assert "Step 1 " in rows
+    assert "Step 1:" in verify and verify.count('data-node="') == 81 + 1  # every node, and the bonus
+    assert plotly_traces(mask), "the attention mask of that step is drawn"
 
 
 @pytest.mark.parametrize("changes, expected", [
@@ -124,10 +127,9 @@ def test_auto_tree_run_says_what_it_chose_and_why(app_url):
     steps = record["steps"]["tr"][1:]
     assert all(s["draft"]["predicted_cost"] > 0 and len(s["draft"]["considered"]) >= len(s["draft"]["tokens"]) - 1 for s in steps)
     weighed = next(i for i, s in enumerate(steps, start=1) if s["draft"]["considered"])
-    _, why, _ = c.predict(index=weighed, api_name="/show_step")
-    why = plotly_traces(why)
-    assert [t["name"] for t in why] == ["verification cost (× one-token pass)", "timed", "expected tokens per step",
-                                        "expected tokens per unit of cost"]
+    why = plotly_traces(c.predict(index=weighed, api_name="/show_step")[1])
+    assert [t["name"] for t in why] == ["measured cost (one-token passes)", "timings the cost is fitted to",
+                                        "expected tokens per call", "expected speed-up = tokens ÷ cost"]
 
 
 def written_rows(record: dict) -> set[int]:
