@@ -7,6 +7,7 @@ import json
 import torch
 
 from tools.invariance import compare, measure, row
+from tr.device.invariant import CHUNK
 from tr.device.model import load_model
 
 
@@ -28,3 +29,12 @@ def test_measure_reports_every_pass_on_a_model(tiny_model_dir):
     assert set(report) == {"chain-2", "chain-9", "tree-9"}
     assert report["chain-9"]["tokens"] == 9 and 1 < report["tree-9"]["tokens"] <= 9
     assert all(0 <= r["identical"] <= r["tokens"] for r in report.values()) and json.dumps(report)
+
+
+def test_bfloat16_passes_are_bit_identical_to_one_token_passes_on_the_cpu(tiny_model_dir):
+    """With `tr.device.invariant` installed (as `load_model` does for bf16 on the CPU), every compared token's
+    logits match bit for bit, in chains and trees, behind caches that end inside and across chunks."""
+    lm = load_model(str(tiny_model_dir), "cpu", "bfloat16")
+    for cached in (0, CHUNK - 3):
+        report = measure(lm, [2, 9, 17], cached=cached)
+        assert all(r["identical"] == r["tokens"] and not r["first_difference"] for r in report.values()), report

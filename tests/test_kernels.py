@@ -1,5 +1,6 @@
 """Kernel choices: MKL's code branch from the CPU flags, the CPU LM head that must equal nn.Linear (and keep
-the fp32 argmax when it screens in half precision), grouped attention on the CPU, no cuDNN attention on CUDA."""
+the fp32 argmax when it screens in half precision), grouped attention on the CPU, no cuDNN attention on CUDA,
+and bf16's batch-invariant attention (a tree node's bits equal its one-token pass's)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import pytest
 import torch
 
 from tiny_models import tiny_model
-from tr.device import kernels
-from tr.decoding import autoregressive, forward, tree_mask
+from tr.device import invariant, kernels
+from tr.decoding import autoregressive, forward, tree_buffers, tree_mask
 from tr.kv_cache import PreallocatedCache
 from tr.sampling import Sampling
+from tr.trees import ancestor_mask
 
 
 def cpu_model(dtype: torch.dtype) -> torch.nn.Module:
@@ -197,3 +199,73 @@ def test_argmax_only_is_scoped_to_greedy_decoding_and_sampling_reads_exact_logit
     seen.clear()
     list(autoregressive(model, [1, 2, 3], 5, Sampling(temperature=1.0, seed=0)))
     assert seen and not any(seen)
+
+
+def test_bfloat16_cpu_models_get_the_batch_invariant_kernels_and_float32_ones_do_not():
+    bf16, fp32 = cpu_model(torch.bfloat16), cpu_model(torch.float32)
+    kernels.install_kernels(bf16)
+    kernels.install_kernels(fp32)
+    assert invariant.installed(bf16) and not invariant.installed(fp32)
+    assert not any(type(m) is torch.nn.Linear for m in bf16.modules())
+    assert set(kernels.layout_plans(bf16).values()) == {invariant.PLAN}
+
+
+def test_blas_sums_as_the_invariant_attention_assumes():
+    """What `tr.device.invariant` relies on, on this machine: an fp32 matrix product of two rows or more
+    gives each row the same bits whatever the other rows, and sums one key after another, so keys of
+    weight 0 anywhere (as many as a chunk reaching into an 81-node tree holds) change nothing."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(invariant.CHUNK + 81, 65, generator=generator)
+    weights = torch.rand(40, invariant.CHUNK + 81, generator=generator)
+    for keys in (1, 2, 7, 64, invariant.CHUNK, invariant.CHUNK + 80):
+        kept = torch.randperm(invariant.CHUNK + 81, generator=generator)[:keys].sort().values
+        sparse = torch.zeros_like(weights)
+        sparse[:, kept] = weights[:, kept]
+        dense = invariant._product(weights[:, kept], values[kept])
+        assert torch.equal(invariant._product(sparse, values), dense)
+        for rows in (1, 2, 3, 17):
+            assert torch.equal(invariant._product(weights[:rows, kept], values[kept]), dense[:rows])
+            batched = invariant._product(weights[:rows, kept].expand(3, -1, -1), values[kept].expand(3, -1, -1))
+            assert torch.equal(batched, dense[:rows].expand(3, -1, -1))
+    scores = torch.randn(5000, generator=generator) * 20
+    assert torch.equal(torch.stack([s.exp() for s in scores[:200]]), scores.exp()[:200])
+
+
+def tree_attention_matches_one_token_attention(heads: int, kv_heads: int, start: int, parents: list[int]) -> None:
+    generator = torch.Generator().manual_seed(start)
+    n, dim = len(parents), 64
+    query = torch.randn(1, heads, n, dim, generator=generator).bfloat16()
+    key, value = (torch.randn(1, kv_heads, start + n, dim, generator=generator).bfloat16() for _ in range(2))
+    ancestors = ancestor_mask(parents, max(tree_buffers(tuple(parents)).depths.tolist()))
+    mask = tree_mask(ancestors, start, torch.bfloat16, torch.device("cpu"))
+    together = invariant.attend(query, key, value, invariant.plan_for(mask, start, n), dim**-0.5)
+    for node in range(n):
+        seen = list(range(start)) + [start + int(i) for i in ancestors[node].nonzero()]
+        alone = invariant.attend(query[:, :, node : node + 1], key[:, :, seen], value[:, :, seen],
+                                 invariant.plan_for(None, len(seen) - 1, 1), dim**-0.5)
+        assert torch.equal(alone[0, 0], together[0, node]), (heads, kv_heads, start, node)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(9, 3), (4, 4)])
+def test_attention_of_a_tree_node_equals_its_attention_alone_bit_for_bit(heads, kv_heads):
+    """Chains and random trees, behind caches that end inside, at and across chunk boundaries."""
+    generator = torch.Generator().manual_seed(heads)
+    for start in (0, 2, invariant.CHUNK - 1, invariant.CHUNK, 2 * invariant.CHUNK + 5):
+        for n in (2, 9, 33):
+            chain = [-1, *range(n - 1)]
+            tree = [-1] + [int(torch.randint(i, (1,), generator=generator)) for i in range(1, n)]
+            for parents in (chain, tree):
+                tree_attention_matches_one_token_attention(heads, kv_heads, start, parents)
+
+
+def test_invariant_attention_computes_attention():
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(1, 6, 3, 64, generator=generator)
+    key, value = (torch.randn(1, 2, 2 * invariant.CHUNK + 3, 64, generator=generator) for _ in range(2))
+    ancestors = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    mask = tree_mask(ancestors, 2 * invariant.CHUNK, torch.float32, torch.device("cpu"))
+    out = invariant.attend(query, key, value, invariant.plan_for(mask, 2 * invariant.CHUNK, 3), 0.125)
+    expected = torch.nn.functional.scaled_dot_product_attention(query.double(), key.double(), value.double(),
+                                                                mask.double(), enable_gqa=True)
+    assert torch.allclose(out.double(), expected.transpose(1, 2), atol=1e-5)
+    assert invariant.plan_for(mask + 1.0, 2 * invariant.CHUNK, 3) is None  # a bias: not this path's

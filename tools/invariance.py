@@ -6,10 +6,12 @@ Token Recycling is lossless by construction only where these agree: plain decodi
 alone, verification computes it among the drafts of its tree.
 
     python -m tools.invariance                          # the bundled model, float32 and bfloat16
-    python -m tools.invariance --dtypes bfloat16 --sizes 2 8 81
+    python -m tools.invariance --dtypes bfloat16 --sizes 2 8 81 --contexts 0 250
 
-Prints one JSON document: per dtype and pass, how many of the compared tokens have identical logits,
-how many logits differ, and the first module whose output differs.
+Prints one JSON document: per dtype, cached context and pass, how many of the compared tokens have
+identical logits, how many logits differ, and the first module whose output differs. `--contexts`: the
+tokens cached before the passes (0: the prompt as it is; more: its tokens repeated to that length), so
+that passes start inside, and cross, the chunks of `tr.device.invariant`.
 """
 
 from __future__ import annotations
@@ -115,8 +117,14 @@ def compare(alone: list[dict[str, torch.Tensor]], together: dict[str, torch.Tens
             "first_difference": first}
 
 
-def measure(lm: LoadedModel, sizes: Sequence[int], masked: bool = False) -> dict:
+def context(lm: LoadedModel, tokens: int) -> list[int]:
+    """The prompt's tokens, repeated or cut to `tokens` (0: as it is)."""
     prompt = lm.encode(PROMPT)
+    return (prompt * (tokens // len(prompt) + 1))[:tokens] if tokens else prompt
+
+
+def measure(lm: LoadedModel, sizes: Sequence[int], masked: bool = False, cached: int = 0) -> dict:
+    prompt = context(lm, cached)
     generator = torch.Generator().manual_seed(0)
     results = {}
     for size in sizes:
@@ -142,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
     parser.add_argument("--sizes", nargs="+", type=int, default=[2, 4, 8, 16, 32, 81])
+    parser.add_argument("--contexts", nargs="+", type=int, default=[0, 250],
+                        help="tokens cached before each pass (0: the prompt as it is)")
     parser.add_argument("--masked-alone", action="store_true",
                         help="give one-token passes an explicit all-visible mask, as tree passes have")
     args = parser.parse_args(argv)
@@ -149,11 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sizes must be from 2 to 81")
     flags = cpu_flags()
     report = {"cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16"}), "masked_alone": args.masked_alone,
-              "results": {}}
+              "attention": {}, "results": {}}
     for dtype in args.dtypes:
         lm = load_model(args.model, args.device, dtype)
         report["device"] = str(lm.device)
-        report["results"][dtype] = measure(lm, args.sizes, args.masked_alone)
+        report["attention"][dtype] = lm.model.config._attn_implementation
+        report["results"][dtype] = {f"context-{len(context(lm, tokens))}": measure(lm, args.sizes, args.masked_alone,
+                                                                                    tokens)
+                                    for tokens in args.contexts}
     print(json.dumps(report, indent=1))
     return 0
 

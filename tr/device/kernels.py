@@ -15,6 +15,9 @@ makes both), never on import.
   every key and value head once per query head for a masked (tree) pass. On CUDA a mask with grouped
   heads takes a slower kernel, so it is set only for CPU models.
 - No cuDNN attention on CUDA: cuDNN builds a new plan for every new key length, i.e. every decoding step.
+- Batch-invariant bf16 on the CPU (`tr.device.invariant`): attention and weight products whose every
+  token gets the same bits in a one-token pass as inside a verification pass, so greedy Token Recycling
+  equals plain decoding by construction; both decoders run them.
 
 Measurements behind each choice are in BENCHMARKS.md.
 """
@@ -30,6 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from . import invariant
 
 
 def _cpuinfo(field: str) -> str | None:
@@ -191,8 +196,10 @@ def _shape_name(linear: torch.nn.Module) -> str:
 
 
 def layout_plans(model: torch.nn.Module) -> dict[str, str]:
-    """The layout plan of each weight shape ("576x1536": "TWLL..."): empty where none is installed."""
-    return {_shape_name(m): m.plan for m in model.modules() if isinstance(m, CpuLinear)}
+    """The layout plan of each weight shape ("576x1536": "TWLL...", or `invariant.PLAN` for an
+    `InvariantLinear`): empty where none is installed."""
+    plans = {_shape_name(m): invariant.PLAN for m in model.modules() if isinstance(m, invariant.InvariantLinear)}
+    return plans | {_shape_name(m): m.plan for m in model.modules() if isinstance(m, CpuLinear)}
 
 
 def install_cpu_linears(model: torch.nn.Module, plans_file: Path | None = None) -> None:
@@ -257,12 +264,15 @@ class Fp16Screen:
 
 
 def install_kernels(model: torch.nn.Module, plans_file: Path | None = None) -> None:
-    """On the CPU: tuned product layouts (float32, see `install_cpu_linears`) and grouped attention with
-    masks, unless the user set it. On CUDA: no cuDNN attention (process-wide, so every decoder runs
-    without it)."""
-    device = next(model.parameters()).device.type
+    """On the CPU: tuned product layouts (float32, see `install_cpu_linears`), batch-invariant attention
+    and products (bfloat16, see `tr.device.invariant`) and grouped attention with masks, unless the user
+    set it. On CUDA: no cuDNN attention (process-wide, so every decoder runs without it)."""
+    parameter = next(model.parameters())
+    device = parameter.device.type
     if device == "cpu":
         install_cpu_linears(model, plans_file)
+        if parameter.dtype == torch.bfloat16:
+            invariant.install(model)
         os.environ.setdefault(GROUPED_ATTENTION, "1")
     elif device == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
