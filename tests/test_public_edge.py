@@ -161,3 +161,22 @@ def test_a_page_load_copies_no_model(tiny_model_dir):
             stack.extend(value)
         elif hasattr(value, "__dict__") and not isinstance(value, (types.FunctionType, type)):
             stack.extend(vars(value).values())
+
+
+def test_a_sessions_copy_of_the_page_does_not_grow_with_its_updates(tiny_model_dir):
+    """Gradio adds a component to a session's copy of the page for every view an event updates by
+    property (a skipped view included): without pruning, 3 races added about 50."""
+    from conftest import launch_app
+    from tr.device.model import load_model
+
+    demo, port = launch_app(load_model(str(tiny_model_dir)))
+    try:
+        c = client(f"http://127.0.0.1:{port}/")
+        for n in range(3):
+            assert run(c, max_new_tokens=4, prompt=f"Count to {n + 3}.")["message"].startswith("Done")
+        assert c.predict("the", api_name="/stop")[0] == "Nothing is running."  # every other view skipped
+        (session,) = demo.state_holder.session_data.values()
+        assert set(session.blocks_config.blocks) == set(demo.default_config.blocks)
+        assert set(session.config_values) <= set(demo.default_config.blocks)
+    finally:
+        demo.close()

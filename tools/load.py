@@ -2,7 +2,7 @@
 drives it through `gradio_client`, reading the server's memory from /proc.
 
     python -m tools.load visitors --count 40     # concurrent visitors: served, told the queue is full, errors
-    python -m tools.load soak --runs 100         # one visitor, a hot matrix: time and memory per run
+    python -m tools.load soak --runs 100         # one visitor, a hot matrix: time and memory, and a verdict
     python -m tools.load sessions --k 32         # what one session's matrix can cost, at its bounds
     python -m tools.load longest                 # the longest prompt accepted: time to read it, memory
 
@@ -24,7 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = dict(prompt="Explain in two sentences why the sky is blue.", max_new_tokens=32, template="auto",
-           custom_json="", k=8, decoding="greedy", temperature=0.7, top_p=0.9, seed=0, start="primed", lookup="the")
+           custom_json="", k=8, decoding="greedy", temperature=0.7, top_p=0.9, seed=0, start="primed",
+           prompt_lookup=False, lookup="the")
+# A soak passes when the last tenth of its races is at most this much slower than the first tenth (the
+# 2-core host's own noise is about 5% between tenths).
+SLOWDOWN = 1.1
 
 
 def reset_peak(pid: int) -> None:
@@ -92,6 +96,9 @@ def visitors(count: int) -> dict:
 
 
 def soak(runs: int) -> dict:
+    """One visitor's races in a row on a hot matrix: time and resident memory every tenth of the runs,
+    and a verdict. The session's matrix may grow up to its bounds (`session_matrix_bytes`); any growth
+    of memory beyond that, counted from the first tenth on, or a slowdown, fails."""
     with App() as app:
         client, seconds, memory = app.client(), [], []
         for index in range(runs):
@@ -102,10 +109,29 @@ def soak(runs: int) -> dict:
             seconds.append(time.perf_counter() - begin)
             memory.append(memory_mb(app.process.pid)["rss_mb"])
     tenth = max(runs // 10, 1)
-    return {"runs": runs, "first_tenth_s": round(sum(seconds[:tenth]) / tenth, 2),
-            "last_tenth_s": round(sum(seconds[-tenth:]) / tenth, 2), "rss_mb_after_first": round(memory[0]),
+    pair_rows, matrix_bytes = session_matrix_bytes(RUN["k"])
+    return {"runs": runs, "first_tenth_s": round(mean(seconds[:tenth]), 2),
+            "last_tenth_s": round(mean(seconds[-tenth:]), 2), "rss_mb_after_first": round(memory[0]),
             "rss_mb_after_tenth": round(memory[tenth - 1]), "rss_mb_last": round(memory[-1]),
-            "rss_mb_max": round(max(memory)), "rss_mb_every_tenth_run": [round(m) for m in memory[tenth - 1::tenth]]}
+            "rss_mb_max": round(max(memory)),
+            "every_tenth": [{"runs": end, "mean_s": round(mean(seconds[end - tenth:end]), 2),
+                             "rss_mb": round(memory[end - 1])} for end in range(tenth, runs + 1, tenth)],
+            "matrix_bound_mb": round(matrix_bytes / 1e6, 1), "matrix_bound_pair_rows": pair_rows,
+            "verdict": soak_verdict(seconds, memory, tenth, matrix_bytes / 1e6)}
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def soak_verdict(seconds: list[float], memory: list[float], tenth: int, bound_mb: float) -> str:
+    """One line: whether memory grew past the session matrix's bound after the first tenth of the runs
+    (by then the process has made its first allocations), and whether races slowed down."""
+    growth, ratio = max(memory[tenth - 1:]) - memory[tenth - 1], mean(seconds[-tenth:]) / mean(seconds[:tenth])
+    memory_ok, time_ok = growth <= bound_mb, ratio <= SLOWDOWN
+    return (f"{'pass' if memory_ok and time_ok else 'FAIL'}: resident memory grew {growth:.0f} MB after the "
+            f"first tenth ({'within' if memory_ok else 'beyond'} the session matrix's bound of {bound_mb:.0f} MB); "
+            f"the last tenth's races took {ratio:.2f}x the first tenth's ({'no slowdown' if time_ok else 'slower'})")
 
 
 def longest_prompt() -> str:
@@ -153,12 +179,13 @@ def longest() -> dict:
             "memory_before": before, "memory_after_read": peak, "memory_after": after}
 
 
-def sessions(k: int) -> dict:
-    """The bytes of one session's matrix with every row and the most pair rows written."""
+def session_matrix_bytes(k: int) -> tuple[int, int]:
+    """One session's matrix with every row and the most pair rows written: its pair rows, and its bytes
+    (the tensors, and the Python objects of the pair rows as tracemalloc counts them)."""
     import torch
 
     from tr.matrix import AdjacencyMatrix
-    from webapp.session import SESSION_PAIRS, STATE_SESSIONS
+    from webapp.session import SESSION_PAIRS
 
     vocab = 49152
     tracemalloc.start()
@@ -169,8 +196,15 @@ def sessions(k: int) -> dict:
         matrix.write(tokens, logits, [(start // vocab + i) % vocab for i in range(64)])
     python_bytes = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    total = python_bytes + matrix.nbytes
-    return {"k": k, "pair_rows": len(matrix.pairs), "session_mb": round(total / 1e6, 1),
+    return len(matrix.pairs), python_bytes + matrix.nbytes
+
+
+def sessions(k: int) -> dict:
+    """The bytes of one session's matrix at its bounds, and of every session the app keeps."""
+    from webapp.session import STATE_SESSIONS
+
+    pair_rows, total = session_matrix_bytes(k)
+    return {"k": k, "pair_rows": pair_rows, "session_mb": round(total / 1e6, 1),
             "sessions_kept": STATE_SESSIONS, "all_sessions_gb": round(total * STATE_SESSIONS / 1e9, 2)}
 
 

@@ -150,8 +150,9 @@ class Handlers:
         run.finished = True
         session.remember(run)
         session.download_path = self.downloads.write(run.record(self.lm), replaces=session.download_path)
-        message = (f"Done{run.note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for both "
-                   "decoders together (each side's own compute time is in the table).")
+        message = (f"Done{run.note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for all "
+                   "decoders together, taking turns, with the page drawn in between (each one's own compute clock, "
+                   "in the table, counts only its model calls, drafting and bookkeeping).")
         return views.final_views(self.lm, session, parse_lookup_or_none(lookup_text), message) | {"session": session}
 
     def step(self, session: Session | None, values: dict[str, Any], lookup_text: Any) -> Iterator[dict]:

@@ -7,7 +7,6 @@ only orders, and every handler returns a dict of views by name. Each browser ses
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 from collections.abc import Callable, Iterator
@@ -60,11 +59,47 @@ def ordered(values: dict[str, Any], names: tuple[str, ...] = OUTPUTS) -> tuple:
     return tuple(values.get(name, gr.skip()) for name in names)
 
 
-def api(fn: Callable, names: tuple[str, ...]) -> Callable:
-    """`fn` with the parameter names the API shows (gradio reads the signature)."""
-    fn.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names])
-    return fn
+class SessionConfigs:
+    """Gradio keeps a copy of the page's components per session and, for every output an event updates by
+    property (`gr.skip()` and `gr.update()` included), adds one more component to that copy and never
+    drops it: a session's memory would grow with every screen update (about 16 components per race).
+    `prune` drops every component the page did not start with from one session's copy."""
+
+    def __init__(self, demo: gr.Blocks):
+        self.demo = demo
+
+    def prune(self, request: gr.Request | None) -> None:
+        sessions = getattr(getattr(self.demo, "state_holder", None), "session_data", {})
+        session = sessions.get(getattr(request, "session_hash", None))
+        if session is None:
+            return
+        original = self.demo.default_config.blocks
+        for key in [key for key in session.blocks_config.blocks if key not in original]:
+            del session.blocks_config.blocks[key]
+            session.config_values.pop(key, None)
+
+
+def api(fn: Callable, names: tuple[str, ...], configs: SessionConfigs) -> Callable:
+    """`fn` with the parameter names the API shows (gradio reads the signature), pruning the session's
+    copy of the page before it runs and, for a generator, after its last update (gradio passes the request
+    to the last parameter by its annotation; the API does not show it)."""
+    if inspect.isgeneratorfunction(fn):
+        def call(*args: Any) -> Any:
+            *values, request = args
+            configs.prune(request)
+            try:
+                yield from fn(*values)
+            finally:
+                configs.prune(request)
+    else:
+        def call(*args: Any) -> Any:
+            *values, request = args
+            configs.prune(request)
+            return fn(*values)
+    call.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in (*names, "request")])
+    call.__annotations__ = {"request": gr.Request}
+    return call
 
 
 class App(gr.Blocks):
@@ -103,9 +138,9 @@ def settings_panel(lm: LoadedModel) -> dict[str, gr.components.Component]:
         w["top_p"] = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", min_width=90)
         w["seed"] = gr.Number(0, precision=0, minimum=0, label="Seed", min_width=80)
     # Show the custom JSON box and the sampling settings only when they are in use.
-    w["template"].change(lambda name: gr.Textbox(visible=name == CUSTOM), w["template"], w["custom_json"],
+    w["template"].change(lambda name: gr.update(visible=name == CUSTOM), w["template"], w["custom_json"],
                          api_visibility="private")
-    w["decoding"].change(lambda mode: gr.Row(visible=mode == "sampling"), w["decoding"], sampling_row,
+    w["decoding"].change(lambda mode: gr.update(visible=mode == "sampling"), w["decoding"], sampling_row,
                          api_visibility="private")
     return w
 
@@ -183,11 +218,11 @@ def charts_panel(lm: LoadedModel, v: dict[str, Any]) -> None:
         gr.Markdown(GLOSSARY, elem_classes="howto")
 
 
-def guarded(fn: Callable[..., dict], what: str, names: tuple[str, ...]) -> Callable[..., Any]:
+def guarded(fn: Callable[..., dict], what: str, names: tuple[str, ...], configs: SessionConfigs) -> Callable[..., Any]:
     """A handler returning views by name, in the order of `names`; anything unexpected is logged once
-    with an id and shown in the first view (a message or a note)."""
+    with an id and shown in the first view (a message or a note). The API shows the handler's own
+    parameter names."""
 
-    @functools.wraps(fn)  # the API shows the handler's own parameter names
     def call(*args: Any) -> Any:
         try:
             values = ordered(fn(*args), names)
@@ -197,7 +232,7 @@ def guarded(fn: Callable[..., dict], what: str, names: tuple[str, ...]) -> Calla
             values = ordered(first, names)
         return values[0] if len(names) == 1 else values
 
-    return call
+    return api(call, tuple(inspect.signature(fn).parameters), configs)
 
 
 def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model_note: str = "",
@@ -231,14 +266,14 @@ def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model
         lookup_text = step_panel(costs, v)
         charts_panel(lm, v)
         buttons |= {"reset": reset_button, "replay": replay_button}
-        wire(handlers, v, w, buttons, lookup_text)
+        wire(handlers, v, w, buttons, lookup_text, SessionConfigs(demo))
     add_mcp_tool(demo, handlers)  # last: every other endpoint is hidden from MCP
     demo.queue(max_size=QUEUE_SIZE)
     return demo
 
 
 def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict[str, gr.Button],
-         lookup_text: gr.Textbox) -> None:
+         lookup_text: gr.Textbox, configs: SessionConfigs) -> None:
     """Every event, its inputs and outputs by name. `preprocess=False` everywhere: the values arrive as
     sent, and `webapp.settings` checks each one (Gradio's own checks would answer an API client with a
     generic error and log a traceback)."""
@@ -249,7 +284,7 @@ def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict
             *settings, lookup = values
             for views_by_name in handler(state, dict(zip(FIELDS, settings)), lookup):
                 yield ordered(views_by_name)
-        return api(call, ("state", *FIELDS, "lookup"))
+        return api(call, ("state", *FIELDS, "lookup"), configs)
 
     def resume(state: Session | None, lookup: Any) -> Iterator[tuple]:
         for views_by_name in handlers.resume(state, lookup):
@@ -261,18 +296,18 @@ def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict
     events = [
         buttons["run"].click(race(handlers.run), race_inputs, outputs, api_name="run", **on_model),
         buttons["step"].click(race(handlers.step), race_inputs, outputs, api_name="step", **on_model),
-        buttons["resume"].click(resume, [v["session"], lookup_text], outputs, api_name="continue", **on_model),
+        buttons["resume"].click(api(resume, ("state", "lookup"), configs), [v["session"], lookup_text], outputs, api_name="continue", **on_model),
     ]
-    buttons["stop"].click(guarded(handlers.stop, "stop", OUTPUTS), [v["session"], lookup_text], outputs,
+    buttons["stop"].click(guarded(handlers.stop, "stop", OUTPUTS, configs), [v["session"], lookup_text], outputs,
                           cancels=events, api_name="stop", queue=False, preprocess=False)
     reset_outputs = ("message", "matrix_info", "lookup", "session")
-    buttons["reset"].click(guarded(handlers.reset, "reset", reset_outputs), [v["session"], lookup_text],
+    buttons["reset"].click(guarded(handlers.reset, "reset", reset_outputs, configs), [v["session"], lookup_text],
                        [v[n] for n in reset_outputs], api_name="reset_matrix", preprocess=False)
-    lookup_text.submit(guarded(handlers.lookup, "lookup", ("lookup",)), [v["session"], lookup_text], [v["lookup"]],
+    lookup_text.submit(guarded(handlers.lookup, "lookup", ("lookup",), configs), [v["session"], lookup_text], [v["lookup"]],
                        api_name="lookup", preprocess=False)
-    buttons["replay"].click(guarded(handlers.replay, "replay", ("message", "replay")), [v["session"]],
+    buttons["replay"].click(guarded(handlers.replay, "replay", ("message", "replay"), configs), [v["session"]],
                             [v["message"], v["replay"]], api_name="replay", concurrency_limit=2, preprocess=False)
     step_outputs = ("tree", "why", "rows", "verify", "mask")
-    v["slider"].input(guarded(handlers.show_step, "show_step", step_outputs), [v["session"], v["slider"]],
+    v["slider"].input(guarded(handlers.show_step, "show_step", step_outputs, configs), [v["session"], v["slider"]],
                       [v[n] for n in step_outputs], api_name="show_step", trigger_mode="always_last",
                       show_progress="hidden", preprocess=False)

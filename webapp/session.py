@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import viz
 from tr.costs import CostCurve
 from tr.device.model import LoadedModel
 from tr.matrix import AdjacencyMatrix
@@ -60,16 +61,20 @@ class Run:
         return min((d for d in found if d is not None), default=None)
 
     def tree_note(self) -> str:
-        """What the auto trees were like over the run, and why: one sentence for a message line."""
+        """What the auto trees were like over the run, and why, against what the run measured: one
+        sentence for a message line."""
         steps = self.steps["tr"][1:]
         if not self.settings.tree.sized_by_cost or not steps:
             return ""
         sizes = [s.drafted for s in steps]
         expected = sum(s.expected_tokens for s in steps) / len(steps)
         cost = sum(s.draft.predicted_cost for s in steps if s.draft) / len(steps)
+        measured = viz.compare(self.steps["ar"], self.steps["tr"])
+        measured_cost = (f" (measured: {measured.cost_ratio:.2f}× a plain call, drafting and recycling included)"
+                         if measured else "")
         return (f" (auto tree: {sum(sizes) / len(sizes):.1f} draft nodes on average, from {min(sizes)} to "
                 f"{max(sizes)}; expected {expected:.2f} tokens per pass for {cost:.2f}× the cost of a one-token "
-                f"pass on this device, got {summarize(self.steps['tr']).mat:.2f})")
+                f"pass on this device{measured_cost}, got {summarize(self.steps['tr']).mat:.2f})")
 
     def record(self, lm: LoadedModel) -> dict[str, Any]:
         """Everything about the run, for a JSON download: settings, both outputs, every step record."""

@@ -28,7 +28,7 @@ def pane_views(lm: LoadedModel, run: Run) -> dict[str, Any]:
     """One text pane per lane; the third lane's pane shows only when the run has that lane."""
     panes = {f"{lane}_pane": viz.pane_html(NAMES[lane], steps, lm.decode, banded=lane != "ar")
              for lane, steps in run.steps.items()}
-    return panes | {"pld_pane": gr.HTML(panes.get("pld_pane"), visible="pld" in run.steps)}
+    return panes | {"pld_pane": gr.update(value=panes.get("pld_pane"), visible="pld" in run.steps)}
 
 
 def matrix_info(session: Session) -> str:
@@ -71,7 +71,7 @@ def slider_for(run: Run, value: int | None = None) -> Any:
     steps = run.steps["tr"]
     last = max(len(steps) - 1, 0)
     marks = "; ".join(f"{index}: {why}" for index, why in sorted(viz.marks_for(steps).items()))
-    return gr.Slider(minimum=0, maximum=max(last, 1), value=last if value is None else value, step=1,
+    return gr.update(minimum=0, maximum=max(last, 1), value=last if value is None else value, step=1,
                      interactive=True, label=f"Token Recycling step (0 = the prefill, {last} = the last)",
                      info=f"Worth a look: {marks}." if marks else None)
 
@@ -131,8 +131,8 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
     views |= step_views(lm, session, shown) | {
         "stats": stats_html(run),
         "slider": slider_for(run, shown),
-        "download": gr.DownloadButton(value=session.download_path, interactive=session.download_path is not None),
-        "replay": gr.DownloadButton(value=None, interactive=False),  # a new run needs its own replay made
+        "download": gr.update(value=session.download_path, interactive=session.download_path is not None),
+        "replay": gr.update(value=None, interactive=False),  # a new run needs its own replay made
     }
     return views | pane_views(lm, run) | chart_views(run, lm.device.type)
 
@@ -145,7 +145,7 @@ def replay_page(lm: LoadedModel, run: Run) -> str:
 def replay_views(run: Run, path: str) -> dict[str, Any]:
     return {"message": f"Replay of run {run.number} ready: **Download replay** saves one HTML file that opens "
                        "in any browser, offline.",
-            "replay": gr.DownloadButton(value=path, interactive=True)}
+            "replay": gr.update(value=path, interactive=True)}
 
 
 def note_html(message: str) -> str:
