@@ -20,7 +20,7 @@ import sys
 
 from tr.costs import LearnedCost
 from tr.device.calibrate import calibrate
-from tr.device.model import BUNDLED, DTYPES, ModelLoadError, load_model
+from tr.device.model import BUNDLED, DTYPE_CHOICES, ModelLoadError, load_model
 from tr.device.primed import describe_primed
 from webapp.downloads import Downloads
 from webapp.layout import build_demo
@@ -43,7 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"hub id or local folder of a causal LM (default: {BUNDLED}, the packaged "
                              "SmolLM2-135M-Instruct)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="default: float32")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPE_CHOICES),
+                        help="default: float32; auto: bfloat16 where the CPU or GPU has native bf16, else "
+                             "float32 (bf16 output equal to plain decoding is verified on AVX512-BF16 CPUs, "
+                             "not yet on AMX ones)")
     parser.add_argument("--port", type=port_number, default=None,
                         help=f"port to listen on (default: $GRADIO_SERVER_PORT, else {DEFAULT_PORT})")
     parser.add_argument("--host", default=None,
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"Loaded {lm.name} ({lm.vocab_size:,} tokens, {lm.device}, {str(lm.dtype).removeprefix('torch.')}) "
           f"from {lm.origin}.", flush=True)
+    print(f"Precision: {lm.dtype_note}.", flush=True)
     print(f"Primed start: {describe_primed(lm)}.", flush=True)
     # The device's verification cost, measured once per model, device, dtype and kernel settings and then
     # read from disk. A ZeroGPU main process has no GPU to measure on: the first race measures it there.

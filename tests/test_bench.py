@@ -10,10 +10,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from tools import bench
 from tools.bench.cli import read_template
 from tools.bench.options import BenchMethod, Kind, Template
+from tr.device import kernels
 from tr.device import primed as primed_files
 from tr.device.model import load_model
 from tr.generate import decode_steps
@@ -95,6 +97,10 @@ def test_cli_writes_every_figure(cli_run):
     assert doc["settings"]["methods"] == list(METHODS)
     assert doc["settings"]["max_new_tokens"] == MAX_NEW and doc["settings"]["k"] == 8
     assert doc["machine"]["device"] == "cpu" and doc["machine"]["dtype"] == "float32"
+    assert doc["machine"]["dtype_note"] == "float32 (as asked)"
+    assert doc["machine"]["native_bf16"] == kernels.native_bf16(torch.device("cpu"))
+    assert doc["machine"]["cpu_flags"] == sorted(kernels.cpu_flags())
+    assert doc["settings"]["prompts"] == [str(Path(doc["settings"]["prompts"][0]).resolve())]
     assert doc["machine"]["threads"] >= 1 and doc["machine"]["torch"]
     assert "machine:" in stdout and "overall" in stdout and "dtype float32" in stdout
 
@@ -175,6 +181,31 @@ def test_load_questions_keeps_file_order_per_category(tmp_path, monkeypatch):
     assert bench.load_questions(path)[0].prompt == "Write a haiku about rain."  # first turn only
     monkeypatch.chdir(tmp_path)  # the default file is found through the package, from any cwd
     assert len(bench.load_questions(bench.DEFAULT_PROMPTS)) >= 7
+
+
+def test_several_prompt_files_are_read_in_turn(tmp_path):
+    first = write_prompts(tmp_path / "a.jsonl")
+    second = write_prompts(tmp_path / "b.jsonl", [{"question_id": 9, "category": "alpha", "turns": ["Hi."]}])
+    # --per-category applies within each file.
+    assert [q.question_id for q in bench.load_question_files([first, second], 1)] == [1, 2, 9]
+    clash = write_prompts(tmp_path / "c.jsonl", [{"question_id": 2, "category": "gamma", "turns": ["Hi."]}])
+    with pytest.raises(ValueError, match="question_id 2 is in both"):
+        bench.load_question_files([first, clash])
+
+
+def test_dtype_auto_is_accepted_and_recorded(tiny_model_dir, tmp_path, monkeypatch):
+    # A CPU without native bf16: auto falls back to float32 and the JSON says why.
+    monkeypatch.setattr(kernels, "read_cpuinfo", lambda: "flags\t: fpu avx2 avx512f\n")
+    out = tmp_path / "auto.json"
+    code, stdout, _ = run_main(["--model", str(tiny_model_dir), "--prompts", str(write_prompts(tmp_path / "p.jsonl")),
+                                "--per-category", "1", "--max-new-tokens", "4", "--methods", "ar",
+                                "--dtype", "auto", "--out", str(out)])
+    assert code == 0
+    machine = json.loads(out.read_text())["machine"]
+    assert machine["dtype"] == "float32" and machine["native_bf16"] is None
+    assert machine["cpu_flags"] == ["avx2", "avx512f", "fpu"]
+    assert machine["dtype_note"].startswith("float32 (this CPU has no native bf16")
+    assert "dtype float32 (this CPU has no native bf16" in stdout
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -13,6 +13,11 @@ Methods (all greedy, so every correct one emits exactly the `ar` tokens):
   trees or start modes run side by side, e.g.
   ``--methods ar,hf,pld,tr:paper-80,tr:auto,tr:auto-nolookup,tr:auto:seeded``. Each variant keeps its own matrix.
 
+``--prompts`` takes one or more files, read in turn (``--per-category`` applies within each).
+``--dtype auto`` runs bfloat16 where the device has native bf16 (`tr.device.kernels.native_bf16`), else
+float32; the JSON's machine block records the dtype, why it was chosen, the native bf16 feature and the
+CPU's flags.
+
 Each prompt's first turn is wrapped in the chat template; prompts and methods are interleaved
 (prompt by prompt, every method in turn) so slow drift of the machine hits all methods alike.
 Every generation is timed by the wall clock (synchronised on CUDA); ``ar`` and ``tr`` also split
@@ -42,7 +47,7 @@ JSON), `cli` (the command line).
 
 from .cli import main
 from .options import BenchMethod, Kind, parse_methods
-from .prompts import DEFAULT_PROMPTS, Question, load_questions
+from .prompts import DEFAULT_PROMPTS, Question, load_question_files, load_questions
 from .report import identical_text, summarize_table, to_json
 from .rows import PromptRow, TableRow
 from .runs import Run, cut_at_eos, fastest, run_benchmark
@@ -58,6 +63,7 @@ __all__ = [
     "cut_at_eos",
     "fastest",
     "identical_text",
+    "load_question_files",
     "load_questions",
     "main",
     "parse_methods",

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from tr.device.model import BUNDLED, DTYPES, ModelLoadError, load_model
+from tr.device.model import BUNDLED, DTYPE_CHOICES, ModelLoadError, load_model
 from tr.matrix import MAX_K
 from tr.specs import DYNAMIC_PREFIX, Start, TreeKind, parse_start
 from tr.trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError
 
 from .options import KIND_NAMES, Template, check_numbers, parse_methods
-from .prompts import DEFAULT_PROMPTS, load_questions
+from .prompts import DEFAULT_PROMPTS, load_question_files
 from .report import machine_info, report, summarize_table, to_json
 from .runs import run_benchmark
 
@@ -38,9 +38,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m tools.bench", description=DESCRIPTION,
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="Spec-Bench-format JSONL file")
+    parser.add_argument("--prompts", nargs="+", default=[str(DEFAULT_PROMPTS)],
+                        help="Spec-Bench-format JSONL files, read in turn (question ids unique across them)")
     parser.add_argument("--per-category", type=int, default=None,
-                        help="first N prompts of each category, in file order; all when not given")
+                        help="first N prompts of each category of each file, in file order; all when not given")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="new tokens per generation at most")
     parser.add_argument("--methods", default=",".join(KIND_NAMES), help="comma list of " + ", ".join(KIND_NAMES))
     parser.add_argument("--pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for pld")
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "its empty rows from the model's primed matrix (tools.priming)")
     parser.add_argument("--model", default=BUNDLED, help="bundled, a local folder or a hub id")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model weights and compute")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPE_CHOICES),
+                        help="model weights and compute; auto: bfloat16 where the device has native bf16, else "
+                             "float32")
     parser.add_argument("--out", default="results.json", help="JSON file for per-prompt figures")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs per method on the first prompt (for tr this also warms the matrix)")
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Everything that can be checked without the model is checked before the slow load.
         check_numbers(args.max_new_tokens, args.k, args.pld_tokens, args.warmup, args.repeats)
         methods = parse_methods(args.methods, args.k, read_template(args.template), parse_start(args.start))
-        questions = load_questions(args.prompts, args.per_category)
+        questions = load_question_files(args.prompts, args.per_category)
         out = output_path(args.out)
         torch.manual_seed(args.seed)
         lm = load_model(args.model, args.device, args.dtype)
@@ -101,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         table = summarize_table(results)
         machine = machine_info(lm)
-        settings = dict(vars(args), methods=[m.name for m in methods], prompts=str(Path(args.prompts).resolve()))
+        settings = dict(vars(args), methods=[m.name for m in methods], prompts=[str(Path(p).resolve()) for p in args.prompts])
         out.write_text(to_json({"settings": settings, "machine": machine, "table": [asdict(r) for r in table],
                                 "results": [asdict(r) for r in results]}))
     except (ValueError, TreeError, ModelLoadError, OSError) as err:

@@ -1,8 +1,9 @@
-"""The benchmark's input: Spec-Bench-format questions from a JSONL file."""
+"""The benchmark's input: Spec-Bench-format questions from one or more JSONL files."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,4 +66,19 @@ def load_questions(path: str | Path, per_category: int | None = None) -> list[Qu
             questions.append(question)
     if not questions:
         raise ValueError(f"no prompts in {str(path)!r}")
+    return questions
+
+
+def load_question_files(paths: Sequence[str | Path], per_category: int | None = None) -> list[Question]:
+    """`load_questions` of each file in turn (`per_category` applies within each file). Outputs are
+    matched to the ar output of the same question_id, so ids must be unique across the files too."""
+    questions: list[Question] = []
+    seen: dict[object, Path] = {}
+    for path in map(Path, paths):
+        for question in load_questions(path, per_category):
+            if question.question_id in seen:
+                raise ValueError(f"question_id {question.question_id!r} is in both {str(seen[question.question_id])!r} "
+                                 f"and {str(path)!r}")
+            seen[question.question_id] = path
+            questions.append(question)
     return questions

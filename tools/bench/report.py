@@ -87,6 +87,9 @@ def machine_info(lm: LoadedModel) -> dict:
         "device": str(lm.device),
         "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
         "dtype": str(lm.dtype).removeprefix("torch."),
+        "dtype_note": lm.dtype_note,  # which dtype and why (e.g. `--dtype auto` on a CPU with native bf16)
+        "native_bf16": kernels.native_bf16(lm.device),
+        "cpu_flags": sorted(kernels.cpu_flags()),  # bf16 and fp32 speeds hang on these (avx512_bf16, amx_bf16)
         "threads": torch.get_num_threads(),
         "kernels": kernels.settings(),  # process-wide, so every method ran with them
         "layouts": kernels.layout_plans(lm.model),  # product layout per weight shape and row count
@@ -100,7 +103,8 @@ def describe_machine(info: dict) -> str:
     cost = info["forward_cost"]
     curve = ", ".join(f"{n}: {s / cost['seconds'][0]:.2f}x" for n, s in zip(cost["sizes"][1:], cost["seconds"][1:]))
     lines = [(f"machine: {info['cpu']}, {info['platform']}; torch {info['torch']}, transformers "
-              f"{info['transformers']}; device {device}, dtype {info['dtype']}, {info['threads']} threads; "
+              f"{info['transformers']}; device {device}, dtype {info.get('dtype_note') or info['dtype']}, "
+              f"{info['threads']} threads; "
               f"kernels {' '.join(f'{k}={v}' for k, v in info['kernels'].items() if v) or 'default'}")]
     if info.get("layouts"):  # files from before layouts were tuned have none
         lines.append("product layouts by weight shape, for 1, 2, ... rows: "

@@ -37,14 +37,19 @@ import torch
 from . import invariant
 
 
-def _cpuinfo(field: str) -> str | None:
-    """A field of /proc/cpuinfo (Linux); None elsewhere."""
+def read_cpuinfo() -> str:
+    """/proc/cpuinfo's text (Linux); empty elsewhere. The one reader, so tests can fake another CPU."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return ""
+
+
+def _cpuinfo(field: str) -> str | None:
+    """A field of /proc/cpuinfo (its first processor); None where it has none."""
+    for line in read_cpuinfo().splitlines():
+        if line.startswith(field):
+            return line.split(":", 1)[1].strip()
     return None
 
 
@@ -56,6 +61,22 @@ def cpu_flags() -> set[str]:
 def cpu_name() -> str:
     # platform.processor() is empty on many Linux machines; /proc/cpuinfo names the model there.
     return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+# CPU flags of native bf16 arithmetic, best first: AMX tiles, then AVX-512 BF16 dot products. Without
+# either, torch widens bf16 to fp32 in software and bf16 runs slower than fp32.
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def native_bf16(device: torch.device) -> str | None:
+    """The feature that gives `device` native bf16 arithmetic ("amx_bf16" or "avx512_bf16" on a CPU,
+    "cuda" on a GPU that computes in bf16 without emulation), or None."""
+    if device.type == "cuda":
+        return "cuda" if torch.cuda.is_bf16_supported(including_emulation=False) else None
+    if device.type == "cpu":
+        flags = cpu_flags()
+        return next((flag for flag in NATIVE_BF16_FLAGS if flag in flags), None)
+    return None
 
 
 def best_mkl_branch(flags: set[str]) -> str | None:

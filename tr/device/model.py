@@ -25,6 +25,8 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Where the package is missing (e.g. a HuggingFace Space) the same model comes from the hub.
 HUB_FALLBACK = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+AUTO_DTYPE = "auto"  # bfloat16 where the device has native bf16 arithmetic, else float32
+DTYPE_CHOICES = (AUTO_DTYPE, *DTYPES)
 
 
 class ModelLoadError(RuntimeError):
@@ -39,6 +41,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str = ""  # what was loaded: a local folder or a hub id
+    dtype_note: str = ""  # the dtype and why, in words, e.g. "bfloat16 (native bf16 on this CPU: avx512_bf16)"
 
     @property
     def origin(self) -> str:
@@ -104,6 +107,24 @@ def pick_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def choose_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype for `name` (one of `DTYPE_CHOICES`) on `device`, and a note that says which and why:
+    `auto` takes bfloat16 only where the device computes it natively (`kernels.native_bf16`), since
+    emulated bf16 is slower than float32."""
+    feature = kernels.native_bf16(device)
+    where = "this GPU" if device.type == "cuda" else f"this {device.type.upper()}"
+    native = f"native bf16 on {where}" + ("" if feature in (None, "cuda") else f": {feature}")
+    emulated = f"{where} has no native bf16: bfloat16 would be emulated and slower"
+    if name == AUTO_DTYPE:
+        if feature:
+            return torch.bfloat16, f"bfloat16 ({native})"
+        return torch.float32, f"float32 ({emulated})"
+    dtype = pick_dtype(name)
+    if dtype != torch.bfloat16:
+        return dtype, f"{name} (as asked)"
+    return dtype, f"bfloat16 (as asked; {native if feature else emulated.replace(' would be', ' is')})"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("TR_CACHE_DIR", Path.home() / ".cache" / "token-recycling"))
 
@@ -147,9 +168,11 @@ def resolve(name: str) -> str:
 def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32") -> LoadedModel:
     """Load a causal LM for decoding, with this machine's kernel settings (`kernels.configure`, before
     the first matrix product, and `kernels.install_kernels`); raise `ModelLoadError` with a readable
-    reason on failure."""
+    reason on failure. `dtype` is one of `DTYPE_CHOICES` (`choose_dtype`); the result's `dtype_note`
+    says which dtype and why."""
     kernels.configure()
-    torch_device, torch_dtype = pick_device(device), pick_dtype(dtype)
+    torch_device = pick_device(device)
+    torch_dtype, dtype_note = choose_dtype(dtype, torch_device)
     try:
         source = resolve(name)
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -159,4 +182,4 @@ def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32"
         raise ModelLoadError(f"could not load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
     model.to(torch_device).eval()
     kernels.install_kernels(model, kernels.plans_file(cache_dir()))
-    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, source)
+    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, source, dtype_note)
