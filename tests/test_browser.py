@@ -177,3 +177,38 @@ def test_three_lanes_and_a_replay_that_works_from_disk(page, tmp_path):
     expect(replay.locator("#tree .gtitle")).to_have_text(re.compile(r"^Step 1(:.*)?$"))
     offline.close()
     assert page.errors == [], page.errors
+
+
+@pytest.fixture(scope="module")
+def bundled_page(real_lm):
+    """A browser on the app serving the bundled model."""
+    from conftest import launch_app
+
+    demo, port = launch_app(real_lm)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.goto(f"http://127.0.0.1:{port}/")
+        yield page
+        browser.close()
+    demo.close()
+
+
+def test_three_lanes_on_the_bundled_model_write_the_same_text(bundled_page):
+    page = bundled_page
+    page.get_by_role("button", name="Run race").wait_for()
+    page.get_by_text("code: Write a Python function that").click()
+    page.get_by_label("number input for Max new tokens").fill("48")
+    page.get_by_label("number input for Max new tokens").press("Tab")
+    page.get_by_label("Third lane: prompt lookup decoding").check()
+    page.get_by_role("button", name="Run race").click()
+    expect(page.locator("#message")).to_contain_text("Done", timeout=RUN_TIMEOUT_MS)
+    texts = []
+    for pane in ("#ar-pane", "#tr-pane", "#pld-pane"):
+        expect(page.locator(pane)).to_contain_text("done")
+        texts.append(page.locator(f"{pane} .tr-output > div").last.inner_text())
+    assert texts[0] == texts[1] == texts[2] and len(texts[0]) > 40, texts
+    expect(page.locator("#stats")).to_contain_text(re.compile(r"identical \(\d+ tokens\)"))
+    expect(page.locator("#stats")).not_to_contain_text("not identical")
+    for lane in ("Token Recycling", "Prompt lookup decoding"):
+        expect(page.locator("#stats")).to_contain_text(lane)
