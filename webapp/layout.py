@@ -248,7 +248,7 @@ def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model
         # bound method would take its object (the model with it) along.
         v: dict[str, Any] = {"session": gr.State(None, delete_callback=lambda state: handlers.forget(state))}
         precision = lm.dtype_note or str(lm.dtype).removeprefix("torch.")
-        gr.Markdown(f"# Token Recycling, live\nModel `{lm.name}` on `{lm.device}` in {precision}{model_note}; "
+        gr.Markdown(f"# Token Recycling, live\nModel `{lm.display_name}` on `{lm.device}` in {precision}{model_note}; "
                     f"{describe_primed(lm)}.", elem_classes="title")
         gr.Markdown(ABOUT, elem_classes="intro")
         with gr.Row(equal_height=False):

@@ -91,7 +91,7 @@ class Run:
         diff = self.difference()
         return {
             "paper": PAPER,
-            "model": lm.name,
+            "model": lm.display_name,
             "device": str(lm.device),
             "run": self.number,
             "finished": self.finished,

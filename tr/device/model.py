@@ -44,6 +44,11 @@ class LoadedModel:
     dtype_note: str = ""  # the dtype and why, in words, e.g. "bfloat16 (native bf16 on this CPU: avx512_bf16)"
 
     @property
+    def display_name(self) -> str:
+        """The model's name for a reader: the bundled one by what it is, not by its package's alias."""
+        return f"{HUB_FALLBACK.split('/')[-1]} (the bundled Q4_1 GGUF)" if self.name == BUNDLED else self.name
+
+    @property
     def origin(self) -> str:
         """Where the weights came from, in words, for logs and the page."""
         if self.name == BUNDLED and self.source != HUB_FALLBACK:
