@@ -600,3 +600,9 @@ def test_benchmark_plot_cli_reports_bad_input_in_one_line(tmp_path, capsys, monk
     assert bench.main([str(good), str(tmp_path / "out.png")]) == 2
     err = capsys.readouterr().err
     assert "Kaleido requires Google Chrome" in err and "chromium" in err and "Traceback" not in err
+
+
+def test_a_race_stopped_before_its_first_step_is_identical_so_far():
+    """Stop can come before any step: nothing differs yet, and the verdict says so (not a dash)."""
+    assert "identical so far" in viz.verdict_html({"ar": [], "tr": []}, {}, finished=False, sampling=False)
+    assert viz.verdict_html({}, {}, finished=False, sampling=False) == "–"  # no race at all

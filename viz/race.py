@@ -77,7 +77,7 @@ def verdict_html(lanes: Mapping[str, list[Step]], titles: Mapping[str, str], fin
     otherwise each differing lane and its first differing token."""
     base = lanes.get(BASELINE)
     others = drafting_lanes(lanes)
-    if not base or not others:
+    if base is None or not others:
         return "–"
     diffs = {lane: difference(base, lanes[lane], finished) for lane in others}
     wrong = {lane: at for lane, at in diffs.items() if at is not None}
