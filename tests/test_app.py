@@ -125,7 +125,8 @@ def test_auto_tree_run_says_what_it_chose_and_why(app_url):
     record = download(result)
     assert record["identical"]
     steps = record["steps"]["tr"][1:]
-    assert all(s["draft"]["predicted_cost"] > 0 and len(s["draft"]["considered"]) >= len(s["draft"]["tokens"]) - 1 for s in steps)
+    assert all(s["draft"]["predicted_cost"] > 0 and len(s["draft"]["considered"]) >= len(s["draft"]["tokens"]) - 1
+               for s in steps)
     weighed = next(i for i, s in enumerate(steps, start=1) if s["draft"]["considered"])
     why = plotly_traces(c.predict(index=weighed, api_name="/show_step")[1])
     assert [t["name"] for t in why] == ["measured cost (one-token passes)", "timings the cost is fitted to",

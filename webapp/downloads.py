@@ -1,9 +1,9 @@
 """Run records written for download, with a bound on what is left on disk.
 
 A session's record goes to one file in the app's own folder, replaced by its next run and removed when
-the session ends (its replay page, made on demand, likewise); any file older than `max_age_s` is removed at the next write, so files left by
-visitors who never come back go too. Gradio serves a copy from its cache, which the app's
-`delete_cache` setting sweeps on the same schedule.
+the session ends (its replay page, made on demand, likewise); any file older than `max_age_s` is removed
+at the next write, so files left by visitors who never come back go too. Gradio serves a copy from its
+cache, which the app's `delete_cache` setting sweeps on the same schedule.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ class Handlers:
             for chunk in chunks:
                 run.add(chunk.steps)
                 if chunk.done:
-                    session.matrix, self.costs = chunk.matrix, chunk.costs
+                    self.take_back(session, chunk)
                     break
                 rendering = time.perf_counter()
                 run.wall_s = rendering - begin
@@ -144,6 +144,10 @@ class Handlers:
         except Exception as err:  # a bug or e.g. out of memory: keep serving, keep the traceback in the log
             run.stopped = True
             yield views.failure(unexpected(err, f"run {run.number}")) | {"session": session}
+
+    def take_back(self, session: Session, last: Chunk) -> None:
+        """What a race changed, from its last chunk: the session's matrix and the device's cost curve."""
+        session.matrix, self.costs = last.matrix, last.costs
 
     def finish(self, session: Session, run: Run, lookup_text: Any) -> dict:
         """A finished run: remembered, written for download, every view shown."""
@@ -180,7 +184,7 @@ class Handlers:
         if stepper.finished:
             self.paused.remove(stepper)
             session.stepper = None
-            session.matrix, self.costs = stepper.last.matrix, stepper.last.costs
+            self.take_back(session, stepper.last)
             yield self.finish(session, run, lookup_text)
             return
         self.paused.keep(stepper, on_close=lambda: self.close_paused(session, stepper))

@@ -280,16 +280,18 @@ def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict
     generic error and log a traceback)."""
     outputs = [v[name] for name in OUTPUTS]
 
-    def race(handler: Callable[..., Iterator[dict]]) -> Callable[..., Iterator[tuple]]:
-        def call(state: Session | None, *values: Any) -> Iterator[tuple]:
-            *settings, lookup = values
-            for views_by_name in handler(state, dict(zip(FIELDS, settings)), lookup):
+    def streamed(handler: Callable[..., Iterator[dict]], names: tuple[str, ...]) -> Callable[..., Iterator[tuple]]:
+        def call(*values: Any) -> Iterator[tuple]:
+            for views_by_name in handler(*values):
                 yield ordered(views_by_name)
-        return api(call, ("state", *FIELDS, "lookup"), configs)
+        return api(call, names, configs)
 
-    def resume(state: Session | None, lookup: Any) -> Iterator[tuple]:
-        for views_by_name in handlers.resume(state, lookup):
-            yield ordered(views_by_name)
+    def race(handler: Callable[..., Iterator[dict]]) -> Callable[..., Iterator[tuple]]:
+        """A handler of the race's settings by name, called with the page's values in `FIELDS` order."""
+        def by_name(state: Session | None, *values: Any) -> Iterator[dict]:
+            *settings, lookup = values
+            return handler(state, dict(zip(FIELDS, settings)), lookup)
+        return streamed(by_name, ("state", *FIELDS, "lookup"))
 
     # One race on the model at a time, across all sessions; the bounded queue holds the rest.
     on_model = dict(concurrency_limit=1, concurrency_id="model", show_progress="minimal", preprocess=False)
@@ -297,15 +299,16 @@ def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict
     events = [
         buttons["run"].click(race(handlers.run), race_inputs, outputs, api_name="run", **on_model),
         buttons["step"].click(race(handlers.step), race_inputs, outputs, api_name="step", **on_model),
-        buttons["resume"].click(api(resume, ("state", "lookup"), configs), [v["session"], lookup_text], outputs, api_name="continue", **on_model),
+        buttons["resume"].click(streamed(handlers.resume, ("state", "lookup")), [v["session"], lookup_text], outputs,
+                                api_name="continue", **on_model),
     ]
     buttons["stop"].click(guarded(handlers.stop, "stop", OUTPUTS, configs), [v["session"], lookup_text], outputs,
                           cancels=events, api_name="stop", queue=False, preprocess=False)
     reset_outputs = ("message", "matrix_info", "lookup", "session")
     buttons["reset"].click(guarded(handlers.reset, "reset", reset_outputs, configs), [v["session"], lookup_text],
-                       [v[n] for n in reset_outputs], api_name="reset_matrix", preprocess=False)
-    lookup_text.submit(guarded(handlers.lookup, "lookup", ("lookup",), configs), [v["session"], lookup_text], [v["lookup"]],
-                       api_name="lookup", preprocess=False)
+                           [v[n] for n in reset_outputs], api_name="reset_matrix", preprocess=False)
+    lookup_text.submit(guarded(handlers.lookup, "lookup", ("lookup",), configs), [v["session"], lookup_text],
+                       [v["lookup"]], api_name="lookup", preprocess=False)
     buttons["replay"].click(guarded(handlers.replay, "replay", ("message", "replay"), configs), [v["session"]],
                             [v["message"], v["replay"]], api_name="replay", concurrency_limit=2, preprocess=False)
     step_outputs = ("tree", "why", "rows", "verify", "mask")

@@ -57,7 +57,8 @@ class Run:
 
     def difference(self) -> int | None:
         """The first token where any drafting lane differs from plain decoding (None: all identical)."""
-        found = [difference(self.steps["ar"], steps, self.finished) for lane, steps in self.steps.items() if lane != "ar"]
+        found = [difference(self.steps["ar"], steps, self.finished)
+                 for lane, steps in self.steps.items() if lane != "ar"]
         return min((d for d in found if d is not None), default=None)
 
     def tree_note(self) -> str:

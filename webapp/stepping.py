@@ -2,10 +2,10 @@
 step at a time.
 
 The run asks the runner for chunks of no compute at all (`Run.budget_s`), so each chunk is one step and
-the runner's generator waits, holding no lock, between clicks; the fair clock is untouched, since each decoder's clock counts its own
-compute only. A paused race keeps every decoder's caches, so few are kept at once (`PausedRaces`). On a
-ZeroGPU Space a decorated call cannot wait for clicks: there the race is computed whole and revealed one
-step at a time.
+the runner's generator waits, holding no lock, between clicks; the fair clock is untouched, since each
+decoder's clock counts its own compute only. A paused race keeps every decoder's caches, so few are kept
+at once (`PausedRaces`). On a ZeroGPU Space a decorated call cannot wait for clicks: there the race is
+computed whole and revealed one step at a time.
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         table = summarize_table(results)
         machine = machine_info(lm)
-        settings = dict(vars(args), methods=[m.name for m in methods], prompts=[str(Path(p).resolve()) for p in args.prompts])
+        settings = dict(vars(args), methods=[m.name for m in methods],
+                        prompts=[str(Path(p).resolve()) for p in args.prompts])
         out.write_text(to_json({"settings": settings, "machine": machine, "table": [asdict(r) for r in table],
                                 "results": [asdict(r) for r in results]}))
     except (ValueError, TreeError, ModelLoadError, OSError) as err:
