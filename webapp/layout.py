@@ -62,7 +62,7 @@ def ordered(values: dict[str, Any], names: tuple[str, ...] = OUTPUTS) -> tuple:
 class SessionConfigs:
     """Gradio keeps a copy of the page's components per session and, for every output an event updates by
     property (`gr.skip()` and `gr.update()` included), adds one more component to that copy and never
-    drops it: a session's memory would grow with every screen update (about 16 components per race).
+    drops it: a session's memory would grow with every screen update.
     `prune` drops every component the page did not start with from one session's copy."""
 
     def __init__(self, demo: gr.Blocks):
