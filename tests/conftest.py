@@ -15,6 +15,9 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from tr.device import kernels
 from tr.device.model import BUNDLED, LoadedModel, load_model, resolve
 
+# MKL's mode is fixed at its first product: set it before any, as `load_model` does in the app, so every
+# test multiplies in the strict mode that makes float32 products row-invariant.
+kernels.configure()
 # Tiny models run ~10x slower with two threads whenever anything else shares the two cores (spinning
 # OpenMP workers); one thread keeps the suite fast and its timing steady.
 torch.set_num_threads(1)

@@ -56,18 +56,18 @@ def private_cache(tmp_path_factory):
         yield
 
 
-METHODS = ("ar", "hf", "pld", "tr:small-16")  # a plain `tr` is named after its --template
+METHODS = ("ar", "hf", "stock", "pld", "tr:small-16")  # a plain `tr` is named after its --template
 
 
 @pytest.fixture(scope="module")
 def cli_run(tiny_model_dir, tmp_path_factory):
-    """One CLI run of all four methods on three prompts; (exit code, stdout, JSON document)."""
+    """One CLI run of all five methods on three prompts; (exit code, stdout, JSON document)."""
     folder = tmp_path_factory.mktemp("bench")
     prompts = write_prompts(folder / "prompts.jsonl")
     out = folder / "results.json"
     code, stdout, _ = run_main([
         "--model", str(tiny_model_dir), "--prompts", str(prompts), "--per-category", "2",
-        "--max-new-tokens", str(MAX_NEW), "--methods", "ar,hf,pld,tr", "--template", "small-16",
+        "--max-new-tokens", str(MAX_NEW), "--methods", "ar,hf,stock,pld,tr", "--template", "small-16",
         "--out", str(out),
     ])
     assert code == 0
@@ -80,7 +80,7 @@ def test_cli_writes_every_figure(cli_run):
     assert cost["sizes"][0] == 1 and len(cost["seconds"]) == len(cost["sizes"]) and min(cost["seconds"]) > 0
     assert "forward cost of n new tokens" in stdout
     results = doc["results"]
-    # First two alpha prompts in file order, the one beta prompt; four methods each.
+    # First two alpha prompts in file order, the one beta prompt; five methods each.
     assert [(r["question_id"], r["method"]) for r in results] == [
         (q, m) for q in (1, 2, 3) for m in METHODS
     ]
@@ -91,8 +91,8 @@ def test_cli_writes_every_figure(cli_run):
     by_method = {m: [r for r in results if r["method"] == m] for m in METHODS}
     assert all(r["mat"] == 1.0 and r["steps"] == r["tokens"] - 1 for r in by_method["ar"])
     assert all(r["mat"] is not None and r["steps"] >= 1 and r["forward_s"] > 0 for r in by_method["tr:small-16"])
-    # transformers does not expose its steps: nothing is made up for hf and pld.
-    assert all(r[key] is None for m in ("hf", "pld") for r in by_method[m]
+    # transformers does not expose its steps: nothing is made up for hf, stock and pld.
+    assert all(r[key] is None for m in ("hf", "stock", "pld") for r in by_method[m]
                for key in ("steps", "mat", "forward_s", "overhead_s"))
     assert doc["settings"]["methods"] == list(METHODS)
     assert doc["settings"]["max_new_tokens"] == MAX_NEW and doc["settings"]["k"] == 8
@@ -125,7 +125,7 @@ def test_table_speedup_is_the_hand_computation(cli_run):
         rows = [r for r in results if category == "overall" or r["category"] == category]
         speed = {m: sum(r["tokens"] for r in rows if r["method"] == m) / sum(r["seconds"] for r in rows
                  if r["method"] == m) for m in METHODS}
-        baseline = max(speed["ar"], speed["hf"])
+        baseline = max(speed["ar"], speed["hf"], speed["stock"])
         for method in METHODS:
             row = next(t for t in doc["table"] if t["category"] == category and t["method"] == method)
             assert row["speedup"] == pytest.approx(speed[method] / baseline)

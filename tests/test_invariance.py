@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tools.invariance import compare, measure, row
@@ -31,10 +32,20 @@ def test_measure_reports_every_pass_on_a_model(tiny_model_dir):
     assert all(0 <= r["identical"] <= r["tokens"] for r in report.values()) and json.dumps(report)
 
 
-def test_bfloat16_passes_are_bit_identical_to_one_token_passes_on_the_cpu(tiny_model_dir):
-    """With `tr.device.invariant` installed (as `load_model` does for bf16 on the CPU), every compared token's
-    logits match bit for bit, in chains and trees, behind caches that end inside and across chunks."""
-    lm = load_model(str(tiny_model_dir), "cpu", "bfloat16")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_passes_are_bit_identical_to_one_token_passes_on_the_cpu(tiny_model_dir, dtype):
+    """With the kernels `load_model` installs on the CPU, every compared token's logits and every module's
+    output match bit for bit, in chains and trees, behind caches that end inside and across chunks."""
+    lm = load_model(str(tiny_model_dir), "cpu", dtype)
     for cached in (0, CHUNK - 3):
         report = measure(lm, [2, 9, 17], cached=cached)
         assert all(r["identical"] == r["tokens"] and not r["first_difference"] for r in report.values()), report
+
+
+@pytest.mark.slow
+def test_the_bundled_model_in_float32_is_bit_identical_in_chains_and_trees(real_lm):
+    """The same on the bundled model: chains of 2 to 81 tokens and trees of 17 and 81 nodes, behind a cache
+    that crosses a chunk."""
+    report = measure(real_lm, [2, 17, 81], cached=CHUNK + 5)
+    assert all(r["identical"] == r["tokens"] and r["differing_logits"] == 0 and not r["first_difference"]
+               for r in report.values()), report

@@ -1,11 +1,15 @@
-"""Kernel choices: MKL's code branch from the CPU flags, the CPU LM head that must equal nn.Linear (and keep
-the fp32 argmax when it screens in half precision), grouped attention on the CPU, no cuDNN attention on CUDA,
-and bf16's batch-invariant attention (a tree node's bits equal its one-token pass's)."""
+"""Kernel choices: MKL's code branch from the CPU flags, in strict mode (float32 products row-invariant), the
+CPU LM head that must equal nn.Linear (and keep the fp32 argmax when it screens in half precision), grouped
+attention on the CPU, no cuDNN attention on CUDA, and the batch-invariant attention (a tree node's bits equal
+its one-token pass's)."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,8 @@ from tr.decoding import autoregressive, forward, tree_buffers, tree_mask
 from tr.kv_cache import PreallocatedCache
 from tr.sampling import Sampling
 from tr.trees import ancestor_mask
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_model(dtype: torch.dtype) -> torch.nn.Module:
@@ -201,13 +207,40 @@ def test_argmax_only_is_scoped_to_greedy_decoding_and_sampling_reads_exact_logit
     assert seen and not any(seen)
 
 
-def test_bfloat16_cpu_models_get_the_batch_invariant_kernels_and_float32_ones_do_not():
+def test_cpu_models_get_the_invariant_attention_and_bf16_ones_the_invariant_products():
     bf16, fp32 = cpu_model(torch.bfloat16), cpu_model(torch.float32)
     kernels.install_kernels(bf16)
     kernels.install_kernels(fp32)
-    assert invariant.installed(bf16) and not invariant.installed(fp32)
+    assert invariant.installed(bf16) and invariant.installed(fp32)
     assert not any(type(m) is torch.nn.Linear for m in bf16.modules())
     assert set(kernels.layout_plans(bf16).values()) == {invariant.PLAN}
+    assert invariant.PLAN not in kernels.layout_plans(fp32).values()  # tuned layouts, invariant in strict mode
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch is built without MKL here")
+def test_float32_products_are_the_same_bits_whatever_the_rows_and_the_layout():
+    """What Token Recycling's float32 exactness relies on, in the mode `configure` sets (conftest sets it
+    before the suite's first product): a row's product is the same bits alone, among 2 to 81 rows, and in
+    every layout the tuner may pick, for the shapes of the bundled model (inner sizes 576 and 1536)."""
+    assert kernels.strict_products()
+    generator = torch.Generator().manual_seed(0)
+    for out_features, in_features in ((576, 576), (192, 576), (576, 1536), (1536, 576)):
+        weight = torch.randn(out_features, in_features, generator=generator) * 0.05
+        rows = torch.randn(81, in_features, generator=generator)
+        alone = kernels.LAYOUTS["L"](rows[:1], weight, None)[0]
+        for letter in kernels.LAYOUTS:
+            for n in (1, 2, 3, 4, 8, 16, 17, 33, 64, 81):
+                product = kernels.LAYOUTS[letter](rows[:n], weight, weight.t().contiguous())
+                assert torch.equal(product[0], alone), (out_features, in_features, letter, n)
+
+
+def test_strict_products_reads_the_mode_mkl_runs_in():
+    """Not strict where the user pinned a plain branch (configure leaves it alone), in a fresh process."""
+    script = ("from tr.device import kernels; import torch; kernels.configure(); torch.ones(2, 2) @ torch.ones(2, 2); "
+              "print(kernels.strict_products())")
+    env = dict(os.environ, MKL_CBWR="COMPATIBLE")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
 
 
 def test_blas_sums_as_the_invariant_attention_assumes():

@@ -3,7 +3,7 @@
     python -m tools.targets benchmarks/spec-bench-fp32-cpu-*.json
 
 For every Token Recycling method of every file: its speed-up overall and in its weakest category (over
-the faster of ``ar`` and ``hf``, as the bench computes it), prompt lookup's overall and in summarization
+the fastest of ``ar``, ``hf`` and ``stock``, as the bench computes it), prompt lookup's overall and in summarization
 beside its own, how many outputs equal ``ar``'s, and which targets hold. Speed-ups are printed to three
 decimals, so one just under a target is not read as meeting it. The targets (the constants below):
 

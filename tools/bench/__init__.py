@@ -6,7 +6,10 @@ Spec-Bench-format prompts.
 Methods (all greedy, so every correct one emits exactly the `ar` tokens):
 
 - ``ar``: this project's autoregressive loop (`tr.decoding.autoregressive` via `decode_steps`);
-- ``hf``: ``model.generate`` greedy, same EOS ids and max_new_tokens;
+- ``hf``: ``model.generate`` greedy, same EOS ids and max_new_tokens, on our model (its kernels and LM head:
+  a comparison of decoding loops);
+- ``stock``: the same on the model as transformers ships it, in a worker process without this project's
+  kernel settings (`tools.bench.stock`): the baseline a user without this project has;
 - ``pld``: ``model.generate`` with prompt lookup decoding (``--pld-tokens`` draft tokens);
 - ``tr``: Token Recycling (`tr.decoding.token_recycling` via `decode_steps`) with ``--template`` and
   ``--start``; ``tr:TREE`` and ``tr:TREE:START`` name a variant (`tr.specs.parse_variant`), so several
@@ -23,11 +26,11 @@ Each prompt's first turn is wrapped in the chat template; prompts and methods ar
 Every generation is timed by the wall clock (synchronised on CUDA); ``ar`` and ``tr`` also split
 that time into forward passes and the rest from their step records. Steps and MAT (mean tokens per
 decoding step) are reported only where known: exactly one token per step for ``ar``, from the records
-for ``tr``, null for ``hf`` and ``pld`` (transformers does not expose its acceptance counts).
+for ``tr``, null for ``hf``, ``stock`` and ``pld`` (transformers does not expose its acceptance counts).
 
 Per category, speed-up is a method's tokens per second (total tokens over total seconds) over the
-faster of ``ar`` and ``hf`` in that category; "overall" pools every prompt the same way, so it is not
-the mean of the category figures.
+fastest of ``ar``, ``hf`` and ``stock`` (those that ran) in that category; "overall" pools every prompt
+the same way, so it is not the mean of the category figures.
 
 On a shared or noisy machine, ``--repeats N`` times every generation N times, in rounds over all
 methods (so drift hits each alike), and keeps the fastest; ``tr`` variants repeat from the same matrix,

@@ -26,12 +26,13 @@ from tr.trees import DEFAULT_TEMPLATE
 
 class Kind(str, Enum):
     AR = "ar"  # this project's autoregressive loop
-    HF = "hf"  # transformers' greedy `model.generate`
+    HF = "hf"  # transformers' greedy `model.generate` on our model (its kernels and LM head)
+    STOCK = "stock"  # the same on the model as transformers ships it, in a process of its own
     PLD = "pld"  # transformers' prompt lookup decoding
     TR = "tr"  # Token Recycling, one variant per tree and start
 
 
-BASELINES = (Kind.AR, Kind.HF)  # speed-up is measured against the faster of these, per category
+BASELINES = (Kind.AR, Kind.HF, Kind.STOCK)  # speed-up is over the fastest of these that ran, per category
 KIND_NAMES = tuple(kind.value for kind in Kind)
 VARIANT_SEPARATOR = ":"  # tr:TREE:START; what follows the method is `tr.specs.parse_variant`'s grammar
 METHODS_HELP = (f"a comma list of {', '.join(KIND_NAMES)}; tr also as tr:TREE or tr:TREE:START with "

@@ -19,7 +19,7 @@ from .options import BASELINES, BenchMethod, Kind
 from .rows import PromptRow, TableRow
 
 OVERALL = "overall"
-EXPLAINED = ("speed-up: tokens/s (total tokens / total seconds) over the faster of ar and hf in the category; "
+EXPLAINED = ("speed-up: tokens/s (total tokens / total seconds) over the fastest of ar, hf and stock in the category; "
              "identical: outputs equal to ar; overhead (tr): non-forward time as % of forward time")
 
 
@@ -92,6 +92,7 @@ def machine_info(lm: LoadedModel) -> dict:
         "cpu_flags": sorted(kernels.cpu_flags()),  # bf16 and fp32 speeds hang on these (avx512_bf16, amx_bf16)
         "threads": torch.get_num_threads(),
         "kernels": kernels.settings(),  # process-wide, so every method ran with them
+        "strict_products": kernels.strict_products(),  # float32 products row-invariant (MKL strict mode)
         "layouts": kernels.layout_plans(lm.model),  # product layout per weight shape and row count
         # The device's verification cost curve (cached per model, device, dtype, threads): what `auto` sizes trees by.
         "forward_cost": asdict(calibrate(lm.model, lm.name)),

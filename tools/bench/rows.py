@@ -44,5 +44,5 @@ class TableRow:
     overhead_pct: float | None  # non-forward time as a percentage of forward time
     identical: int | None  # outputs equal to ar's; None where ar did not run
     compared: int
-    baseline: str | None = None  # the faster of ar and hf in this category
+    baseline: str | None = None  # the fastest of ar, hf and stock in this category
     speedup: float | None = None

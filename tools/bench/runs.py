@@ -1,7 +1,9 @@
 """Timing the benchmark's methods: one runner per method, every prompt through every runner, a row each.
 
 `ar` and `tr` run through the library (`tr.generate.decode_steps`); `hf` and `pld` through transformers'
-`model.generate`, with the same LM head and EOS ids, so the comparison is of decoding loops alone.
+`model.generate`, with the same LM head and EOS ids, so the comparison is of decoding loops alone; `stock`
+through `model.generate` on the model as transformers ships it (`tools.bench.stock`), the baseline a
+user without this project has.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +21,7 @@ from transformers import GenerationConfig
 from tr.costs import LearnedCost
 from tr.decoding import argmax_only
 from tr.device.calibrate import calibrate
-from tr.device.model import LoadedModel
+from tr.device.model import DTYPES, LoadedModel
 from tr.generate import check_request, decode_steps
 from tr.matrix import AdjacencyMatrix
 from tr.records import Step, first_divergence, summarize, token_ids
@@ -27,6 +30,7 @@ from tr.specs import Method, check_prompt_tokens
 from .options import BenchMethod, Kind, check_numbers
 from .prompts import Question
 from .rows import PromptRow
+from .stock import StockWorker
 
 
 @dataclass
@@ -133,9 +137,20 @@ def tr_runner(lm: LoadedModel, method: BenchMethod, max_new_tokens: int, k: int,
     return run
 
 
-def make_runners(lm: LoadedModel, methods: Sequence[BenchMethod], max_new_tokens: int, pld_tokens: int, k: int
-                 ) -> dict[str, Runner]:
-    """One runner per method, by name."""
+def stock_runner(lm: LoadedModel, max_new_tokens: int, stack: ExitStack) -> Runner:
+    """A runner that asks a `StockWorker` (closed with `stack`) for each generation."""
+    dtype = next(name for name, value in DTYPES.items() if value == lm.dtype)
+    worker = stack.enter_context(closing(StockWorker(lm.source, str(lm.device), dtype)))
+
+    def run(ids: list[int], scratch: bool) -> Run:
+        output_ids, seconds = worker.generate(ids, max_new_tokens, lm.eos_ids)
+        return Run(cut_at_eos(output_ids, lm.eos_ids), seconds)
+    return run
+
+
+def make_runners(lm: LoadedModel, methods: Sequence[BenchMethod], max_new_tokens: int, pld_tokens: int, k: int,
+                 stack: ExitStack) -> dict[str, Runner]:
+    """One runner per method, by name; what they hold open is closed with `stack`."""
     runners: dict[str, Runner] = {}
     # Calibrated once, and only when a tr variant runs: every variant reads the same device curve.
     curve = calibrate(lm.model, lm.name) if any(m.kind is Kind.TR for m in methods) else None
@@ -144,6 +159,8 @@ def make_runners(lm: LoadedModel, methods: Sequence[BenchMethod], max_new_tokens
             runners[method.name] = lambda ids, scratch: run_own(lm, ids, Method.AR, max_new_tokens)
         elif method.kind is Kind.TR:
             runners[method.name] = tr_runner(lm, method, max_new_tokens, k, curve)
+        elif method.kind is Kind.STOCK:
+            runners[method.name] = stock_runner(lm, max_new_tokens, stack)
         else:
             config = generation_config(lm, max_new_tokens, pld_tokens if method.kind is Kind.PLD else None)
             runners[method.name] = lambda ids, scratch, config=config: run_hf(lm, ids, config)
@@ -207,7 +224,15 @@ def run_benchmark(
     generation is timed that many times, in rounds over all methods, and the fastest time is kept."""
     check_numbers(max_new_tokens, k, pld_tokens, warmup, repeats)
     encoded = encode_all(lm, questions, max_new_tokens)
-    runners = make_runners(lm, methods, max_new_tokens, pld_tokens, k)
+    with ExitStack() as stack:
+        runners = make_runners(lm, methods, max_new_tokens, pld_tokens, k, stack)
+        rows = time_all(questions, encoded, runners, warmup, repeats, progress)
+    return compare_to_ar(rows)
+
+
+def time_all(questions: Sequence[Question], encoded: Sequence[list[int]], runners: dict[str, Runner], warmup: int,
+             repeats: int, progress: bool) -> list[PromptRow]:
+    """Every runner on every prompt, after `warmup` untimed runs each on the first."""
     for runner in runners.values():
         for _ in range(warmup):
             runner(encoded[0], False)
@@ -222,4 +247,5 @@ def run_benchmark(
                     runs[name].append(runner(ids, round_ < repeats - 1))
                     bar.update()
             rows += [prompt_row(question, name, runs[name]) for name in runners]
-    return compare_to_ar(rows)
+    return rows
+

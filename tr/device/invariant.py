@@ -188,14 +188,17 @@ class InvariantLinear(torch.nn.Module):
         return out.reshape(*hidden.shape[:-1], -1)
 
 
-def install(model: torch.nn.Module) -> None:
-    """Make every attention layer of `model` run `invariant_attention` (registered under `NAME`) and every
-    `nn.Linear` an `InvariantLinear`."""
+def install_attention(model: torch.nn.Module) -> None:
+    """Make every attention layer of `model` run `invariant_attention` (registered under `NAME`)."""
     AttentionInterface.register(NAME, invariant_attention)
     model.set_attn_implementation(NAME)
+
+
+def install_linears(model: torch.nn.Module) -> None:
+    """Make every bf16 `nn.Linear` of `model` an `InvariantLinear`."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if type(child) is torch.nn.Linear:
+            if type(child) is torch.nn.Linear and child.weight.dtype == torch.bfloat16:
                 setattr(parent, name, InvariantLinear(child))
 
 

@@ -1,10 +1,13 @@
 """Kernel choices for this machine, applied by explicit calls (`configure`, `install_kernels`; `load_model`
 makes both), never on import.
 
-- MKL's code branch (`configure`): MKL picks a conservative path on AMD processors, where small-row
-  products (a tree pass) then cost nearly as much per row as separate one-row products; pinning
-  `MKL_CBWR` to the widest extension the CPU has flattens that. Process-wide, so every decoder gets it; a
-  value the user set is left alone.
+- MKL's code branch, in strict mode (`configure`): MKL picks a conservative path on AMD processors, where
+  small-row products (a tree pass) then cost nearly as much per row as separate one-row products; pinning
+  `MKL_CBWR` to the widest extension the CPU has flattens that. Strict mode makes every output of a
+  float32 matrix product the same bits whatever the number of rows and whichever of the three layouts
+  below computes it, so a token's products in a verification pass equal those of its one-token pass
+  (`strict_products` says whether it is in force; `tests/test_kernels.py` checks the property).
+  Process-wide, so every decoder gets it; a value the user set is left alone.
 - Tuned product layouts (`tune`, `CpuLinear`): each float32 weight product can be one of three BLAS
   calls, and the fastest depends on the weight's shape and the row count; tuned once per machine and
   cached, then followed by every decoder alike (a fair baseline).
@@ -15,15 +18,17 @@ makes both), never on import.
   every key and value head once per query head for a masked (tree) pass. On CUDA a mask with grouped
   heads takes a slower kernel, so it is set only for CPU models.
 - No cuDNN attention on CUDA: cuDNN builds a new plan for every new key length, i.e. every decoding step.
-- Batch-invariant bf16 on the CPU (`tr.device.invariant`): attention and weight products whose every
-  token gets the same bits in a one-token pass as inside a verification pass, so greedy Token Recycling
-  equals plain decoding by construction; both decoders run them.
+- Batch-invariant attention on the CPU, and bf16 weight products (`tr.device.invariant`): every token
+  gets the same bits in a one-token pass as inside a verification pass, so greedy Token Recycling equals
+  plain decoding by construction (float32 products are invariant through MKL's strict mode); both
+  decoders run them.
 
 Measurements behind each choice are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -92,14 +97,29 @@ GROUPED_ATTENTION = "TRANSFORMERS_SDPA_FORCE_GQA"  # transformers reads it at ev
 
 
 def configure() -> None:
-    """Set MKL's code branch (unless already set): MKL reads it at its first matrix product."""
+    """Set MKL's code branch, strict (unless already set): MKL reads it at its first matrix product."""
     branch = best_mkl_branch(cpu_flags())
     if branch and "MKL_CBWR" not in os.environ:
-        os.environ["MKL_CBWR"] = branch
+        os.environ["MKL_CBWR"] = f"{branch},STRICT"
+
+
+MKL_CBWR_ALL, MKL_CBWR_STRICT = -1, 0x10000  # mkl_cbwr_get's "every setting" and its strict bit
+
+
+def strict_products() -> bool:
+    """Whether MKL computes this process's float32 products in strict mode (False without MKL). Asking
+    starts MKL, which then keeps its mode: call it after `configure`."""
+    try:
+        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        get = library.mkl_serv_cbwr_get  # MKL's service layer, exported by torch's x86 builds
+    except (OSError, AttributeError):
+        return False
+    get.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
+    return bool(get(MKL_CBWR_ALL) & MKL_CBWR_STRICT)
 
 
 def settings() -> dict[str, str]:
-    """The kernel environment in force, for reports and calibration keys."""
+    """The kernel environment set, for reports and calibration keys."""
     return {name: os.environ.get(name, "") for name in ("MKL_CBWR", GROUPED_ATTENTION)}
 
 
@@ -286,14 +306,14 @@ class Fp16Screen:
 
 def install_kernels(model: torch.nn.Module, plans_file: Path | None = None) -> None:
     """On the CPU: tuned product layouts (float32, see `install_cpu_linears`), batch-invariant attention
-    and products (bfloat16, see `tr.device.invariant`) and grouped attention with masks, unless the user
-    set it. On CUDA: no cuDNN attention (process-wide, so every decoder runs without it)."""
+    and bf16 products (see `tr.device.invariant`) and grouped attention with masks, unless the user set
+    it. On CUDA: no cuDNN attention (process-wide, so every decoder runs without it)."""
     parameter = next(model.parameters())
     device = parameter.device.type
     if device == "cpu":
         install_cpu_linears(model, plans_file)
-        if parameter.dtype == torch.bfloat16:
-            invariant.install(model)
+        invariant.install_linears(model)
+        invariant.install_attention(model)
         os.environ.setdefault(GROUPED_ATTENTION, "1")
     elif device == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
