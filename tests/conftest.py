@@ -12,12 +12,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from tr.device import kernels
 from tr.device.model import BUNDLED, LoadedModel, load_model, resolve
 
-# MKL's mode is fixed at its first product: set it before any, as `load_model` does in the app, so every
-# test multiplies in the strict mode that makes float32 products row-invariant.
-kernels.configure()
 # Tiny models run ~10x slower with two threads whenever anything else shares the two cores (spinning
 # OpenMP workers); one thread keeps the suite fast and its timing steady.
 torch.set_num_threads(1)
@@ -43,14 +39,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def calibrations_kept_out_of_the_user_cache(tmp_path_factory):
-    """Tests calibrate and tune tiny models in temporary folders and with one thread: keep those curves
-    and layout plans in a temporary folder too (a test that sets TR_CACHE_DIR still gets its own), not
-    in ~/.cache."""
+    """Tests calibrate tiny models in temporary folders and with one thread: keep those curves in a
+    temporary folder too (a test that sets TR_CACHE_DIR still gets its own), not in ~/.cache."""
     folder = tmp_path_factory.mktemp("calibrations")
-    plans_file = kernels.plans_file
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("tr.device.calibrate.cache_dir", lambda: Path(os.environ.get("TR_CACHE_DIR", folder)))
-        patch.setattr(kernels, "plans_file", lambda cache: plans_file(Path(os.environ.get("TR_CACHE_DIR", folder))))
         yield
 
 

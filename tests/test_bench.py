@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tools import bench
+from tools.bench import stock
 from tools.bench.cli import read_template
 from tools.bench.options import BenchMethod, Kind, Template
 from tr.device import kernels
@@ -361,3 +362,16 @@ def test_template_file_is_read_by_the_cli_and_named_by_its_path(tmp_path):
     file.write_text("[[0], oops")
     with pytest.raises(TreeError, match="not valid JSON"):
         bench.parse_methods("tr", 8, read_template(str(file)))
+
+
+def test_the_stock_worker_loads_the_model_as_shipped_with_our_thread_count(monkeypatch):
+    seen = {}
+
+    class FakeProcess:
+        def __init__(self, command, **options):
+            seen.update(command=command)
+            self.stdout = io.StringIO('{"ready": true}\n')
+
+    monkeypatch.setattr(stock.subprocess, "Popen", FakeProcess)
+    stock.StockWorker("some/model", "cpu", "float32")
+    assert f"serve('some/model', 'cpu', 'float32', {torch.get_num_threads()})" in seen["command"][-1]

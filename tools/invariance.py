@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 
 from tr.decoding import forward, tree_mask
-from tr.device.kernels import cpu_flags, settings, strict_products
+from tr.device import invariant
+from tr.device.kernels import cpu_flags
 from tr.device.model import BUNDLED, DTYPES, LoadedModel, load_model
 from tr.kv_cache import PreallocatedCache
 from tr.trees import DraftTree, ancestor_mask, best_first_template
@@ -163,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for dtype in args.dtypes:
         lm = load_model(args.model, args.device, dtype)
         report["device"] = str(lm.device)
-        report["kernels"], report["strict_products"] = settings(), strict_products()
+        report["invariant_kernels"] = invariant.installed(lm.model)
         report["attention"][dtype] = lm.model.config._attn_implementation
         report["results"][dtype] = {f"context-{len(context(lm, tokens))}": measure(lm, args.sizes, args.masked_alone,
                                                                                     tokens)

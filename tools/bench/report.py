@@ -11,7 +11,7 @@ from dataclasses import asdict
 import torch
 import transformers
 
-from tr.device import kernels
+from tr.device import invariant, kernels
 from tr.device.calibrate import calibrate
 from tr.device.model import LoadedModel
 
@@ -91,9 +91,7 @@ def machine_info(lm: LoadedModel) -> dict:
         "native_bf16": kernels.native_bf16(lm.device),
         "cpu_flags": sorted(kernels.cpu_flags()),  # bf16 and fp32 speeds hang on these (avx512_bf16, amx_bf16)
         "threads": torch.get_num_threads(),
-        "kernels": kernels.settings(),  # process-wide, so every method ran with them
-        "strict_products": kernels.strict_products(),  # float32 products row-invariant (MKL strict mode)
-        "layouts": kernels.layout_plans(lm.model),  # product layout per weight shape and row count
+        "invariant_kernels": invariant.installed(lm.model),  # batch-invariant products and attention (tr.device)
         # The device's verification cost curve (cached per model, device, dtype, threads): what `auto` sizes trees by.
         "forward_cost": asdict(calibrate(lm.model, lm.name)),
     }
@@ -105,11 +103,9 @@ def describe_machine(info: dict) -> str:
     curve = ", ".join(f"{n}: {s / cost['seconds'][0]:.2f}x" for n, s in zip(cost["sizes"][1:], cost["seconds"][1:]))
     lines = [(f"machine: {info['cpu']}, {info['platform']}; torch {info['torch']}, transformers "
               f"{info['transformers']}; device {device}, dtype {info.get('dtype_note') or info['dtype']}, "
-              f"{info['threads']} threads; "
-              f"kernels {' '.join(f'{k}={v}' for k, v in info['kernels'].items() if v) or 'default'}")]
-    if info.get("layouts"):  # files from before layouts were tuned have none
-        lines.append("product layouts by weight shape, for 1, 2, ... rows: "
-                     + ", ".join(f"{shape} {plan}" for shape, plan in info["layouts"].items()))
+              f"{info['threads']} threads")]
+    if info.get("invariant_kernels"):  # files from before these kernels have none
+        lines[0] += ", batch-invariant products and attention"
     lines.append(f"forward cost of n new tokens behind {cost['context']} cached, relative to n=1 "
                  f"({cost['seconds'][0] * 1000:.1f} ms): {curve}")
     return "\n".join(lines)

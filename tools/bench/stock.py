@@ -1,7 +1,7 @@
 """The `stock` baseline: transformers' greedy `model.generate` on the model exactly as transformers loads it,
-in a process of its own, so that none of this project's kernel settings reach it (MKL's code branch and
-strict mode are process-wide, read at the first matrix product; tuned layouts, the screened head and the
-invariant attention are installed on our model only).
+in a process of its own, so that none of this project's kernel choices reach it (the invariant products
+and attention and the screened head are installed on our model only, but switching cuDNN's attention off
+on CUDA is process-wide).
 
 The benchmark starts one worker per run (`StockWorker`, which runs `serve`) and sends it each prompt in turn,
 between the other methods, so its figures are side by side with theirs; the worker times only its
@@ -11,7 +11,6 @@ between the other methods, so its figures are side by side with theirs; the work
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,8 +19,6 @@ from pathlib import Path
 
 import torch
 
-# The environment our own process sets for its kernels; removed from the worker's, so it runs as shipped.
-KERNEL_ENVIRONMENT = ("MKL_CBWR", "TRANSFORMERS_SDPA_FORCE_GQA")
 ROOT = Path(__file__).resolve().parents[2]  # where `tools` imports from
 
 
@@ -54,11 +51,9 @@ class StockWorker:
     """The client side: one worker process, asked one generation at a time."""
 
     def __init__(self, model: str, device: str, dtype: str):
-        env = {name: value for name, value in os.environ.items() if name not in KERNEL_ENVIRONMENT}
         call = f"serve({model!r}, {device!r}, {dtype!r}, {torch.get_num_threads()})"
         command = [sys.executable, "-c", f"from tools.bench.stock import serve; {call}"]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                        cwd=ROOT)
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         if not self._read().get("ready"):
             raise OSError("the stock baseline's worker did not start")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import kernels
+from . import invariant
 from ..costs import CostCurve, monotone
 from ..decoding import Clock, forward, tree_mask
 from ..kv_cache import PreallocatedCache
@@ -64,7 +64,7 @@ def calibrate(
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     key = (f"{name}|{device}|{dtype}|{torch.get_num_threads()}|{sizes}|{context}|{torch.__version__}|"
-           f"{kernels.settings()}|{kernels.layout_plans(model)}|greedy|monotone")
+           f"{invariant.installed(model)}|greedy|monotone")
     file = _cache_file(key)
     if use_cache and name and file.is_file():
         return CostCurve(**json.loads(file.read_text()))

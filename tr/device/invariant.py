@@ -1,31 +1,33 @@
-"""Batch-invariant attention on the CPU: a token's attention output is the same bits whether it is computed
-alone (plain decoding) or inside a verification pass over a draft tree, so Token Recycling's greedy output
-equals plain decoding's by construction wherever the weight products are row-invariant too.
+"""Batch-invariant products and attention on the CPU: a token's logits are the same bits whether it is
+computed alone (plain decoding) or inside a verification pass over a draft tree, so Token Recycling's greedy
+output equals plain decoding's by construction, in float32 and bf16 alike.
 
-Torch's fused attention reduces over keys in vector lanes and tails that depend on how many keys the pass
-holds, where the visible ones sit, and on the masked-out ones. Here every reduction has an order fixed by
-the token's logical positions (0 .. its own position) alone:
+Everything rests on one matrix product (`product`): oneDNN's kernel, which gives an output the same bits
+whatever the other rows and columns of the pass, and sums over the inner dimension one term after another.
+BLAS libraries do neither in general (MKL's float32 product changes its order with the row count, and on
+AMD processors its strict mode does not fix it); `tests/test_kernels.py` checks each property on the
+machine that runs it, and `python -m tools.invariance` the whole model.
 
-- scores: q . k over the head dimension, an fp32 matrix product (the bf16 inputs widen exactly), the
-  same dot product whatever the row count or column (with at least two rows: one row takes BLAS's
-  matrix-vector path, which sums in another order);
-- softmax: one max over the visible scores (exact in any order), exp elementwise;
-- weighted values: keys are cut into chunks of `CHUNK` logical positions; each chunk's sum of weight x
-  value (and of weights, via a column of ones beside the values) is one fp32 matrix product over at most
-  a few hundred keys, which BLAS accumulates one key after another, so masked keys (weight 0) between
-  visible ones change nothing; the chunks' sums are then added in order (`cumsum`, a sequential scan).
+- Weight products (`InvariantLinear`): `product` for every row count.
+- Attention scores: q . k over the head dimension, `product` of the queries with the cached keys, in fp32
+  (bf16 inputs widen exactly).
+- Softmax: one max over the visible scores (exact in any order), exp elementwise.
+- Weighted values: keys are cut into chunks of `CHUNK` logical positions; each chunk's sum of weight x
+  value (and of weights, via a row of ones below the values) is one `product` over at most a few hundred
+  keys, summed one key after another, so masked keys (weight 0) between visible ones change nothing; the
+  chunks' sums are then added in order (`cumsum`, a sequential scan).
 
 A tree node's visible keys are the cache, then its ancestors and itself in slot order, i.e. logical
 order; so full chunks of the cache are shared by every node, and only the chunks that reach into the
-tree (one or two) are computed per chunk with the other chunks' keys weighted 0. `tests/test_kernels.py`
-checks each BLAS property this relies on, and `python -m tools.invariance` the whole model.
+tree (one or two) are computed per chunk with the other chunks' keys weighted 0.
 
-Only one-token passes and passes with an explicit mask (verification) take this path; a prompt's causal
-pass (no mask, several tokens) runs torch's fused attention, the same for every decoder.
+Only one-token passes and passes with an explicit mask (verification) take this attention; a prompt's
+causal pass (no mask, several tokens) runs torch's fused attention, the same for every decoder.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +35,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 NAME = "tr_invariant"  # the attention implementation's name in transformers' registry
-PLAN = "invariant"  # how `tr.device.kernels.layout_plans` names an `InvariantLinear`'s products
 # Logical positions per chunk. A chunk that reaches into the tree is one product over the chunk's cache
-# keys and every tree node (up to CHUNK - 1 + 81), which must stay within the keys MKL's sgemm sums in one
-# sequential run (384 on AVX-512; tests/test_kernels.py checks it).
-CHUNK = 128
+# keys and every tree node (up to CHUNK - 1 + 81), a length tests/test_kernels.py checks is summed in order.
+CHUNK = 384
 
 
 @dataclass(frozen=True)
@@ -90,38 +90,51 @@ class _PlanCache:
 _plans = _PlanCache()
 
 
-# Torch multiplies batched matrices smaller than this (rows x inner x columns) in its own loop, which
-# rounds each product before adding it, where BLAS fuses them.
-TORCH_LOOP_BELOW = 400
+def product(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """rows @ weight.T ((m, k) and (n, k), fp32 or bf16; the weight as it is or `packed`), always by oneDNN's
+    matrix kernel, which gives each output the same bits whatever the other rows and columns, and sums over
+    k one term after another (so zeros anywhere in a row change nothing). One row or one column would take
+    its vector path, which sums in another order: a row or column of zeros is added (and dropped)."""
+    m, n = rows.shape[0], weight.shape[0]
+    if m < 2:
+        rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+    if weight.layout == torch.strided:  # a packed weight is oneDNN's own (and has many rows)
+        # Strided views other than a plain transpose take a slow kernel that sums in another order.
+        weight = torch.cat([weight, weight.new_zeros(1, weight.shape[1])]) if n < 2 else weight.contiguous()
+    out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), weight, None, "none", [], "")
+    return out[:m, :n]
 
 
-def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b, always computed by one code path of BLAS's matrix product: both operands row-major (a
-    transposed operand takes other kernels, whose sums differ between two rows and more), and rows of
-    zeros added to `a` (dropped from the result) where one row would take the matrix-vector path or the
-    size torch's own loop."""
-    rows, inner, columns = a.shape[-2], a.shape[-1], b.shape[-1]
-    needed = max(2, -(-TORCH_LOOP_BELOW // (inner * columns)))
-    if rows >= needed:
-        return a.contiguous() @ b.contiguous()
-    padded = torch.cat([a, a.new_zeros(*a.shape[:-2], needed - rows, inner)], -2)
-    return (padded @ b.contiguous())[..., :rows, :]
+def packed(weight: torch.Tensor) -> torch.Tensor:
+    """A copy of `weight` in oneDNN's blocked layout, so that `product` does not reorder it at every call
+    (faster: BENCHMARKS.md); the same bits as the weight as it is."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 2)
 
 
-def _weighted_values(weights: torch.Tensor, values: torch.Tensor, plan: Plan) -> torch.Tensor:
+def _per_head(rows: torch.Tensor, weights: torch.Tensor, together: bool) -> torch.Tensor:
+    """`product` of each kv head's rows (kv, r, k) with its weights (kv, c, k): (kv, r, c). `together`: one
+    product of every head's rows with every head's weights, the pairs across heads dropped: one oneDNN call
+    instead of one per head, for kv-fold the arithmetic (worth it for a one-token pass, whose rows are few).
+    The same bits either way: an output's bits depend on its own row and column only."""
+    kv, r, c = rows.shape[0], rows.shape[1], weights.shape[1]
+    if not together:
+        return torch.stack([product(rows[h], weights[h]) for h in range(kv)])
+    every = product(rows.reshape(kv * r, -1), weights.reshape(kv * c, -1)).view(kv, r, kv, c)
+    return every.diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+
+def _weighted_values(weights: torch.Tensor, values_t: torch.Tensor, plan: Plan, together: bool) -> torch.Tensor:
     """Per row, the sum of weight x [value, 1] over its keys: chunk by chunk, then chunks in order.
-    weights (kv, rows, keys), values (kv, keys, d + 1), both fp32; returns (kv, rows, d + 1)."""
+    weights (kv, rows, keys), values_t (kv, d + 1, keys), both fp32; returns (kv, rows, d + 1)."""
     base = plan.full * CHUNK
-    parts = []
-    if plan.full:
-        chunked = weights[..., :base].unflatten(-1, (plan.full, CHUNK)).transpose(1, 2)
-        parts.append(_product(chunked, values[:, :base].unflatten(1, (plan.full, CHUNK))))
-    tail_weights, tail_values = weights[..., base:], values[:, base:]
+    parts = [_per_head(weights[..., c * CHUNK:(c + 1) * CHUNK], values_t[..., c * CHUNK:(c + 1) * CHUNK], together)
+             for c in range(plan.full)]
+    tail_weights, tail_values = weights[..., base:], values_t[..., base:]
     if plan.selector is None:
-        parts.append(_product(tail_weights, tail_values)[:, None])
+        parts.append(_per_head(tail_weights, tail_values, together))
     else:
-        parts.append(_product(tail_weights[:, None] * plan.selector[:, None], tail_values[:, None]))
-    return torch.cat(parts, 1).cumsum(1)[:, -1]
+        parts += [_per_head(tail_weights * chunk, tail_values, together) for chunk in plan.selector]
+    return torch.stack(parts).cumsum(0)[-1]
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: Plan, scaling: float) -> torch.Tensor:
@@ -130,16 +143,16 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: Pl
     _, heads, n, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     rows = heads // kv_heads * n
+    together = n == 1
     q = query[0].reshape(kv_heads, rows, dim).float()
-    keys_t = torch.empty(kv_heads, dim, keys).copy_(key[0].transpose(1, 2))
-    scores = _product(q, keys_t).mul_(scaling).view(kv_heads, -1, n, keys)
+    scores = (_per_head(q, key[0].float(), together) * scaling).reshape(kv_heads, -1, n, keys)
     if plan.hidden is not None:
         scores += plan.hidden
     weights = (scores - scores.amax(-1, keepdim=True)).exp_().view(kv_heads, rows, keys)
-    values = torch.empty(kv_heads, keys, dim + 1)
-    values[..., :dim] = value[0]
-    values[..., dim] = 1.0
-    total = _weighted_values(weights, values, plan)
+    values_t = torch.empty(kv_heads, dim + 1, keys)
+    values_t[:, :dim] = value[0].transpose(1, 2)
+    values_t[:, dim] = 1.0
+    total = _weighted_values(weights, values_t, plan, together)
     out = (total[..., :dim] / total[..., dim:]).view(heads, n, dim)
     return out.transpose(0, 1)[None].to(query.dtype)
 
@@ -160,29 +173,19 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     return attend(query, key, value, plan, query.shape[-1] ** -0.5 if scaling is None else scaling), None
 
 
-# torch hands bf16 products larger than this (rows x inner x columns) to oneDNN, smaller ones elsewhere.
-ONEDNN_ABOVE = 16 * 16 * 16
-
-
 class InvariantLinear(torch.nn.Module):
-    """A drop-in for a bf16 `nn.Linear` whose product always takes oneDNN's matrix path: one row would
-    take its matrix-vector path, which sums in another order than the product every pass of several rows
-    shares, and a small product another library; rows are repeated up to what avoids both (and dropped
-    from the result). Shares the original weight and bias (a tied head stays tied); the bias is added
+    """A drop-in for a CPU float32 or bf16 `nn.Linear` whose product is `product`'s, the same for a row
+    whatever the pass's row count. Shares the original weight and bias (a tied head stays tied) and
+    multiplies by a `packed` copy of the weight, made once: the module stays on the CPU. The bias is added
     after the product, in every pass alike."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Module):
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
-        self.rows = max(2, ONEDNN_ABOVE // self.weight.numel() + 1)
+        self.packed = packed(linear.weight)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        rows = hidden.reshape(-1, hidden.shape[-1])
-        if rows.shape[0] < self.rows:  # one cat: `repeat` costs several dispatches per call
-            out = torch.nn.functional.linear(torch.cat([rows] * -(-self.rows // rows.shape[0])), self.weight)
-            out = out[: rows.shape[0]]
-        else:
-            out = torch.nn.functional.linear(rows, self.weight)
+        out = product(hidden.reshape(-1, hidden.shape[-1]), self.packed)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*hidden.shape[:-1], -1)
@@ -194,11 +197,22 @@ def install_attention(model: torch.nn.Module) -> None:
     model.set_attn_implementation(NAME)
 
 
+@functools.cache
+def supported(dtype: torch.dtype) -> bool:
+    """Whether `product` runs in this dtype here (oneDNN has no bf16 kernel where the CPU lacks bf16 and
+    AVX-512; torch builds without oneDNN have none at all)."""
+    try:
+        product(torch.ones(2, 2, dtype=dtype), packed(torch.ones(2, 2, dtype=dtype)))
+    except (RuntimeError, AttributeError):
+        return False
+    return True
+
+
 def install_linears(model: torch.nn.Module) -> None:
-    """Make every bf16 `nn.Linear` of `model` an `InvariantLinear`."""
+    """Make every CPU `nn.Linear` of `model` whose dtype `product` supports an `InvariantLinear`."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if type(child) is torch.nn.Linear and child.weight.dtype == torch.bfloat16:
+            if type(child) is torch.nn.Linear and child.weight.device.type == "cpu" and supported(child.weight.dtype):
                 setattr(parent, name, InvariantLinear(child))
 
 

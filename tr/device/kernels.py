@@ -1,40 +1,21 @@
-"""Kernel choices for this machine, applied by explicit calls (`configure`, `install_kernels`; `load_model`
-makes both), never on import.
+"""Kernel choices for this machine, applied by an explicit call (`install_kernels`, which `load_model`
+makes), never on import.
 
-- MKL's code branch, in strict mode (`configure`): MKL picks a conservative path on AMD processors, where
-  small-row products (a tree pass) then cost nearly as much per row as separate one-row products; pinning
-  `MKL_CBWR` to the widest extension the CPU has flattens that. Strict mode makes every output of a
-  float32 matrix product the same bits whatever the number of rows and whichever of the three layouts
-  below computes it, so a token's products in a verification pass equal those of its one-token pass
-  (`strict_products` says whether it is in force; `tests/test_kernels.py` checks the property).
-  Process-wide, so every decoder gets it; a value the user set is left alone.
-- Tuned product layouts (`tune`, `CpuLinear`): each float32 weight product can be one of three BLAS
-  calls, and the fastest depends on the weight's shape and the row count; tuned once per machine and
-  cached, then followed by every decoder alike (a fair baseline).
-- A screened LM head (`CpuLmHead`, `Fp16Screen`): greedy decoding reads only each row's argmax, so the
+- Batch-invariant products and attention on the CPU (`tr.device.invariant`), in float32 and bf16: every
+  token gets the same bits in a one-token pass as inside a verification pass, so greedy Token Recycling
+  equals plain decoding by construction; both decoders run them.
+- A screened LM head (`ScreenedHead`, `Fp16Screen`): greedy decoding reads only each row's argmax, so the
   head screens the vocabulary with a half-precision copy of its weight and recomputes in fp32 only the
-  tokens a proven error bound cannot rule out; each row's argmax is the fp32 head's.
-- Grouped attention with a mask on the CPU (`TRANSFORMERS_SDPA_FORCE_GQA`): otherwise transformers copies
-  every key and value head once per query head for a masked (tree) pass. On CUDA a mask with grouped
-  heads takes a slower kernel, so it is set only for CPU models.
+  tokens a proven error bound cannot rule out; each row's argmax is the fp32 head's, and each recomputed
+  logit is one dot product whatever the row count.
 - No cuDNN attention on CUDA: cuDNN builds a new plan for every new key length, i.e. every decoding step.
-- Batch-invariant attention on the CPU, and bf16 weight products (`tr.device.invariant`): every token
-  gets the same bits in a one-token pass as inside a verification pass, so greedy Token Recycling equals
-  plain decoding by construction (float32 products are invariant through MKL's strict mode); both
-  decoders run them.
 
 Measurements behind each choice are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import json
-import os
 import platform
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -84,96 +65,12 @@ def native_bf16(device: torch.device) -> str | None:
     return None
 
 
-def best_mkl_branch(flags: set[str]) -> str | None:
-    """The widest MKL code branch these flags allow, or None when there is nothing to pin."""
-    if "avx512f" in flags:
-        return "AVX512"
-    if "avx2" in flags:
-        return "AVX2"
-    return None
+class ScreenedHead(invariant.InvariantLinear):
+    """The LM head as an `InvariantLinear` that, while `argmax_only` is set (see `tr.decoding.argmax_only`),
+    screens with half-precision weights (`Fp16Screen`)."""
 
-
-GROUPED_ATTENTION = "TRANSFORMERS_SDPA_FORCE_GQA"  # transformers reads it at every attention call
-
-
-def configure() -> None:
-    """Set MKL's code branch, strict (unless already set): MKL reads it at its first matrix product."""
-    branch = best_mkl_branch(cpu_flags())
-    if branch and "MKL_CBWR" not in os.environ:
-        os.environ["MKL_CBWR"] = f"{branch},STRICT"
-
-
-MKL_CBWR_ALL, MKL_CBWR_STRICT = -1, 0x10000  # mkl_cbwr_get's "every setting" and its strict bit
-
-
-def strict_products() -> bool:
-    """Whether MKL computes this process's float32 products in strict mode (False without MKL). Asking
-    starts MKL, which then keeps its mode: call it after `configure`."""
-    try:
-        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
-        get = library.mkl_serv_cbwr_get  # MKL's service layer, exported by torch's x86 builds
-    except (OSError, AttributeError):
-        return False
-    get.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
-    return bool(get(MKL_CBWR_ALL) & MKL_CBWR_STRICT)
-
-
-def settings() -> dict[str, str]:
-    """The kernel environment set, for reports and calibration keys."""
-    return {name: os.environ.get(name, "") for name in ("MKL_CBWR", GROUPED_ATTENTION)}
-
-
-def _linear(rows: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor | None) -> torch.Tensor:
-    return torch.nn.functional.linear(rows, weight)
-
-
-def _weight_first(rows: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor | None) -> torch.Tensor:
-    # Contiguous rows: argmax, top-k and the next layer read a transposed result several times slower.
-    return (weight @ rows.t()).t().contiguous()
-
-
-def _transposed(rows: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor | None) -> torch.Tensor:
-    return rows @ weight_t
-
-
-# Three ways to compute rows @ weight.T, each a different BLAS call: one letter each in reports.
-LAYOUTS = {"L": _linear, "W": _weight_first, "T": _transposed}
-TUNED_ROWS = 8  # row counts tuned (where a CPU's trees are); more rows take the last one's layout
-COPY_BUDGET = 1 << 30  # bytes of transposed weight copies a model may add (the bundled one adds ~0.4 GB)
-TUNING_BYTES = 64 << 20  # weights timed per shape: enough to overflow the CPU's caches, as a forward pass does
-
-
-class CpuLinear(torch.nn.Module):
-    """A drop-in for a float32 `nn.Linear` that multiplies in the layout `plan` names for each row count
-    (`plan[n - 1]` for n rows, a letter of `LAYOUTS`; its last for more rows). It shares the original
-    weight and bias, so a head tied to the input embeddings stays tied; a transposed copy of the weight
-    is kept only when the plan uses one."""
-
-    def __init__(self, linear: torch.nn.Linear, plan: str):
-        super().__init__()
-        if not plan or set(plan) - set(LAYOUTS):
-            raise ValueError(f"a layout plan is a string of {', '.join(LAYOUTS)}, got {plan!r}")
-        self.weight, self.bias, self.plan = linear.weight, linear.bias, plan
-        # A buffer, so moving the model to another device moves the copy too (not saved with the model).
-        copy = linear.weight.detach().t().contiguous() if "T" in plan else None
-        self.register_buffer("weight_t", copy, persistent=False)
-
-    def product(self, rows: torch.Tensor) -> torch.Tensor:
-        return LAYOUTS[self.plan[min(rows.shape[0], len(self.plan)) - 1]](rows, self.weight, self.weight_t)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = self.product(hidden.reshape(-1, hidden.shape[-1]))
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*hidden.shape[:-1], -1)
-
-
-class CpuLmHead(CpuLinear):
-    """`CpuLinear` for the LM head that, while `argmax_only` is set (see `tr.decoding.argmax_only`), screens with
-    half-precision weights."""
-
-    def __init__(self, head: torch.nn.Linear, plan: str = "TW"):
-        super().__init__(head, plan)
+    def __init__(self, head: torch.nn.Module):
+        super().__init__(head)
         self.argmax_only = False
         self.screen = Fp16Screen(head.weight.detach())
 
@@ -182,88 +79,6 @@ class CpuLmHead(CpuLinear):
         if self.argmax_only and self.screen.applies(rows):
             return self.screen(rows, self.weight).reshape(*hidden.shape[:-1], -1)
         return super().forward(hidden)
-
-
-def tune(weights: Sequence[torch.Tensor], max_rows: int = TUNED_ROWS, repeats: int = 3, letters: str = "LWT",
-         timer: Callable[[], float] = time.perf_counter) -> str:
-    """The fastest of the `letters` layouts for each row count 1..max_rows, for products with these
-    same-shaped weights.
-
-    Each timing runs over the weights in turn (as many as fill `TUNING_BYTES`), as a forward pass reads
-    them, so none is still in the CPU's cache when it is read again; each is the fastest of `repeats`
-    rounds, the layouts interleaved so a drifting host slows all alike. A draw within 3% keeps the
-    simpler layout (L, then W). `timer` is the time source (seconds): tests pass a fake one.
-    """
-    count = max(1, min(len(weights), TUNING_BYTES // (weights[0].numel() * weights[0].element_size())))
-    weights = weights[:count]
-    transposed = [w.t().contiguous() if "T" in letters else None for w in weights]
-    rows = torch.randn(max_rows, weights[0].shape[1], dtype=weights[0].dtype)
-    best = {n: {letter: float("inf") for letter in letters} for n in range(1, max_rows + 1)}
-    with torch.inference_mode():
-        for _ in range(repeats):
-            for n in best:
-                for letter in letters:
-                    layout, begin = LAYOUTS[letter], timer()
-                    for weight, weight_t in zip(weights, transposed):
-                        layout(rows[:n], weight, weight_t)
-                    best[n][letter] = min(best[n][letter], timer() - begin)
-    plan = ""
-    for times in best.values():
-        fastest = min(times.values())
-        plan += next(letter for letter in letters if times[letter] <= 1.03 * fastest)
-    return plan
-
-
-def _cpu_linears(model: torch.nn.Module) -> dict[tuple[int, int, bool], list[tuple[torch.nn.Module, str]]]:
-    """The model's float32 `nn.Linear` modules on the CPU, as (parent, attribute) by (out, in, bias)."""
-    groups: dict[tuple[int, int, bool], list[tuple[torch.nn.Module, str]]] = {}
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if type(child) is torch.nn.Linear and child.weight.device.type == "cpu" \
-                    and child.weight.dtype == torch.float32:
-                groups.setdefault((*child.weight.shape, child.bias is not None), []).append((parent, name))
-    return groups
-
-
-def plans_file(folder: Path) -> Path:
-    """Where tuned plans are kept: one file per CPU, thread count, torch version and kernel settings."""
-    key = f"{cpu_name()}|{torch.get_num_threads()}|{torch.__version__}|{settings()}|{TUNED_ROWS}"
-    return folder / f"layouts-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
-
-
-def _shape_name(linear: torch.nn.Module) -> str:
-    """How plans name the shape of a linear module's weight (and bias): "576x1536", "576x576+bias"."""
-    return "x".join(map(str, linear.weight.shape)) + ("+bias" if linear.bias is not None else "")
-
-
-def layout_plans(model: torch.nn.Module) -> dict[str, str]:
-    """The layout plan of each weight shape ("576x1536": "TWLL...", or `invariant.PLAN` for an
-    `InvariantLinear`): empty where none is installed."""
-    plans = {_shape_name(m): invariant.PLAN for m in model.modules() if isinstance(m, invariant.InvariantLinear)}
-    return plans | {_shape_name(m): m.plan for m in model.modules() if isinstance(m, CpuLinear)}
-
-
-def install_cpu_linears(model: torch.nn.Module, plans_file: Path | None = None) -> None:
-    """Swap a CPU float32 model's `nn.Linear` modules for `CpuLinear` (the LM head, when bias-free,
-    for `CpuLmHead`), each shape with its tuned plan, read from and saved to `plans_file` when given
-    (tuning takes a few seconds). Transposed copies are allowed while they add up to `COPY_BUDGET`."""
-    groups = _cpu_linears(model)
-    saved = json.loads(plans_file.read_text()) if plans_file and plans_file.is_file() else {}
-    plans, copies = {}, 0
-    head = model.get_output_embeddings()
-    for members in groups.values():
-        modules = [getattr(parent, attribute) for parent, attribute in members]
-        size = sum(m.weight.numel() * m.weight.element_size() for m in modules)
-        letters = "LWT" if copies + size <= COPY_BUDGET else "LW"
-        name = _shape_name(modules[0]) + ("" if "T" in letters else " (no copy)")
-        plans[name] = saved.get(name) or tune([m.weight.detach() for m in modules], letters=letters)
-        copies += size if "T" in plans[name] else 0
-        for (parent, attribute), module in zip(members, modules):
-            lm_head = module is head and module.bias is None
-            setattr(parent, attribute, (CpuLmHead if lm_head else CpuLinear)(module, plans[name]))
-    if plans_file and {**saved, **plans} != saved:
-        plans_file.parent.mkdir(parents=True, exist_ok=True)
-        plans_file.write_text(json.dumps({**saved, **plans}))
 
 
 class Fp16Screen:
@@ -298,22 +113,22 @@ class Fp16Screen:
         logits = torch.ops.quantized.linear_dynamic_fp16(rows, self.packed)
         margin = 2 * self.bound * rows.norm(dim=1, keepdim=True)
         if not torch.isfinite(margin).all():
-            return rows @ weight.t()
+            return invariant.product(rows, weight)
         row, token = (logits >= logits.amax(1, keepdim=True) - margin).nonzero(as_tuple=True)
         logits[row, token] = (weight[token] * rows[row]).sum(1)
         return logits
 
 
-def install_kernels(model: torch.nn.Module, plans_file: Path | None = None) -> None:
-    """On the CPU: tuned product layouts (float32, see `install_cpu_linears`), batch-invariant attention
-    and bf16 products (see `tr.device.invariant`) and grouped attention with masks, unless the user set
-    it. On CUDA: no cuDNN attention (process-wide, so every decoder runs without it)."""
+def install_kernels(model: torch.nn.Module) -> None:
+    """On the CPU, in a dtype oneDNN multiplies (float32, bf16): batch-invariant products (the LM head
+    screened, when bias-free and float32) and attention (see `tr.device.invariant`). On CUDA: no cuDNN
+    attention (process-wide, so every decoder in this process runs without it)."""
     parameter = next(model.parameters())
-    device = parameter.device.type
-    if device == "cpu":
-        install_cpu_linears(model, plans_file)
+    if parameter.device.type == "cpu" and invariant.supported(parameter.dtype):
         invariant.install_linears(model)
+        head = model.get_output_embeddings()
+        if isinstance(head, invariant.InvariantLinear) and head.bias is None and head.weight.dtype == torch.float32:
+            model.set_output_embeddings(ScreenedHead(head))
         invariant.install_attention(model)
-        os.environ.setdefault(GROUPED_ATTENTION, "1")
-    elif device == "cuda":
+    elif parameter.device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)

@@ -171,11 +171,9 @@ def resolve(name: str) -> str:
 
 
 def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32") -> LoadedModel:
-    """Load a causal LM for decoding, with this machine's kernel settings (`kernels.configure`, before
-    the first matrix product, and `kernels.install_kernels`); raise `ModelLoadError` with a readable
-    reason on failure. `dtype` is one of `DTYPE_CHOICES` (`choose_dtype`); the result's `dtype_note`
-    says which dtype and why."""
-    kernels.configure()
+    """Load a causal LM for decoding, with this machine's kernels (`kernels.install_kernels`); raise
+    `ModelLoadError` with a readable reason on failure. `dtype` is one of `DTYPE_CHOICES` (`choose_dtype`);
+    the result's `dtype_note` says which dtype and why."""
     torch_device = pick_device(device)
     torch_dtype, dtype_note = choose_dtype(dtype, torch_device)
     try:
@@ -186,5 +184,5 @@ def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32"
         hint = "" if Path(name).exists() else " (no local folder by that name, and the hub may be unreachable)"
         raise ModelLoadError(f"could not load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
     model.to(torch_device).eval()
-    kernels.install_kernels(model, kernels.plans_file(cache_dir()))
+    kernels.install_kernels(model)
     return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, source, dtype_note)
