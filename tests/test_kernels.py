@@ -109,8 +109,9 @@ def test_cpu_models_get_the_invariant_products_and_attention_in_both_dtypes():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_products_are_the_same_bits_whatever_the_rows_and_columns_beside(dtype):
     """What Token Recycling's exactness relies on: a row's product is the same bits alone and among 2 to
-    81 rows, for the shapes of the bundled model (inner sizes 576 and 1536), and an output column the same
-    whatever the columns beside it (attention's scores: one column per key)."""
+    81 rows, with the weight as it is or packed, for the shapes of the bundled model (inner sizes 576 and
+    1536), and an output column the same whatever the columns beside it, before or after it (attention's
+    scores: one column per key, the kv heads side by side in a one-token pass)."""
     if not invariant.supported(dtype):
         pytest.skip(f"no oneDNN product in {dtype} on this CPU")
     generator = torch.Generator().manual_seed(0)
@@ -118,14 +119,15 @@ def test_products_are_the_same_bits_whatever_the_rows_and_columns_beside(dtype):
         weight = (torch.randn(out_features, in_features, generator=generator) * 0.05).to(dtype)
         rows = torch.randn(81, in_features, generator=generator).to(dtype)
         alone = invariant.product(rows[:1], weight)[0]
-        for n in (2, 3, 4, 8, 16, 17, 33, 64, 81):
-            assert torch.equal(invariant.product(rows[:n], weight)[0], alone), (out_features, in_features, n)
+        for form in (weight, invariant.packed(weight)):
+            for n in (2, 3, 4, 8, 16, 17, 33, 64, 81):
+                assert torch.equal(invariant.product(rows[:n], form)[0], alone), (out_features, in_features, n)
         every_column = invariant.product(rows, weight)
-        for columns in (1, 2, 7, 100):
-            assert torch.equal(invariant.product(rows, weight[:columns]), every_column[:, :columns])
+        for first, last in ((0, 1), (0, 2), (0, 7), (0, 100), (5, 6), (33, 140), (100, out_features)):
+            assert torch.equal(invariant.product(rows, weight[first:last]), every_column[:, first:last])
 
 
-def test_blas_sums_as_the_invariant_attention_assumes():
+def test_products_sum_in_order_as_the_invariant_attention_assumes():
     """What `tr.device.invariant`'s attention relies on, on this machine: its fp32 product gives each row
     the same bits whatever the other rows, and sums one key after another, so keys of weight 0 anywhere
     (as many as a chunk reaching into an 81-node tree holds) change nothing."""
