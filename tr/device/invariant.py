@@ -99,7 +99,7 @@ def product(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if m < 2:
         rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
     if weight.layout == torch.strided:  # a packed weight is oneDNN's own (and has many rows)
-        # Strided views other than a plain transpose take a slow kernel that sums in another order.
+        # A view with gaps between its rows takes a slow kernel that sums in another order: copy it.
         weight = torch.cat([weight, weight.new_zeros(1, weight.shape[1])]) if n < 2 else weight.contiguous()
     out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), weight, None, "none", [], "")
     return out[:m, :n]
