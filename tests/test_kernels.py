@@ -4,7 +4,6 @@ argmax, and no cuDNN attention on CUDA."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from tr.device import invariant, kernels
 from tr.decoding import autoregressive, tree_buffers, tree_mask
 from tr.sampling import Sampling
 from tr.trees import ancestor_mask
+
 
 def cpu_model(dtype: torch.dtype) -> torch.nn.Module:
     """A tiny model on the CPU even when the suite runs on $TR_TEST_DEVICE: these kernels are the CPU's."""

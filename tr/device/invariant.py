@@ -179,7 +179,7 @@ class InvariantLinear(torch.nn.Module):
     multiplies by a `packed` copy of the weight, made once: the module stays on the CPU. The bias is added
     after the product, in every pass alike."""
 
-    def __init__(self, linear: torch.nn.Module):
+    def __init__(self, linear: torch.nn.Linear):
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias
         self.packed = packed(linear.weight)

@@ -69,7 +69,7 @@ class ScreenedHead(invariant.InvariantLinear):
     """The LM head as an `InvariantLinear` that, while `argmax_only` is set (see `tr.decoding.argmax_only`),
     screens with half-precision weights (`Fp16Screen`)."""
 
-    def __init__(self, head: torch.nn.Module):
+    def __init__(self, head: torch.nn.Linear):
         super().__init__(head)
         self.argmax_only = False
         self.screen = Fp16Screen(head.weight.detach())
@@ -125,10 +125,10 @@ def install_kernels(model: torch.nn.Module) -> None:
     attention (process-wide, so every decoder in this process runs without it)."""
     parameter = next(model.parameters())
     if parameter.device.type == "cpu" and invariant.supported(parameter.dtype):
-        invariant.install_linears(model)
         head = model.get_output_embeddings()
-        if isinstance(head, invariant.InvariantLinear) and head.bias is None and head.weight.dtype == torch.float32:
-            model.set_output_embeddings(ScreenedHead(head))
+        if type(head) is torch.nn.Linear and head.bias is None and head.weight.dtype == torch.float32:
+            model.set_output_embeddings(ScreenedHead(head))  # before the others: its weight is packed once
+        invariant.install_linears(model)
         invariant.install_attention(model)
     elif parameter.device.type == "cuda":
         torch.backends.cuda.enable_cudnn_sdp(False)
