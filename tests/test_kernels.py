@@ -130,12 +130,13 @@ def test_products_are_the_same_bits_whatever_the_rows_and_columns_beside(dtype):
 def test_products_sum_in_order_as_the_invariant_attention_assumes():
     """What `tr.device.invariant`'s attention relies on, on this machine: its fp32 product gives each row
     the same bits whatever the other rows, and sums one key after another, so keys of weight 0 anywhere
-    (as many as a chunk reaching into an 81-node tree holds) change nothing."""
+    (as many as a chunk reaching into an 81-node tree holds, padded) change nothing."""
     generator = torch.Generator().manual_seed(0)
-    values_t = torch.randn(65, invariant.CHUNK + 81, generator=generator)  # (value dims + 1, keys)
-    weights = torch.rand(40, invariant.CHUNK + 81, generator=generator)
-    for keys in (1, 2, 7, 64, invariant.CHUNK, invariant.CHUNK + 80):
-        kept = torch.randperm(invariant.CHUNK + 81, generator=generator)[:keys].sort().values
+    longest = -(-(invariant.CHUNK + 80) // invariant.BUCKET) * invariant.BUCKET  # padded, as attention pads
+    values_t = torch.randn(65, longest, generator=generator)  # (value dims + 1, keys)
+    weights = torch.rand(40, longest, generator=generator)
+    for keys in (1, 2, 7, 64, invariant.CHUNK, invariant.CHUNK + 80, longest):
+        kept = torch.randperm(longest, generator=generator)[:keys].sort().values
         sparse = torch.zeros_like(weights)
         sparse[:, kept] = weights[:, kept]
         dense = invariant.product(weights[:, kept], values_t[:, kept])

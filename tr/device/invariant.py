@@ -38,6 +38,13 @@ NAME = "tr_invariant"  # the attention implementation's name in transformers' re
 # Logical positions per chunk. A chunk that reaches into the tree is one product over the chunk's cache
 # keys and every tree node (up to CHUNK - 1 + 81), a length tests/test_kernels.py checks is summed in order.
 CHUNK = 384
+# Keys are padded with zeros to a multiple of this, their scores hidden: oneDNN compiles a kernel for every
+# new shape, and a key count that grew by one each step cost a compilation per step (BENCHMARKS.md).
+# A multiple of it divides CHUNK, so a chunk's padded keys stay within the length summed in order.
+BUCKET = 32
+# Query rows per kv head up to which a pass multiplies all heads in one product (`_per_head`'s `together`):
+# the calls saved outweigh the wasted arithmetic up to about 20 tokens of a 3:1 grouped model (BENCHMARKS.md).
+TOGETHER_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -45,40 +52,45 @@ class Plan:
     """How one pass's keys fall into chunks; shared by every layer of the pass."""
 
     start: int  # cached tokens before the pass
+    keys: int  # keys of the pass, padded to a multiple of BUCKET
     full: int  # chunks of the cache every query sees whole
-    tail: int  # chunks from `full * CHUNK` on (reaching into the pass's tokens)
-    hidden: torch.Tensor | None  # (n, keys) additive -inf where a query must not look; None: sees all
-    selector: torch.Tensor | None  # (tail, tail keys) 1.0 where a key lies in that chunk; None: one chunk
+    hidden: torch.Tensor | None  # (n, keys) additive -inf where a query must not look (padding included)
+    selector: torch.Tensor | None  # (tail chunks, tail keys) 1.0 where a key lies in that chunk; None: one
 
 
 def plan_for(mask: torch.Tensor | None, start: int, n: int) -> Plan | None:
     """The chunk plan of a pass of `n` tokens behind `start` cached ones with this mask (additive, 0 or the
     dtype's lowest, or boolean; None: one token that sees everything). None when the mask is of another
     kind (a bias), which this path does not compute."""
-    full = start // CHUNK
+    full, keys = start // CHUNK, -(-(start + n) // BUCKET) * BUCKET
+    visible = torch.zeros(n, keys, dtype=torch.bool)
     if mask is None:
-        return Plan(start, full, 1, None, None)
-    visible = mask[0, 0] if mask.dtype == torch.bool else mask[0, 0] == 0
-    if mask.dtype != torch.bool and not (visible | (mask[0, 0] <= torch.finfo(mask.dtype).min)).all():
+        visible[:, : start + n] = True
+    elif mask.dtype == torch.bool:
+        visible[:, : start + n] = mask[0, 0]
+    elif (mask[0, 0] == 0).logical_or_(mask[0, 0] <= torch.finfo(mask.dtype).min).all():
+        visible[:, : start + n] = mask[0, 0] == 0
+    else:
         return None
     # A node's logical position is the cache length plus its depth: how many pass tokens it sees, less one.
     depths = visible[:, start:].sum(1) - 1
-    logical = torch.cat([torch.arange(start), start + depths])
+    logical = torch.cat([torch.arange(start), start + depths, torch.full((keys - start - n,), start)])
     chunks = logical[full * CHUNK:] // CHUNK - full
     tail = int(chunks.max()) + 1
     selector = (chunks == torch.arange(tail)[:, None]).float() if tail > 1 else None
     hidden = None if visible.all() else torch.zeros(visible.shape).masked_fill_(~visible, float("-inf"))
-    return Plan(start, full, tail, hidden, selector)
+    return Plan(start, keys, full, hidden, selector)
 
 
 class _PlanCache:
-    """The plan of the last mask seen: every layer of a pass gets the same mask object. The mask is held,
-    so its identity cannot pass to another tensor while cached."""
+    """The plan of the last pass seen: every layer of a pass gets the same mask object (None for a
+    one-token pass, told apart by its start). The mask is held, so its identity cannot pass to another
+    tensor while cached."""
 
     def __init__(self) -> None:
-        self.entry: tuple[torch.Tensor, int, Plan | None] | None = None
+        self.entry: tuple[torch.Tensor | None, int, Plan | None] | None = None
 
-    def get(self, mask: torch.Tensor, start: int, n: int) -> Plan | None:
+    def get(self, mask: torch.Tensor | None, start: int, n: int) -> Plan | None:
         entry = self.entry  # one read: another thread may replace it meanwhile
         if entry is not None and entry[0] is mask and entry[1] == start:
             return entry[2]
@@ -114,7 +126,7 @@ def packed(weight: torch.Tensor) -> torch.Tensor:
 def _per_head(rows: torch.Tensor, weights: torch.Tensor, together: bool) -> torch.Tensor:
     """`product` of each kv head's rows (kv, r, k) with its weights (kv, c, k): (kv, r, c). `together`: one
     product of every head's rows with every head's weights, the pairs across heads dropped: one oneDNN call
-    instead of one per head, for kv-fold the arithmetic (worth it for a one-token pass, whose rows are few).
+    instead of one per head, for kv-fold the arithmetic (worth it while the rows are few: `TOGETHER_ROWS`).
     The same bits either way: an output's bits depend on its own row and column only."""
     kv, r, c = rows.shape[0], rows.shape[1], weights.shape[1]
     if not together:
@@ -134,7 +146,10 @@ def _weighted_values(weights: torch.Tensor, values_t: torch.Tensor, plan: Plan, 
         parts.append(_per_head(tail_weights, tail_values, together))
     else:
         parts += [_per_head(tail_weights * chunk, tail_values, together) for chunk in plan.selector]
-    return torch.stack(parts).cumsum(0)[-1]
+    total = parts[0]
+    for part in parts[1:]:  # in order, whatever the number of chunks
+        total = total + part
+    return total
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: Plan, scaling: float) -> torch.Tensor:
@@ -143,14 +158,16 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: Pl
     _, heads, n, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     rows = heads // kv_heads * n
-    together = n == 1
+    together = rows <= TOGETHER_ROWS
     q = query[0].reshape(kv_heads, rows, dim).float()
-    scores = (_per_head(q, key[0].float(), together) * scaling).reshape(kv_heads, -1, n, keys)
+    padded = key.new_zeros(kv_heads, plan.keys, dim, dtype=torch.float32)
+    padded[:, :keys] = key[0]
+    scores = (_per_head(q, padded, together) * scaling).view(kv_heads, -1, n, plan.keys)
     if plan.hidden is not None:
         scores += plan.hidden
-    weights = (scores - scores.amax(-1, keepdim=True)).exp_().view(kv_heads, rows, keys)
-    values_t = torch.empty(kv_heads, dim + 1, keys)
-    values_t[:, :dim] = value[0].transpose(1, 2)
+    weights = (scores - scores.amax(-1, keepdim=True)).exp_().view(kv_heads, rows, plan.keys)
+    values_t = key.new_zeros(kv_heads, dim + 1, plan.keys, dtype=torch.float32)
+    values_t[:, :dim, :keys] = value[0].transpose(1, 2)
     values_t[:, dim] = 1.0
     total = _weighted_values(weights, values_t, plan, together)
     out = (total[..., :dim] / total[..., dim:]).view(heads, n, dim)
@@ -166,7 +183,7 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     start = key.shape[2] - n
     plan = None
     if query.shape[0] == 1 and (attention_mask is not None or n == 1) and query.device.type == "cpu":
-        plan = plan_for(None, start, n) if attention_mask is None else _plans.get(attention_mask, start, n)
+        plan = _plans.get(attention_mask, start, n)
     if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
