@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from tools import priming
 from tr.device import primed as primed_files
@@ -109,6 +110,14 @@ def test_a_model_with_the_same_tokenizer_gets_the_shipped_matrix(tiny_lm):
     shipped = primed_files.find_primed(tiny_lm)
     assert shipped is not None and shipped.parent == primed_files.SHIPPED
     assert "SmolLM2-135M-Instruct" in primed_files.describe_primed(tiny_lm)
+
+
+def test_the_tokenizer_fingerprint_is_kept_until_the_vocabulary_changes(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    first = primed_files.tokenizer_fingerprint(tokenizer)
+    assert primed_files.tokenizer_fingerprint(tokenizer) == first
+    tokenizer.add_tokens(["<a-token-no-vocabulary-has>"])
+    assert primed_files.tokenizer_fingerprint(tokenizer) != first
 
 
 def test_the_bundled_model_ships_a_primed_matrix(real_lm):

@@ -106,15 +106,16 @@ class AdjacencyMatrix:
     def fill_from(self, other: AdjacencyMatrix) -> int:
         """Copy into every row still empty here the row `other` has, and the pair rows this matrix
         lacks, its latest as many as fit under `max_pairs` (as this matrix's oldest, the first to go);
-        rows already written here are fresher and stay. Returns how many rows it filled."""
+        rows already written here are fresher and stay. Returns how many rows it filled. Pair rows are
+        shared, not copied: a matrix replaces its pair rows and never changes one in place."""
         if other.vocab_size != self.vocab_size or other.k != self.k:
             raise ValueError("fill_from needs a matrix of the same vocabulary size and k")
         rows = (other.filled & ~self.filled).nonzero().flatten()
         self.table[rows], self.probs[rows], self.filled[rows] = other.table[rows], other.probs[rows], True
-        missing = [(key, (list(row), list(p))) for key, (row, p) in other.pairs.items() if key not in self.pairs]
+        missing = [key for key in other.pairs if key not in self.pairs]
         room = max(self.max_pairs - len(self.pairs), 0)
         if missing and room:
-            self.pairs = {**dict(missing[-room:]), **self.pairs}
+            self.pairs = {**{key: other.pairs[key] for key in missing[-room:]}, **self.pairs}
         return len(rows)
 
     def write(self, tokens: list[int], logits: torch.Tensor, previous: list[int] | None = None) -> list[RowWrite]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import weakref
 from pathlib import Path
 
 from safetensors import safe_open
@@ -21,10 +22,19 @@ from .model import LoadedModel, cache_dir
 SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "primed"
 
 
+# Fingerprints by tokenizer, with the vocabulary size they were taken at: hashing a vocabulary takes about
+# 0.2 s, and a primed start looks its matrix up on every request.
+_fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A short hash of the tokenizer's vocabulary (every token and its id)."""
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-    return hashlib.sha256(vocab.encode()).hexdigest()[:16]
+    """A short hash of the tokenizer's vocabulary (every token and its id); taken again when tokens are added."""
+    size = len(tokenizer)
+    known = _fingerprints.get(tokenizer)
+    if known is None or known[0] != size:
+        vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+        known = _fingerprints[tokenizer] = (size, hashlib.sha256(vocab.encode()).hexdigest()[:16])
+    return known[1]
 
 
 @functools.lru_cache(maxsize=32)
