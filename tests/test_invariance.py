@@ -52,3 +52,18 @@ def test_the_bundled_model_in_float32_is_bit_identical_in_chains_and_trees(real_
     report = measure(real_lm, [2, 17, 81], cached=CHUNK + 5)
     assert all(r["identical"] == r["tokens"] and r["differing_logits"] == 0 and not r["first_difference"]
                for r in report.values()), report
+
+
+def test_attention_timing_reports_both_product_forms_and_refuses_bad_settings(capsys):
+    from tools import attention_timing
+
+    chosen, bucket = invariant.TOGETHER_ROWS, invariant.BUCKET
+    attention_timing.main(["--dtype", "float32", "--sizes", "1", "30", "--contexts", "5", "--rounds", "1"])
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["n"], r["chosen"]) for r in report["forms"]] == [(1, "together"), (30, "per_head")]
+    assert all(r["per_head"] > 0 and r["together"] > 0 for r in report["forms"])
+    assert report["new_shapes"]["bucket"] == bucket  # and the module's settings are as they were:
+    assert (invariant.TOGETHER_ROWS, invariant.BUCKET) == (chosen, bucket)
+    with pytest.raises(SystemExit):
+        attention_timing.main(["--sizes", "0"])
+    assert "--sizes must lie in 1..81" in capsys.readouterr().err

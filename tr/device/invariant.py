@@ -146,10 +146,10 @@ def _weighted_values(weights: torch.Tensor, values_t: torch.Tensor, plan: Plan, 
         parts.append(_per_head(tail_weights, tail_values, together))
     else:
         parts += [_per_head(tail_weights * chunk, tail_values, together) for chunk in plan.selector]
-    total = parts[0]
-    for part in parts[1:]:  # in order, whatever the number of chunks
-        total = total + part
-    return total
+    if len(parts) == 1:
+        return parts[0]
+    # In order, in double, rounded once (as torch's CPU cumsum adds float32): the same in every pass.
+    return functools.reduce(torch.add, parts[1:], parts[0].double()).float()
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: Plan, scaling: float) -> torch.Tensor:
