@@ -39,8 +39,8 @@ NAME = "tr_invariant"  # the attention implementation's name in transformers' re
 # keys and every tree node (up to CHUNK - 1 + 81), a length tests/test_kernels.py checks is summed in order.
 CHUNK = 384
 # Keys are padded with zeros to a multiple of this, their scores hidden: oneDNN compiles a kernel for every
-# new shape, and a key count that grew by one each step cost a compilation per step (BENCHMARKS.md).
-# A multiple of it divides CHUNK, so a chunk's padded keys stay within the length summed in order.
+# new shape, and unpadded every key count a request reaches for the first time is one (BENCHMARKS.md).
+# CHUNK is a multiple of it, so a chunk's padded keys stay within the length checked to be summed in order.
 BUCKET = 32
 # Query rows per kv head up to which a pass multiplies all heads in one product (`_per_head`'s `together`):
 # the calls saved outweigh the wasted arithmetic up to about 20 tokens of a 3:1 grouped model (BENCHMARKS.md).
