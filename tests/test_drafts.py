@@ -181,6 +181,9 @@ def test_calibration_measures_growing_costs_and_caches(tmp_path, monkeypatch):
     assert curve.sizes == [1, 4, 64] and all(s > 0 for s in curve.seconds)
     assert list(tmp_path.glob("calibration-*.json"))
     assert calibrate(model, "tiny", sizes=(1, 4, 64), context=32, repeats=2) == curve  # read back
+    monkeypatch.setattr("tr.device.calibrate.kernels_version", lambda: "other kernel code")
+    calibrate(model, "tiny", sizes=(1, 4, 64), context=32, repeats=2)  # measured afresh, cached apart
+    assert len(list(tmp_path.glob("calibration-*.json"))) == 2
     assert curve.seconds == monotone(curve.measured) and len(curve.measured) == 3
     assert curve.relative(1) == 1.0 and curve.cost(2) > 0
 

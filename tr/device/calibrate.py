@@ -1,12 +1,13 @@
 """Measure how much one verification pass costs on the running model and device, by tree size.
 
 `calibrate` times forward passes over 1 to 81 new tokens in a few seconds and caches the curve
-(`tr.costs.CostCurve`) per model, device, dtype, thread count and kernel settings. It is the prior the
-`auto` tree starts from; decoding steps then correct it (`tr.costs.LearnedCost`).
+(`tr.costs.CostCurve`) per model, device, dtype, thread count and kernels (which, and their code). It is
+the prior the `auto` tree starts from; decoding steps then correct it (`tr.costs.LearnedCost`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import invariant
+from . import invariant, kernels
 from ..costs import CostCurve, monotone
 from ..decoding import Clock, forward, tree_mask
 from ..kv_cache import PreallocatedCache
@@ -52,6 +53,13 @@ def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repea
     return [sorted(t)[len(t) // 2] for t in timings.values()]
 
 
+@functools.cache
+def kernels_version() -> str:
+    """A hash of the CPU kernels' source: a curve measured with other kernel code is not this code's."""
+    sources = (Path(invariant.__file__), Path(kernels.__file__))
+    return hashlib.sha1(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
+
+
 def _cache_file(key: str) -> Path:
     return cache_dir() / f"calibration-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
@@ -64,7 +72,7 @@ def calibrate(
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     key = (f"{name}|{device}|{dtype}|{torch.get_num_threads()}|{sizes}|{context}|{torch.__version__}|"
-           f"{invariant.installed(model)}|greedy|monotone")
+           f"{invariant.installed(model)}|{kernels_version()}|greedy|monotone")
     file = _cache_file(key)
     if use_cache and name and file.is_file():
         return CostCurve(**json.loads(file.read_text()))
