@@ -132,7 +132,7 @@ def test_products_sum_in_order_as_the_invariant_attention_assumes():
     the same bits whatever the other rows, and sums one key after another, so keys of weight 0 anywhere
     (as many as a chunk reaching into an 81-node tree holds, padded) change nothing."""
     generator = torch.Generator().manual_seed(0)
-    longest = -(-(invariant.CHUNK + 80) // invariant.BUCKET) * invariant.BUCKET  # padded, as attention pads
+    longest = invariant.padded_keys(invariant.CHUNK + 80)
     values_t = torch.randn(65, longest, generator=generator)  # (value dims + 1, keys)
     weights = torch.rand(40, longest, generator=generator)
     for keys in (1, 2, 7, 64, invariant.CHUNK, invariant.CHUNK + 80, longest):

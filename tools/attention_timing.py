@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from tr.decoding import tree_mask
+from tr.decoding import chain_mask
 from tr.device import invariant
 from tr.device.kernels import cpu_flags
 
@@ -40,8 +40,7 @@ def one_pass(dtype: torch.dtype, n: int, context: int, together: bool) -> Callab
     generator = torch.Generator().manual_seed(n)
     query = torch.randn(1, HEADS, n, DIM, generator=generator).to(dtype)
     key, value = (torch.randn(1, KV_HEADS, context + n, DIM, generator=generator).to(dtype) for _ in range(2))
-    mask = tree_mask(torch.ones(n, n, dtype=torch.bool).tril(), context, dtype, torch.device("cpu")) if n > 1 else None
-    plan = invariant.plan_for(mask, context, n)
+    plan = invariant.plan_for(chain_mask(n, context, dtype, torch.device("cpu")), context, n)
 
     def call() -> torch.Tensor:
         chosen = invariant.TOGETHER_ROWS
@@ -65,7 +64,7 @@ def forms(dtype: torch.dtype, sizes: Sequence[int], contexts: Sequence[int], rou
                 for name, call in calls.items():
                     times[name].append(_microseconds(call, 20))
             rows.append({"context": context, "n": n, **{name: round(statistics.median(t)) for name, t in times.items()},
-                         "chosen": "together" if HEADS // KV_HEADS * n <= invariant.TOGETHER_ROWS else "per_head"})
+                         "chosen": "together" if invariant.heads_together(HEADS // KV_HEADS * n) else "per_head"})
     return rows
 
 

@@ -115,6 +115,12 @@ def tree_mask(ancestors: torch.Tensor, start: int, dtype: torch.dtype, device: t
     return mask[None, None]
 
 
+def chain_mask(n: int, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """The mask of a pass over a chain of `n` tokens behind `start` cached ones, as decoding passes it:
+    a tree mask for a chain (each token sees those before it), none for one token."""
+    return tree_mask(torch.ones(n, n, dtype=torch.bool).tril(), start, dtype, device) if n > 1 else None
+
+
 def _clip(tokens: list[int], room: int, eos: set[int]) -> tuple[list[int], bool]:
     """Cut emitted tokens after the first EOS and to the room left; say whether decoding is over."""
     for i, token in enumerate(tokens[:room]):

@@ -17,7 +17,7 @@ import torch
 
 from . import invariant, kernels
 from ..costs import CostCurve, monotone
-from ..decoding import Clock, forward, tree_mask
+from ..decoding import Clock, chain_mask, forward
 from ..kv_cache import PreallocatedCache
 from .model import cache_dir
 
@@ -36,10 +36,8 @@ def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repea
     with torch.inference_mode():
         forward(model, cache, ids[:context], torch.arange(context, device=device), last_only=True)
         timings = {n: [] for n in sizes}
-        # The masks decoding passes (a chain is a tree too; none for one token, as plain decoding passes
-        # none): attention kernels differ with and without one.
-        masks = {n: tree_mask(torch.ones(n, n, dtype=torch.bool).tril(), context, dtype, device) if n > 1 else None
-                 for n in sizes}
+        # The masks decoding passes: attention kernels differ with and without one.
+        masks = {n: chain_mask(n, context, dtype, device) for n in sizes}
         # Interleave sizes so drift of the machine's speed hits all sizes alike; the first round warms up.
         for round_ in range(repeats + 1):
             for n in sizes:

@@ -47,6 +47,16 @@ BUCKET = 32
 TOGETHER_ROWS = 64
 
 
+def padded_keys(count: int) -> int:
+    """`count` keys padded to a multiple of `BUCKET`, as attention multiplies them."""
+    return -(-count // BUCKET) * BUCKET
+
+
+def heads_together(rows: int) -> bool:
+    """Whether a pass with `rows` query rows per kv head multiplies all kv heads in one product."""
+    return rows <= TOGETHER_ROWS
+
+
 @dataclass(frozen=True)
 class Plan:
     """How one pass's keys fall into chunks; shared by every layer of the pass."""
@@ -62,7 +72,7 @@ def plan_for(mask: torch.Tensor | None, start: int, n: int) -> Plan | None:
     """The chunk plan of a pass of `n` tokens behind `start` cached ones with this mask (additive, 0 or the
     dtype's lowest, or boolean; None: one token that sees everything). None when the mask is of another
     kind (a bias), which this path does not compute."""
-    full, keys = start // CHUNK, -(-(start + n) // BUCKET) * BUCKET
+    full, keys = start // CHUNK, padded_keys(start + n)
     visible = torch.zeros(n, keys, dtype=torch.bool)
     if mask is None:
         visible[:, : start + n] = True
@@ -158,7 +168,7 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: Pl
     _, heads, n, dim = query.shape
     kv_heads, keys = key.shape[1], key.shape[2]
     rows = heads // kv_heads * n
-    together = rows <= TOGETHER_ROWS
+    together = heads_together(rows)
     q = query[0].reshape(kv_heads, rows, dim).float()
     padded = key.new_zeros(kv_heads, plan.keys, dim, dtype=torch.float32)
     padded[:, :keys] = key[0]
