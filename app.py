@@ -19,7 +19,7 @@ import os
 import sys
 
 from tr.costs import LearnedCost
-from tr.device.calibrate import calibrate
+from tr.device.calibrate import device_curve
 from tr.device.model import BUNDLED, DTYPE_CHOICES, ModelLoadError, load_model
 from tr.device.primed import describe_primed
 from webapp.downloads import Downloads
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Primed start: {describe_primed(lm)}.", flush=True)
     # The device's verification cost, measured once per model, device, dtype and kernel settings and then
     # read from disk. A ZeroGPU main process has no GPU to measure on: the first race measures it there.
-    costs = None if zero_gpu else LearnedCost(calibrate(lm.model, lm.name))
+    costs = None if zero_gpu else LearnedCost(device_curve(lm))
     downloads = Downloads()
     demo = build_demo(lm, costs, race_runner(lm), model_note=" (ZeroGPU: a GPU is attached for each run)"
                       if zero_gpu else "", downloads=downloads)

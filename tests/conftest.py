@@ -90,13 +90,13 @@ APP_DOWNLOADS = {}  # app URL -> its `webapp.downloads.Downloads`
 def launch_app(lm: LoadedModel):
     """The app on `lm`, launched in this process as app.py would, on a free port: (demo, port)."""
     from tr.costs import LearnedCost  # gradio is slow to import: only the tests that launch the app pay for it
-    from tr.device.calibrate import calibrate
+    from tr.device.calibrate import device_curve
     from webapp.downloads import Downloads
     from webapp.layout import build_demo
     from webapp.runner import race_runner
 
     port, downloads = free_port(), Downloads()
-    demo = build_demo(lm, LearnedCost(calibrate(lm.model, lm.name)), race_runner(lm), downloads=downloads)
+    demo = build_demo(lm, LearnedCost(device_curve(lm)), race_runner(lm), downloads=downloads)
     demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
     APP_DOWNLOADS[f"http://127.0.0.1:{port}/"] = downloads
     return demo, port

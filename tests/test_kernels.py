@@ -9,7 +9,8 @@ import torch
 
 from tiny_models import tiny_model
 from tr.device import invariant, kernels
-from tr.decoding import autoregressive, tree_buffers, tree_mask
+from tr.decoding import autoregressive, tree_buffers
+from tr.passes import tree_mask
 from tr.sampling import Sampling
 from tr.trees import ancestor_mask
 

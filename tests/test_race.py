@@ -35,7 +35,7 @@ def test_clock_splits_forward_from_overhead_and_resume_drops_the_pause():
     timer = FakeTimer(tick=0.0)
     clock = Clock(torch.device("cpu"), timer)
     timer.now += 2.0  # drafting
-    clock.forward_s = 3.0  # as `timed_forward` would add
+    clock.forward_s = 3.0  # as `timed` would add
     timer.now += 3.0
     assert clock.split() == (3.0, 2.0)
     timer.now += 100.0  # the consumer renders, or the other decoder takes its turn

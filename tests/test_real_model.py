@@ -42,7 +42,7 @@ def test_recycling_is_lossless_on_spec_bench(real_lm, spec_bench_questions):
 
 
 def test_the_screened_head_changes_no_greedy_token(real_lm):
-    """Greedy decoding screens the LM head in half precision (`tr.decoding.argmax_only`); on the real model
+    """Greedy decoding screens the LM head in half precision (`tr.passes.argmax_only`); on the real model
     its argmax is the fp32 head's at every position, and the error bound it relies on holds."""
     head = real_lm.model.get_output_embeddings()
     hidden: list[torch.Tensor] = []

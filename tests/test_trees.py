@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tiny_models import ARCHITECTURES, tiny_model
-from tr.decoding import forward
+from tr.passes import forward
 from tr.kv_cache import PreallocatedCache
 from tr.trees import BUILTIN_TEMPLATES, DraftTree, TreeError, best_first_template, validate_paths
 

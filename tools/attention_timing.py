@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from tr.decoding import chain_mask
+from tr.passes import chain_mask
 from tr.device import invariant
 from tr.device.kernels import cpu_flags
 

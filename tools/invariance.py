@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tr.decoding import forward, tree_mask
+from tr.passes import forward, tree_mask
 from tr.device import invariant
 from tr.device.kernels import cpu_flags
 from tr.device.model import BUNDLED, DTYPES, LoadedModel, load_model

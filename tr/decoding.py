@@ -1,8 +1,8 @@
 """Plain autoregressive decoding, Token Recycling and prompt lookup decoding, as iterators of step records.
 
-Both share one machinery: a `PreallocatedCache`, `forward` (one model call over new tokens with
-explicit positions and, for trees, an explicit attention mask) and `Clock` (forward time vs. the rest,
-synchronised on CUDA). A step of Token Recycling:
+Both share one machinery: `tr.passes` (one request's forward passes over its KV cache, with explicit
+positions and, for trees, which nodes each node sees; eager, or CUDA graphs) and `Clock` (forward time
+vs. the rest, synchronised on CUDA). A step of Token Recycling:
 
 1. draft: a drafter (`tr.drafts`) builds a tree rooted at the last committed token from the adjacency
    matrix: the paper's fixed template filled breadth-first, or a dynamic best-first tree;
@@ -21,14 +21,13 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from .drafts import Drafter
-from .kv_cache import PreallocatedCache
 from .matrix import AdjacencyMatrix
+from .passes import EagerPasses, Passes, PassesFactory
 from .records import Draft, RowWrite, Step
 from .sampling import GREEDY, Sampling, choose
 from .trees import ancestor_mask
@@ -49,9 +48,10 @@ class Clock:
             torch.cuda.synchronize()
         return self.timer()
 
-    def timed_forward(self, *args, **kwargs) -> torch.Tensor:
+    def timed(self, passes: Passes, *args, **kwargs) -> torch.Tensor:
+        """One forward pass (`passes(*args, **kwargs)`), its time counted as forward time."""
         begin = self.now()
-        logits = forward(*args, **kwargs)
+        logits = passes(*args, **kwargs)
         self.forward_s += self.now() - begin
         return logits
 
@@ -65,60 +65,6 @@ class Clock:
     def resume(self) -> None:
         """Restart after a yield: what the consumer did meanwhile is not this decoder's time."""
         self.start, self.forward_s = self.now(), 0.0
-
-
-@contextmanager
-def argmax_only(model: torch.nn.Module) -> Iterator[None]:
-    """Within: an output head that offers it (an `argmax_only` attribute, as `tr.device.kernels.CpuLmHead`
-    does) may return logits exact at each row's argmax only, which is all greedy decoding reads."""
-    head = model.get_output_embeddings()
-    if not hasattr(head, "argmax_only"):
-        yield
-        return
-    before, head.argmax_only = head.argmax_only, True
-    try:
-        yield
-    finally:
-        head.argmax_only = before
-
-
-def forward(
-    model: torch.nn.Module,
-    cache: PreallocatedCache,
-    ids: torch.Tensor,
-    positions: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    last_only: bool = False,
-    greedy: bool = False,
-) -> torch.Tensor:
-    """Logits (n, vocab) for `ids` at `positions`, appending their keys and values to the cache. With
-    `greedy`, exact only at each row's argmax (`argmax_only`): enough for greedy decoding."""
-    with argmax_only(model) if greedy else nullcontext():
-        out = model(
-            input_ids=ids[None],
-            position_ids=positions[None],
-            attention_mask=mask,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1 if last_only else 0,
-        )
-    return out.logits[0]
-
-
-def tree_mask(ancestors: torch.Tensor, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The additive attention mask of a tree pass behind `start` cached tokens: each node sees the cache,
-    itself and its ancestors. Built on the CPU beside the tree, then copied over once."""
-    n = ancestors.shape[0]
-    tree = torch.zeros(n, n, dtype=dtype).masked_fill_(~ancestors, torch.finfo(dtype).min)
-    mask = torch.zeros(n, start + n, dtype=dtype, device=device)
-    mask[:, start:] = tree.to(device)
-    return mask[None, None]
-
-
-def chain_mask(n: int, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-    """The mask of a pass over a chain of `n` tokens behind `start` cached ones, as decoding passes it:
-    a tree mask for a chain (each token sees those before it), none for one token."""
-    return tree_mask(torch.ones(n, n, dtype=torch.bool).tril(), start, dtype, device) if n > 1 else None
 
 
 def _clip(tokens: list[int], room: int, eos: set[int]) -> tuple[list[int], bool]:
@@ -172,28 +118,31 @@ def autoregressive(
     max_new_tokens: int,
     sampling: Sampling = GREEDY,
     eos_ids: Sequence[int] = (),
+    passes: PassesFactory = EagerPasses,
 ) -> Iterator[Step]:
-    """Plain decoding, one token per forward pass: the baseline."""
+    """Plain decoding, one token per forward pass: the baseline. `passes` runs the forward passes."""
     device = _device(model)
     ids = _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(device)
     eos, generator, totals = set(eos_ids), sampling.generator(device), _Totals()
-    cache = PreallocatedCache(len(ids) + max_new_tokens)
-    clock = Clock(device)
-    greedy = sampling.greedy
-    logits = clock.timed_forward(model, cache, ids, torch.arange(len(ids), device=device), last_only=True,
-                                 greedy=greedy)
-    token = choose(logits[-1], sampling, generator)
-    emitted, finished = _clip([int(token)], max_new_tokens, eos)
-    yield totals.record(Step(0, emitted, finished=finished), clock)
-    index = 0
-    while not finished:
-        clock.resume()
-        index += 1
-        position = torch.tensor([cache.length], device=device)
-        logits = clock.timed_forward(model, cache, token.view(1), position, greedy=greedy)
+    run = passes(model, len(ids) + max_new_tokens)
+    try:
+        clock = Clock(device)
+        greedy = sampling.greedy
+        logits = clock.timed(run, ids, torch.arange(len(ids), device=device), last_only=True, greedy=greedy)
         token = choose(logits[-1], sampling, generator)
-        emitted, finished = _clip([int(token)], max_new_tokens - totals.tokens, eos)
-        yield totals.record(Step(index, emitted, accepted=[0], finished=finished), clock)
+        emitted, finished = _clip([int(token)], max_new_tokens, eos)
+        yield totals.record(Step(0, emitted, finished=finished), clock)
+        index = 0
+        while not finished:
+            clock.resume()
+            index += 1
+            position = torch.tensor([run.length], device=device)
+            logits = clock.timed(run, token.view(1), position, greedy=greedy)
+            token = choose(logits[-1], sampling, generator)
+            emitted, finished = _clip([int(token)], max_new_tokens - totals.tokens, eos)
+            yield totals.record(Step(index, emitted, accepted=[0], finished=finished), clock)
+    finally:
+        run.close()
 
 
 @dataclass(frozen=True)
@@ -228,10 +177,8 @@ class Verdict:
 class Request:
     """What every step of one request shares."""
 
-    model: torch.nn.Module
     device: torch.device
-    dtype: torch.dtype  # the model's: tree masks are built in it
-    cache: PreallocatedCache
+    passes: Passes
     clock: Clock
     sampling: Sampling
     generator: torch.Generator | None
@@ -280,8 +227,8 @@ def prefill(request: Request, prompt: list[int], ids: torch.Tensor, matrix: Adja
     """Step 0: the prompt (`ids` on the model's device) in one pass; with `seed_from_prompt`, its logits
     (computed anyway) also write the rows of the prompt tokens."""
     positions = torch.arange(len(ids), device=request.device)
-    logits = request.clock.timed_forward(request.model, request.cache, ids, positions,
-                                         last_only=not seed_from_prompt, greedy=request.sampling.greedy)
+    logits = request.clock.timed(request.passes, ids, positions, last_only=not seed_from_prompt,
+                                 greedy=request.sampling.greedy)
     rows = matrix.write(prompt, logits, [-1, *prompt[:-1]]) if seed_from_prompt else []
     root = int(choose(logits[-1], request.sampling, request.generator))
     emitted, finished = _clip([root], request.max_new_tokens, request.eos)
@@ -290,13 +237,12 @@ def prefill(request: Request, prompt: list[int], ids: torch.Tensor, matrix: Adja
 
 def verify(request: Request, draft: Draft, tree: TreeBuffers) -> torch.Tensor:
     """One forward pass over the tree behind the cache, with tree attention: logits (n, vocab)."""
-    device, start = request.device, request.cache.length
+    device, start = request.device, request.passes.length
     # The root alone is a plain decoding step, and runs as one (attention kernels differ with a mask).
-    mask = tree_mask(tree.ancestors, start, request.dtype, device) if draft.size > 1 else None
+    ancestors = tree.ancestors if draft.size > 1 else None
     positions = (tree.depths + start).to(device)
     tokens = torch.tensor(draft.tokens).to(device)
-    return request.clock.timed_forward(request.model, request.cache, tokens, positions, mask,
-                                       greedy=request.sampling.greedy)
+    return request.clock.timed(request.passes, tokens, positions, ancestors, greedy=request.sampling.greedy)
 
 
 def accept(request: Request, draft: Draft, tree: TreeBuffers, logits: torch.Tensor, start: int) -> Verdict:
@@ -306,7 +252,7 @@ def accept(request: Request, draft: Draft, tree: TreeBuffers, logits: torch.Tens
         verdict = _greedy_path(torch.tensor(draft.tokens), tree, logits)
     else:
         verdict = _sampled_path(draft.parents, draft.tokens, logits, request.sampling, request.generator)
-    request.cache.keep(start, verdict.path)
+    request.passes.keep(start, verdict.path)
     return verdict
 
 
@@ -327,23 +273,31 @@ def token_recycling(
     sampling: Sampling = GREEDY,
     eos_ids: Sequence[int] = (),
     seed_from_prompt: bool = False,
+    passes: PassesFactory = EagerPasses,
 ) -> Iterator[Step]:
     """Token Recycling. `matrix` is read and updated in place (keep it for a hot start); `drafter` is
     one of `tr.drafts`, made for this request. With `seed_from_prompt`, the prefill also writes the rows
     of the prompt tokens before the first draft. With `matrix` None, nothing is recycled: for a drafter
-    that reads no matrix (prompt lookup decoding)."""
+    that reads no matrix (prompt lookup decoding). `passes` runs the forward passes."""
     device = _device(model)
     ids = _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(device)
     if matrix is None and seed_from_prompt:
         raise ValueError("seed_from_prompt writes the prompt's rows: it needs a matrix")
     if matrix is not None and matrix.vocab_size != _vocab_size(model):
         raise ValueError(f"matrix has {matrix.vocab_size} rows but the model has {_vocab_size(model)} logits")
-    cache = PreallocatedCache(len(ids) + max_new_tokens + drafter.max_size)
-    request = Request(model, device, next(model.parameters()).dtype, cache, Clock(device), sampling,
-                      sampling.generator(device), set(eos_ids), max_new_tokens)
+    request = Request(device, passes(model, len(ids) + max_new_tokens + drafter.max_size), Clock(device),
+                      sampling, sampling.generator(device), set(eos_ids), max_new_tokens)
+    try:
+        yield from _recycling_steps(request, list(prompt_ids), ids, matrix, drafter, seed_from_prompt)
+    finally:
+        request.passes.close()
+
+
+def _recycling_steps(request: Request, prompt: list[int], ids: torch.Tensor, matrix: AdjacencyMatrix | None,
+                     drafter: Drafter, seed_from_prompt: bool) -> Iterator[Step]:
     learn = getattr(drafter, "observe", None)  # the drafter's optional feedback hook
-    step = prefill(request, list(prompt_ids), ids, matrix, seed_from_prompt)
-    root, before_root = step.tokens[-1], int(prompt_ids[-1])
+    step = prefill(request, prompt, ids, matrix, seed_from_prompt)
+    root, before_root = step.tokens[-1], int(prompt[-1])
     while True:
         if learn:
             learn(step)  # before the split: its time counts as the step's overhead
@@ -352,7 +306,7 @@ def token_recycling(
             return
         request.clock.resume()
         draft = drafter.draft(root, matrix)
-        tree, start = tree_buffers(tuple(draft.parents)), request.cache.length
+        tree, start = tree_buffers(tuple(draft.parents)), request.passes.length
         logits = verify(request, draft, tree)
         verdict = accept(request, draft, tree, logits, start)
         rows = recycle(matrix, draft, logits, before_root) if matrix is not None else []

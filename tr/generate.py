@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .costs import CostCurve, LearnedCost
 from .decoding import autoregressive, token_recycling
-from .device.calibrate import calibrate
+from .device.calibrate import device_curve
 from .device.model import LoadedModel
 from .device.primed import load_primed
 from .drafts import Drafter, DynamicDrafter, PromptLookupDrafter, TemplateDrafter
@@ -65,7 +65,7 @@ def make_drafter(lm: LoadedModel, tree: TreeSpec, curve: CostCurve | LearnedCost
     if tree.kind is TreeKind.DYNAMIC:
         return DynamicDrafter(None, max_nodes=tree.nodes, prompt_ids=prompt_ids)
     if tree.sized_by_cost:
-        curve = curve or calibrate(lm.model, lm.name)
+        curve = curve or device_curve(lm)
         return DynamicDrafter(curve, lookup=tree.kind is TreeKind.AUTO, prompt_ids=prompt_ids)
     return TemplateDrafter(template_tree(tree.paths), _snapshot(curve))
 
@@ -88,10 +88,11 @@ def decode_steps(
     method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
     if method is Method.AR:
-        return autoregressive(lm.model, prompt_ids, max_new_tokens, sampling, lm.eos_ids)
+        return autoregressive(lm.model, prompt_ids, max_new_tokens, sampling, lm.eos_ids, lm.passes)
     if method is Method.PLD:
         drafter = PromptLookupDrafter(prompt_ids, curve=_snapshot(costs))
-        return token_recycling(lm.model, prompt_ids, max_new_tokens, None, drafter, sampling, lm.eos_ids)
+        return token_recycling(lm.model, prompt_ids, max_new_tokens, None, drafter, sampling, lm.eos_ids,
+                               passes=lm.passes)
     matrix = matrix or AdjacencyMatrix(lm.vocab_size)
     tree = tree or default_tree(matrix.k)
     if tree.k > matrix.k:
@@ -103,7 +104,7 @@ def decode_steps(
     if start is Start.COLD:
         matrix.reset()
     return token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, sampling, lm.eos_ids,
-                           seed_from_prompt=start is Start.SEEDED)
+                           seed_from_prompt=start is Start.SEEDED, passes=lm.passes)
 
 
 def generate(lm: LoadedModel, prompt: str, method: Method = Method.TR, **options) -> Generation:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tr.costs import LearnedCost
-from tr.device.calibrate import calibrate
+from tr.device.calibrate import device_curve
 from tr.device.model import LoadedModel
 from tr.generate import decode_steps
 from tr.matrix import AdjacencyMatrix
@@ -87,7 +87,7 @@ def race_chunks(lm: LoadedModel, settings: Settings, prompt_ids: list[int], matr
     """Race plain decoding against Token Recycling (and prompt lookup decoding, when the settings ask),
     one chunk of steps per `budget_s()` seconds."""
     with MODEL_LOCK:
-        costs = costs or LearnedCost(calibrate(lm.model, lm.name))
+        costs = costs or LearnedCost(device_curve(lm))
         _warm_up(lm)
     options = {Method.TR: dict(matrix=matrix, tree=settings.tree, start=settings.start, costs=costs),
                Method.PLD: dict(costs=costs)}

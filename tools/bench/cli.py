@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="float32", choices=list(DTYPE_CHOICES),
                         help="model weights and compute; auto: bfloat16 where the device has native bf16, else "
                              "float32")
+    parser.add_argument("--cuda-graphs", default="on", choices=["on", "off"],
+                        help="on a GPU, our decoders replay CUDA graphs of their passes (off: launch each kernel "
+                             "from Python); transformers' generate runs as it ships either way")
     parser.add_argument("--out", default="results.json", help="JSON file for per-prompt figures")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs per method on the first prompt (for tr this also warms the matrix)")
@@ -97,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         questions = load_question_files(args.prompts, args.per_category)
         out = output_path(args.out)
         torch.manual_seed(args.seed)
-        lm = load_model(args.model, args.device, args.dtype)
+        lm = load_model(args.model, args.device, args.dtype, cuda_graphs=args.cuda_graphs == "on")
         results = run_benchmark(
             lm, questions, methods, args.max_new_tokens, pld_tokens=args.pld_tokens, k=args.k, warmup=args.warmup,
             repeats=args.repeats,

@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from tr.device import invariant, kernels
-from tr.device.calibrate import calibrate
+from tr.device.calibrate import device_curve
 from tr.device.model import LoadedModel
 
 from .options import BASELINES, BenchMethod, Kind
@@ -92,8 +92,9 @@ def machine_info(lm: LoadedModel) -> dict:
         "cpu_flags": sorted(kernels.cpu_flags()),  # bf16 and fp32 speeds hang on these (avx512_bf16, amx_bf16)
         "threads": torch.get_num_threads(),
         "invariant_kernels": invariant.installed(lm.model),  # batch-invariant products and attention (tr.device)
+        "passes": lm.passes.__name__,  # how our decoders ran their forward passes: GraphedPasses (CUDA graphs) or not
         # The device's verification cost curve (cached per model, device, dtype, threads): what `auto` sizes trees by.
-        "forward_cost": asdict(calibrate(lm.model, lm.name)),
+        "forward_cost": asdict(device_curve(lm)),
     }
 
 
@@ -106,6 +107,8 @@ def describe_machine(info: dict) -> str:
               f"{info['threads']} threads")]
     if info.get("invariant_kernels"):  # files from before these kernels have none
         lines[0] += ", batch-invariant products and attention"
+    if info.get("passes") == "GraphedPasses":
+        lines[0] += ", CUDA graphs"
     lines.append(f"forward cost of n new tokens behind {cost['context']} cached, relative to n=1 "
                  f"({cost['seconds'][0] * 1000:.1f} ms): {curve}")
     return "\n".join(lines)

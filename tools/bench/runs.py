@@ -19,8 +19,8 @@ from tqdm import tqdm
 from transformers import GenerationConfig
 
 from tr.costs import LearnedCost
-from tr.decoding import argmax_only
-from tr.device.calibrate import calibrate
+from tr.passes import argmax_only
+from tr.device.calibrate import device_curve
 from tr.device.model import DTYPES, LoadedModel
 from tr.generate import check_request, decode_steps
 from tr.matrix import AdjacencyMatrix
@@ -87,7 +87,7 @@ def generation_config(lm: LoadedModel, max_new_tokens: int, pld_tokens: int | No
 
 def run_hf(lm: LoadedModel, prompt_ids: list[int], config: GenerationConfig) -> Run:
     """One `model.generate` call: output ids and wall seconds; steps are not known. Greedy, so with the same
-    LM head as `ar` (`tr.decoding.argmax_only`): the comparison is of decoding loops, not of heads."""
+    LM head as `ar` (`tr.passes.argmax_only`): the comparison is of decoding loops, not of heads."""
     ids = torch.tensor([prompt_ids], device=lm.device)
     with torch.inference_mode(), argmax_only(lm.model):
         begin = now(lm.device)
@@ -153,7 +153,7 @@ def make_runners(lm: LoadedModel, methods: Sequence[BenchMethod], max_new_tokens
     """One runner per method, by name; what they hold open is closed with `stack`."""
     runners: dict[str, Runner] = {}
     # Calibrated once, and only when a tr variant runs: every variant reads the same device curve.
-    curve = calibrate(lm.model, lm.name) if any(m.kind is Kind.TR for m in methods) else None
+    curve = device_curve(lm) if any(m.kind is Kind.TR for m in methods) else None
     for method in methods:
         if method.kind is Kind.AR:
             runners[method.name] = lambda ids, scratch: run_own(lm, ids, Method.AR, max_new_tokens)

