@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from tr.passes import chain_mask
+from tr.passes import chain, pass_mask
 from tr.device import invariant
 from tr.device.kernels import cpu_flags
 
@@ -40,7 +40,7 @@ def one_pass(dtype: torch.dtype, n: int, context: int, together: bool) -> Callab
     generator = torch.Generator().manual_seed(n)
     query = torch.randn(1, HEADS, n, DIM, generator=generator).to(dtype)
     key, value = (torch.randn(1, KV_HEADS, context + n, DIM, generator=generator).to(dtype) for _ in range(2))
-    plan = invariant.plan_for(chain_mask(n, context, dtype, torch.device("cpu")), context, n)
+    plan = invariant.plan_for(pass_mask(chain(n), context, dtype, torch.device("cpu")), context, n)
 
     def call() -> torch.Tensor:
         chosen = invariant.TOGETHER_ROWS

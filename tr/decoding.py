@@ -238,11 +238,9 @@ def prefill(request: Request, prompt: list[int], ids: torch.Tensor, matrix: Adja
 def verify(request: Request, draft: Draft, tree: TreeBuffers) -> torch.Tensor:
     """One forward pass over the tree behind the cache, with tree attention: logits (n, vocab)."""
     device, start = request.device, request.passes.length
-    # The root alone is a plain decoding step, and runs as one (attention kernels differ with a mask).
-    ancestors = tree.ancestors if draft.size > 1 else None
     positions = (tree.depths + start).to(device)
     tokens = torch.tensor(draft.tokens).to(device)
-    return request.clock.timed(request.passes, tokens, positions, ancestors, greedy=request.sampling.greedy)
+    return request.clock.timed(request.passes, tokens, positions, tree.ancestors, greedy=request.sampling.greedy)
 
 
 def accept(request: Request, draft: Draft, tree: TreeBuffers, logits: torch.Tensor, start: int) -> Verdict:

@@ -103,16 +103,15 @@ def chain(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril()
 
 
-def chain_mask(n: int, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-    """The mask of a pass over a chain of `n` tokens behind `start` cached ones, as decoding passes it:
-    a tree mask for a chain (each token sees those before it), none for one token."""
-    return tree_mask(chain(n), start, dtype, device) if n > 1 else None
+def pass_mask(ancestors: torch.Tensor, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """The mask eager passes give attention: the tree mask, and none for one token, which then runs as a
+    plain decoding step (attention kernels differ with a mask)."""
+    return tree_mask(ancestors, start, dtype, device) if len(ancestors) > 1 else None
 
 
 class EagerPasses:
     """The model called on each pass as it comes, over the filled prefix of a `PreallocatedCache`. A pass
-    with `ancestors` gets their tree mask; one without, the model's own causal attention (for one token:
-    no mask, as attention kernels differ with one)."""
+    with `ancestors` gets `pass_mask`; one without, the model's own causal attention."""
 
     def __init__(self, model: torch.nn.Module, capacity: int):
         parameter = next(model.parameters())
@@ -125,7 +124,7 @@ class EagerPasses:
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None = None, *,
                  last_only: bool = False, greedy: bool = False) -> torch.Tensor:
-        mask = None if ancestors is None else tree_mask(ancestors, self.cache.length, self.dtype, self.device)
+        mask = None if ancestors is None else pass_mask(ancestors, self.cache.length, self.dtype, self.device)
         return forward(self.model, self.cache, ids, positions, mask, last_only, greedy)
 
     def keep(self, start: int, offsets: Sequence[int]) -> None:

@@ -38,14 +38,13 @@ def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repea
         with torch.inference_mode():
             run(ids[:context], torch.arange(context, device=device), last_only=True)
             timings = {n: [] for n in sizes}
-            # As decoding passes them: a tree mask for more than one token (attention kernels differ with one).
-            masks = {n: chain(n) if n > 1 else None for n in sizes}
+            chains = {n: chain(n) for n in sizes}  # as decoding passes them: trees, a chain being one
             # Interleave sizes so drift of the machine's speed hits all sizes alike; the first round warms up.
             for round_ in range(repeats + 1):
                 for n in sizes:
                     begin = clock.now()
                     positions = torch.arange(context, context + n, device=device)
-                    run(ids[context : context + n], positions, masks[n], greedy=True)
+                    run(ids[context : context + n], positions, chains[n], greedy=True)
                     elapsed = clock.now() - begin
                     run.truncate(context)
                     if round_:

@@ -243,9 +243,8 @@ class GraphedPasses:
     elsewhere."""
 
     def __init__(self, model: torch.nn.Module, capacity: int):
-        self.capacity = capacity
-        self.workspace: Workspace | None = _pool(model).borrow(model, workspace_capacity(capacity))
-        self._pool = _pool(model)
+        self.capacity, self._pool = capacity, _pool(model)
+        self.workspace: Workspace | None = self._pool.borrow(model, workspace_capacity(capacity))
 
     @property
     def length(self) -> int:
