@@ -56,9 +56,11 @@ class Clock:
         return logits
 
     def split(self) -> tuple[float, float]:
-        """(forward, overhead) seconds since the last split or resume."""
+        """(forward, overhead) seconds since the last split or resume. Forward time counted for work that
+        partly ran before (a step queued ahead) is capped at the interval, so the two always add up to it."""
         end = self.now()
-        forward_s, overhead_s = self.forward_s, end - self.start - self.forward_s
+        forward_s = min(self.forward_s, end - self.start)
+        overhead_s = end - self.start - forward_s
         self.start, self.forward_s = end, 0.0
         return forward_s, overhead_s
 
@@ -67,8 +69,8 @@ class Clock:
         self.start, self.forward_s = self.now(), 0.0
 
 
-def _clip(tokens: list[int], room: int, eos: set[int]) -> tuple[list[int], bool]:
-    """Cut emitted tokens after the first EOS and to the room left; say whether decoding is over."""
+def clip(tokens: list[int], room: int, eos: set[int]) -> tuple[list[int], bool]:
+    """Cut a step's tokens after the first EOS and to the room left; say whether decoding is over."""
     for i, token in enumerate(tokens[:room]):
         if token in eos:
             return tokens[: i + 1], True
@@ -130,7 +132,7 @@ def autoregressive(
         greedy = sampling.greedy
         logits = clock.timed(run, ids, torch.arange(len(ids), device=device), last_only=True, greedy=greedy)
         token = choose(logits[-1], sampling, generator)
-        emitted, finished = _clip([int(token)], max_new_tokens, eos)
+        emitted, finished = clip([int(token)], max_new_tokens, eos)
         yield totals.record(Step(0, emitted, finished=finished), clock)
         index = 0
         while not finished:
@@ -139,7 +141,7 @@ def autoregressive(
             position = torch.tensor([run.length], device=device)
             logits = clock.timed(run, token.view(1), position, greedy=greedy)
             token = choose(logits[-1], sampling, generator)
-            emitted, finished = _clip([int(token)], max_new_tokens - totals.tokens, eos)
+            emitted, finished = clip([int(token)], max_new_tokens - totals.tokens, eos)
             yield totals.record(Step(index, emitted, accepted=[0], finished=finished), clock)
     finally:
         run.close()
@@ -222,6 +224,14 @@ def _sampled_path(
         path.append(node)
 
 
+def check_recycling(model: torch.nn.Module, prompt_ids: Sequence[int], max_new_tokens: int,
+                    matrix: AdjacencyMatrix | None) -> torch.Tensor:
+    """The prompt's ids on the model's device, once the request and the matrix are checked against the model."""
+    if matrix is not None and matrix.vocab_size != _vocab_size(model):
+        raise ValueError(f"matrix has {matrix.vocab_size} rows but the model has {_vocab_size(model)} logits")
+    return _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(_device(model))
+
+
 def prefill(request: Request, prompt: list[int], ids: torch.Tensor, matrix: AdjacencyMatrix | None,
             seed_from_prompt: bool) -> Step:
     """Step 0: the prompt (`ids` on the model's device) in one pass; with `seed_from_prompt`, its logits
@@ -231,7 +241,7 @@ def prefill(request: Request, prompt: list[int], ids: torch.Tensor, matrix: Adja
                                  greedy=request.sampling.greedy)
     rows = matrix.write(prompt, logits, [-1, *prompt[:-1]]) if seed_from_prompt else []
     root = int(choose(logits[-1], request.sampling, request.generator))
-    emitted, finished = _clip([root], request.max_new_tokens, request.eos)
+    emitted, finished = clip([root], request.max_new_tokens, request.eos)
     return Step(0, emitted, rows_written=rows, finished=finished)
 
 
@@ -277,12 +287,10 @@ def token_recycling(
     one of `tr.drafts`, made for this request. With `seed_from_prompt`, the prefill also writes the rows
     of the prompt tokens before the first draft. With `matrix` None, nothing is recycled: for a drafter
     that reads no matrix (prompt lookup decoding). `passes` runs the forward passes."""
-    device = _device(model)
-    ids = _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(device)
     if matrix is None and seed_from_prompt:
         raise ValueError("seed_from_prompt writes the prompt's rows: it needs a matrix")
-    if matrix is not None and matrix.vocab_size != _vocab_size(model):
-        raise ValueError(f"matrix has {matrix.vocab_size} rows but the model has {_vocab_size(model)} logits")
+    ids = check_recycling(model, prompt_ids, max_new_tokens, matrix)
+    device = ids.device
     request = Request(device, passes(model, len(ids) + max_new_tokens + drafter.max_size), Clock(device),
                       sampling, sampling.generator(device), set(eos_ids), max_new_tokens)
     try:
@@ -309,7 +317,7 @@ def _recycling_steps(request: Request, prompt: list[int], ids: torch.Tensor, mat
         verdict = accept(request, draft, tree, logits, start)
         rows = recycle(matrix, draft, logits, before_root) if matrix is not None else []
         root, before_root = verdict.bonus, draft.tokens[verdict.path[-1]]
-        emitted, finished = _clip([draft.tokens[i] for i in verdict.path[1:]] + [root], request.room, request.eos)
+        emitted, finished = clip([draft.tokens[i] for i in verdict.path[1:]] + [root], request.room, request.eos)
         step = Step(step.index + 1, emitted, draft, verdict.choices, verdict.path, rows,
                     forward_s=request.clock.forward_s, finished=finished)
         if matrix is not None:

@@ -70,11 +70,16 @@ class TemplateDrafter:
     def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
         tree = self.tree
         tokens = tree.fill(torch.tensor(root), matrix.table)
-        probabilities = matrix.probs[tokens[tree.parents[1:]], tree.ranks[1:]].tolist()
+        probabilities = matrix.probs[tokens[tree.parents[1:]], tree.ranks[1:]]
+        return self.record(tokens.tolist(), probabilities.tolist(), matrix.stats)
+
+    def record(self, tokens: list[int], probabilities: list[float], stats: AcceptanceStats) -> Draft:
+        """The draft of the template filled with `tokens`, given the probability each node after the root
+        had in its parent's row (`tr.device.resident` fills the template on the device and reads these back)."""
         origins = [ROOT_ORIGIN] + [confidence_origin(p) for p in probabilities]
-        scores = path_scores(self.parents, origins, matrix.stats)
-        cost = self.curve.relative(tree.size) if self.curve else 0.0
-        return Draft(tokens.tolist(), self.parents, self.depths, self.ranks, origins, scores, cost, curve=self.curve)
+        scores = path_scores(self.parents, origins, stats)
+        cost = self.curve.relative(self.tree.size) if self.curve else 0.0
+        return Draft(tokens, self.parents, self.depths, self.ranks, origins, scores, cost, curve=self.curve)
 
 
 class NgramIndex:

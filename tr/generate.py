@@ -15,6 +15,7 @@ from .decoding import autoregressive, token_recycling
 from .device.calibrate import device_curve
 from .device.model import LoadedModel
 from .device.primed import load_primed
+from .device.resident import resident_token_recycling
 from .drafts import Drafter, DynamicDrafter, PromptLookupDrafter, TemplateDrafter
 from .matrix import AdjacencyMatrix
 from .records import Stats, Step, summarize, token_ids
@@ -103,6 +104,8 @@ def decode_steps(
         matrix.fill_from(load_primed(lm, matrix.k))
     if start is Start.COLD:
         matrix.reset()
+    if lm.resident and tree.kind is TreeKind.TEMPLATE and sampling.greedy and start is not Start.SEEDED:
+        return resident_token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, lm.eos_ids)
     return token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, sampling, lm.eos_ids,
                            seed_from_prompt=start is Start.SEEDED, passes=lm.passes)
 

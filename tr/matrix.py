@@ -28,6 +28,12 @@ MAX_K = 32
 MAX_PAIRS = 1 << 18  # pair rows kept (about 100 MB of Python lists at k=8); the oldest go first
 
 
+def latest(tokens: list[int]) -> dict[int, int]:
+    """Each token's last index in a pass, in order of first occurrence: a token drafted twice keeps the row
+    its deepest occurrence wrote, so a matrix does not depend on how a device orders duplicate writes."""
+    return {token: i for i, token in enumerate(tokens)}
+
+
 class AdjacencyMatrix:
     def __init__(self, vocab_size: int, k: int = 8, max_pairs: int = MAX_PAIRS):
         if not isinstance(k, int) or not 1 <= k <= MAX_K:
@@ -122,8 +128,7 @@ class AdjacencyMatrix:
         """Overwrite the row of each token with the top-k of the logits at its position (on any
         device), and, where `previous` names the token before it (-1: unknown), the row of that pair.
 
-        A token that occurs several times keeps its last occurrence (deepest in the tree), so the
-        result does not depend on how a device orders duplicate writes.
+        A token that occurs several times keeps its last occurrence (`latest`).
         """
         rows = logits.float()
         top = rows.topk(self.k, dim=-1)
@@ -131,7 +136,7 @@ class AdjacencyMatrix:
         probs = (top.values - rows.logsumexp(-1, keepdim=True)).exp().cpu()
         if previous is not None:
             self._write_pairs(previous, tokens, candidates.tolist(), probs.tolist())
-        last = {token: i for i, token in enumerate(tokens)}
+        last = latest(tokens)
         index = torch.tensor(list(last.values()))
         unique, new = torch.tensor(list(last)), candidates[index]
         old = self.table[unique]

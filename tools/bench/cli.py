@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cuda-graphs", default="on", choices=["on", "off"],
                         help="on a GPU, our decoders replay CUDA graphs of their passes (off: launch each kernel "
                              "from Python); transformers' generate runs as it ships either way")
+    parser.add_argument("--resident-steps", default="on", choices=["on", "off"],
+                        help="with CUDA graphs, greedy template Token Recycling runs each whole step on the GPU and "
+                             "queues the next before reading one back (off: the host loop, as on a CPU)")
     parser.add_argument("--out", default="results.json", help="JSON file for per-prompt figures")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs per method on the first prompt (for tr this also warms the matrix)")
@@ -100,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         questions = load_question_files(args.prompts, args.per_category)
         out = output_path(args.out)
         torch.manual_seed(args.seed)
-        lm = load_model(args.model, args.device, args.dtype, cuda_graphs=args.cuda_graphs == "on")
+        lm = load_model(args.model, args.device, args.dtype, cuda_graphs=args.cuda_graphs == "on",
+                        resident_steps=args.resident_steps == "on")
         results = run_benchmark(
             lm, questions, methods, args.max_new_tokens, pld_tokens=args.pld_tokens, k=args.k, warmup=args.warmup,
             repeats=args.repeats,

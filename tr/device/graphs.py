@@ -130,6 +130,7 @@ class Workspace:
         self.capture = self.device.type == "cuda"
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.buckets: dict[int, _Inputs] = {}
+        self.steps: dict[tuple, object] = {}  # whole decoding steps on this cache (`tr.device.resident`), by key
 
     def run(self, ids: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None, last_only: bool,
             greedy: bool) -> torch.Tensor:

@@ -44,6 +44,7 @@ class LoadedModel:
     source: str = ""  # what was loaded: a local folder or a hub id
     dtype_note: str = ""  # the dtype and why, in words, e.g. "bfloat16 (native bf16 on this CPU: avx512_bf16)"
     cuda_graphs: bool = True  # on a GPU, decoders replay CUDA graphs (`passes`)
+    resident_steps: bool = True  # with CUDA graphs, greedy template Token Recycling steps stay on the GPU (`resident`)
 
     @property
     def display_name(self) -> str:
@@ -64,6 +65,12 @@ class LoadedModel:
         """How this model's decoders run forward passes: CUDA graphs on a GPU (unless turned off), else eagerly."""
         use_graphs = self.cuda_graphs and self.device.type == "cuda" and graphs.supports(self.model)
         return graphs.GraphedPasses if use_graphs else EagerPasses
+
+    @property
+    def resident(self) -> bool:
+        """Whether greedy Token Recycling over a template runs each whole step on the device
+        (`tr.device.resident`): where passes are CUDA graphs, unless turned off."""
+        return self.resident_steps and self.passes is graphs.GraphedPasses
 
     @property
     def vocab_size(self) -> int:
@@ -179,10 +186,11 @@ def resolve(name: str) -> str:
 
 
 def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32",
-               cuda_graphs: bool = True) -> LoadedModel:
+               cuda_graphs: bool = True, resident_steps: bool = True) -> LoadedModel:
     """Load a causal LM for decoding, with this machine's kernels (`kernels.install_kernels`); raise
     `ModelLoadError` with a readable reason on failure. `dtype` is one of `DTYPE_CHOICES` (`choose_dtype`);
-    the result's `dtype_note` says which dtype and why. `cuda_graphs`: on a GPU, decode with CUDA graphs."""
+    the result's `dtype_note` says which dtype and why. `cuda_graphs`: on a GPU, decode with CUDA graphs;
+    `resident_steps`: with them, run greedy template Token Recycling's steps on the device (`LoadedModel.resident`)."""
     torch_device = pick_device(device)
     torch_dtype, dtype_note = choose_dtype(dtype, torch_device)
     try:
@@ -194,4 +202,5 @@ def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32"
         raise ModelLoadError(f"could not load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
     model.to(torch_device).eval()
     kernels.install_kernels(model)
-    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, source, dtype_note, cuda_graphs)
+    return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, source, dtype_note, cuda_graphs,
+                       resident_steps)

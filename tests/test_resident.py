@@ -1,0 +1,160 @@
+"""Token Recycling with the whole step on the device (`tr.device.resident`): the host loop's tokens, records
+and matrix rows, with and without the next step queued ahead.
+
+On a CPU the step runs eagerly, which checks every tensor operation, the read back and the queueing; with a
+GPU (`TR_TEST_DEVICE=cuda`, or any machine with CUDA for the last test) it is captured as one CUDA graph.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tiny_models import ARCHITECTURES, tiny_model
+from tr.decoding import autoregressive, token_recycling
+from tr.device import graphs
+from tr.device.model import LoadedModel
+from tr.device.resident import DeviceStep, path_nodes, resident_token_recycling
+from tr.drafts import TemplateDrafter
+from tr.generate import decode_steps
+from tr.matrix import AdjacencyMatrix
+from tr.sampling import Sampling
+from tr.specs import Start, parse_tree
+from tr.trees import DraftTree, best_first_template
+
+VOCAB = 96
+
+
+def tokens_of(steps) -> list[int]:
+    return [t for step in steps for t in step.tokens]
+
+
+def template(name: str = "paper-80", k: int = 8) -> TemplateDrafter:
+    return TemplateDrafter(DraftTree.from_paths(best_first_template(name, k)))
+
+
+def same_rows(a: AdjacencyMatrix, b: AdjacencyMatrix) -> bool:
+    return torch.equal(a.table, b.table) and torch.equal(a.probs, b.probs) and torch.equal(a.filled, b.filled)
+
+
+def record(step) -> tuple:
+    """What a step record says, timings aside."""
+    draft = step.draft
+    shown = None if draft is None else (draft.tokens, draft.parents, draft.ranks, draft.origins, draft.scores)
+    rows = [(w.token, w.old, w.new, w.was_filled) for w in step.rows_written]
+    return step.index, step.tokens, step.accepted, step.choices, shown, rows, step.finished, step.total_tokens
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("ahead", [False, True])
+def test_steps_on_the_device_give_the_host_loops_tokens_records_and_rows(arch, ahead):
+    rng = random.Random(arch)
+    model = tiny_model(arch, VOCAB, seed=len(arch))
+    host, device = AdjacencyMatrix(VOCAB, 8), AdjacencyMatrix(VOCAB, 8)
+    accepted, ended_by = 0, set()
+    for name in ("paper-80", "small-16", "paper-80", "tiny-4"):  # later prompts meet hot matrices
+        prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 140))]  # past the largest bucket too
+        max_new = rng.randint(20, 60)
+        plain = tokens_of(autoregressive(model, prompt, max_new))
+        eos = [plain[len(plain) // 2]] if name == "paper-80" else []  # an EOS the text reaches half way
+        expected = tokens_of(autoregressive(model, prompt, max_new, eos_ids=eos))
+        steps = list(token_recycling(model, prompt, max_new, host, template(name), eos_ids=eos))
+        resident = list(resident_token_recycling(model, prompt, max_new, device, template(name), eos, ahead))
+        assert tokens_of(steps) == tokens_of(resident) == expected
+        assert [record(s) for s in resident] == [record(s) for s in steps]
+        assert same_rows(device, host), "the rows differ from the host loop's (a queued step wrote some?)"
+        assert device.stats.by_origin == host.stats.by_origin
+        accepted += sum(s.accepted_drafts for s in resident)
+        ended_by.add("eos" if eos and expected[-1] in eos else "room")
+    assert accepted > 0, "the test never exercised an accepted draft"
+    assert ended_by == {"eos", "room"}
+
+
+def test_path_nodes_list_each_nodes_path_one_node_per_depth():
+    tree = DraftTree.from_paths([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)])
+    assert path_nodes(tree).tolist() == [[0, 0, 0, 0], [0, 1, 1, 1], [0, 2, 2, 2], [0, 1, 3, 3], [0, 1, 4, 4],
+                                         [0, 2, 5, 5], [0, 1, 3, 6]]
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_records_time_every_interval_and_a_closed_request_writes_its_rows_back(ahead):
+    model = tiny_model("llama", VOCAB, seed=0)
+    matrix = AdjacencyMatrix(VOCAB, 8)
+    run = resident_token_recycling(model, list(range(5, 30)), 40, matrix, template(), ahead=ahead)
+    seen = [next(run) for _ in range(4)]
+    for step in seen:
+        assert step.forward_s >= 0 and step.overhead_s >= 0
+        assert step.total_forward_s + step.total_overhead_s == pytest.approx(step.elapsed_s)
+    run.close()  # abandoned after three steps: the rows they wrote reach the matrix, the workspace the pool
+    latest_rows = {w.token: w.new for step in seen for w in step.rows_written}
+    assert latest_rows and all(bool(matrix.filled[token]) for token in latest_rows)
+    if not ahead:  # with a step queued ahead, its rows (never shown in a record) may be newer still
+        assert all(matrix.table[token].tolist() == new for token, new in latest_rows.items())
+    pool = graphs._pool(model)
+    assert any(ws.steps for idle in pool.idle.values() for ws in idle), "the workspace was not handed back"
+
+
+def test_a_token_drafted_twice_writes_its_row_once_from_its_last_occurrence():
+    model = tiny_model("llama", VOCAB, seed=0)
+    passes = graphs.GraphedPasses(model, 64)
+    step = DeviceStep(passes.workspace, DraftTree.from_paths([(0,), (1,), (0, 0), (1, 0)]), 8, VOCAB)
+    tokens = torch.tensor([7, 9, 7, 9, 3], device=passes.workspace.device)
+    spare = VOCAB
+    assert step.targets(tokens, torch.tensor(False, device=tokens.device)).tolist() == [spare, spare, 7, 9, 3]
+    assert step.targets(tokens, torch.tensor(True, device=tokens.device)).tolist() == [spare] * 5  # after the end: no row changes
+    passes.close()
+
+
+def test_a_workspace_builds_each_templates_step_once():
+    model = tiny_model("qwen2", VOCAB, seed=1)
+    drafter, matrix = template("small-16"), AdjacencyMatrix(VOCAB, 8)
+    for _ in range(2):
+        list(resident_token_recycling(model, [3, 4, 5], 10, matrix, drafter))
+    steps = [step for idle in graphs._pool(model).idle.values() for ws in idle for step in ws.steps.values()]
+    assert len(steps) == 1 and isinstance(steps[0], DeviceStep)
+
+
+def test_a_request_names_a_bounded_number_of_end_ids():
+    model = tiny_model("llama", VOCAB, seed=0)
+    with pytest.raises(ValueError, match="at most 16 end-of-sequence ids"):
+        list(resident_token_recycling(model, [1, 2], 5, AdjacencyMatrix(VOCAB, 8), template(), list(range(17))))
+
+
+def test_decode_steps_runs_template_steps_on_the_device_where_the_model_says_so(monkeypatch):
+    model = tiny_model("llama", VOCAB, seed=0)
+
+    def loaded(device: str, **options) -> LoadedModel:
+        return LoadedModel(model, None, "tiny", torch.device(device), torch.float64, **options)
+
+    assert loaded("cuda").resident
+    assert not loaded("cuda", resident_steps=False).resident and not loaded("cuda", cuda_graphs=False).resident
+    assert not loaded("cpu").resident  # a CPU has no host to overlap with: the host loop is as fast there
+
+    lm = loaded("cpu")
+    monkeypatch.setattr(LoadedModel, "resident", property(lambda self: True))
+    monkeypatch.setattr(LoadedModel, "eos_ids", property(lambda self: []))
+    prompt, paper = list(range(4, 20)), parse_tree("paper-80", 8)
+
+    def runner(**options) -> str:
+        return decode_steps(lm, prompt, max_new_tokens=8, matrix=AdjacencyMatrix(VOCAB, 8), **options).__name__
+
+    assert runner(tree=paper) == "resident_token_recycling"
+    assert runner(tree=parse_tree("dynamic-8", 8)) == "token_recycling"  # dynamic trees are built on the host
+    assert runner(tree=paper, sampling=Sampling(temperature=1.0, seed=0)) == "token_recycling"
+    assert runner(tree=paper, start=Start.SEEDED) == "token_recycling"  # the prefill writes rows on the host
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_step_is_captured_on_cuda_and_gives_the_eager_tokens():
+    model = tiny_model("llama", VOCAB, seed=0).to("cuda")  # float64: eager and graphed kernels round alike
+    prompt = list(range(3, 40))
+    expected = tokens_of(autoregressive(model, prompt, 50))
+    host, device = AdjacencyMatrix(VOCAB, 8), AdjacencyMatrix(VOCAB, 8)
+    for _ in range(2):
+        assert tokens_of(token_recycling(model, prompt, 50, host, template())) == expected
+        assert tokens_of(resident_token_recycling(model, prompt, 50, device, template())) == expected
+        assert same_rows(device, host)
+    steps = [step for idle in graphs._pool(model).idle.values() for ws in idle for step in ws.steps.values()]
+    assert steps and all(step.graph is not None for step in steps)
