@@ -208,6 +208,18 @@ def test_dtype_auto_is_accepted_and_recorded(tiny_model_dir, tmp_path, monkeypat
     assert machine["dtype_note"].startswith("float32 (this CPU has no native bf16")
     assert "dtype float32 (this CPU has no native bf16" in stdout
     assert machine["passes"] == "EagerPasses" and "CUDA graphs" not in stdout  # graphs are for GPUs only
+    assert machine["resident_steps"] is False and "steps on the device" not in stdout  # by default, with graphs only
+
+
+def test_resident_steps_can_be_asked_for_on_a_cpu_and_reproduce_ar(tiny_model_dir, tmp_path):
+    out = tmp_path / "resident.json"
+    code, stdout, _ = run_main(["--model", str(tiny_model_dir), "--prompts", str(write_prompts(tmp_path / "p.jsonl")),
+                                "--per-category", "1", "--max-new-tokens", "12", "--methods", "ar,tr:small-16",
+                                "--resident-steps", "on", "--out", str(out)])
+    assert code == 0
+    document = json.loads(out.read_text())
+    assert document["machine"]["resident_steps"] is True and "greedy steps on the device" in stdout
+    assert all(row["identical_to_ar"] for row in document["results"] if row["method"] == "tr:small-16")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -230,6 +242,7 @@ def test_dtype_auto_is_accepted_and_recorded(tiny_model_dir, tmp_path, monkeypat
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--start", "lukewarm"], "invalid choice"),
     (["--cuda-graphs", "maybe"], "invalid choice"),
+    (["--resident-steps", "maybe"], "invalid choice"),
     (["--methods", "ar,tr:auto:lukewarm"], "unknown start mode 'lukewarm'"),
     (["--methods", "ar,hf:auto"], "unknown method 'hf:auto'"),
     (["--methods", "tr:paper-81"], "unknown tree 'paper-81'"),

@@ -155,11 +155,11 @@ def tree_attention_matches_one_token_attention(heads: int, kv_heads: int, start:
     key, value = (torch.randn(1, kv_heads, start + n, dim, generator=generator).bfloat16() for _ in range(2))
     ancestors = ancestor_mask(parents, max(tree_buffers(tuple(parents)).depths.tolist()))
     mask = tree_mask(ancestors, start, torch.bfloat16, torch.device("cpu"))
-    together = invariant.attend(query, key, value, invariant.plan_for(mask, start, n), dim**-0.5)
+    together = invariant.attend(query, key, value, invariant.plan_for(mask, start + n, n), dim**-0.5)
     for node in range(n):
         seen = list(range(start)) + [start + int(i) for i in ancestors[node].nonzero()]
         alone = invariant.attend(query[:, :, node : node + 1], key[:, :, seen], value[:, :, seen],
-                                 invariant.plan_for(None, len(seen) - 1, 1), dim**-0.5)
+                                 invariant.plan_for(None, len(seen), 1), dim**-0.5)
         assert torch.equal(alone[0, 0], together[0, node]), (heads, kv_heads, start, node)
 
 
@@ -181,8 +181,23 @@ def test_invariant_attention_computes_attention():
     key, value = (torch.randn(1, 2, 2 * invariant.CHUNK + 3, 64, generator=generator) for _ in range(2))
     ancestors = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
     mask = tree_mask(ancestors, 2 * invariant.CHUNK, torch.float32, torch.device("cpu"))
-    out = invariant.attend(query, key, value, invariant.plan_for(mask, 2 * invariant.CHUNK, 3), 0.125)
+    out = invariant.attend(query, key, value, invariant.plan_for(mask, 2 * invariant.CHUNK + 3, 3), 0.125)
     expected = torch.nn.functional.scaled_dot_product_attention(query.double(), key.double(), value.double(),
                                                                 mask.double(), enable_gqa=True)
     assert torch.allclose(out.double(), expected.transpose(1, 2), atol=1e-5)
-    assert invariant.plan_for(mask + 1.0, 2 * invariant.CHUNK, 3) is None  # a bias: not this path's
+    assert invariant.plan_for(mask + 1.0, 2 * invariant.CHUNK + 3, 3) is None  # a bias: not this path's
+
+
+def test_a_static_caches_unused_keys_leave_the_plan_as_it_is_without_them():
+    """A static cache hands attention every slot, the pass's own keys in the middle and unused ones after:
+    the plan finds the pass where its queries see themselves and matches the plan of the keys in use."""
+    ancestors = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    start, unused = invariant.CHUNK - 1, 100  # the children fall in the next chunk: a selector
+    used = tree_mask(ancestors, start, torch.float32, torch.device("cpu"))
+    static = torch.cat([used, torch.full((1, 1, 3, unused), torch.finfo(torch.float32).min)], dim=-1)
+    plans = invariant.plan_for(used, start + 3, 3), invariant.plan_for(static, start + 3 + unused, 3)
+    assert plans[1].start == plans[0].start == start and plans[1].keys == plans[0].keys
+    assert torch.equal(plans[1].hidden, plans[0].hidden) and torch.equal(plans[1].selector, plans[0].selector)
+    hidden_self = static.clone()
+    hidden_self[0, 0, 1, start + 1] = torch.finfo(torch.float32).min  # a query that does not see itself
+    assert invariant.plan_for(hidden_self, start + 3 + unused, 3) is None

@@ -12,16 +12,16 @@ import random
 import pytest
 import torch
 
-from tiny_models import ARCHITECTURES, tiny_model
+from tiny_models import ARCHITECTURES, DEVICE, tiny_model
 from tr.decoding import autoregressive, token_recycling
-from tr.device import graphs
+from tr.device import graphs, kernels
 from tr.device.model import LoadedModel
-from tr.device.resident import DeviceStep, path_nodes, resident_token_recycling
+from tr.device.resident import DeviceRows, DeviceStep, path_nodes, resident_autoregressive, resident_token_recycling
 from tr.drafts import TemplateDrafter
 from tr.generate import decode_steps
 from tr.matrix import AdjacencyMatrix
 from tr.sampling import Sampling
-from tr.specs import Start, parse_tree
+from tr.specs import Method, Start, parse_tree
 from tr.trees import DraftTree, best_first_template
 
 VOCAB = 96
@@ -50,6 +50,7 @@ def record(step) -> tuple:
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @pytest.mark.parametrize("ahead", [False, True])
 def test_steps_on_the_device_give_the_host_loops_tokens_records_and_rows(arch, ahead):
+    """Plain decoding and Token Recycling, each against its host loop, with EOS and room ending requests."""
     rng = random.Random(arch)
     model = tiny_model(arch, VOCAB, seed=len(arch))
     host, device = AdjacencyMatrix(VOCAB, 8), AdjacencyMatrix(VOCAB, 8)
@@ -59,7 +60,10 @@ def test_steps_on_the_device_give_the_host_loops_tokens_records_and_rows(arch, a
         max_new = rng.randint(20, 60)
         plain = tokens_of(autoregressive(model, prompt, max_new))
         eos = [plain[len(plain) // 2]] if name == "paper-80" else []  # an EOS the text reaches half way
-        expected = tokens_of(autoregressive(model, prompt, max_new, eos_ids=eos))
+        plain = list(autoregressive(model, prompt, max_new, eos_ids=eos))
+        expected = tokens_of(plain)
+        resident_plain = list(resident_autoregressive(model, prompt, max_new, eos, ahead))
+        assert [record(s) for s in resident_plain] == [record(s) for s in plain]
         steps = list(token_recycling(model, prompt, max_new, host, template(name), eos_ids=eos))
         resident = list(resident_token_recycling(model, prompt, max_new, device, template(name), eos, ahead))
         assert tokens_of(steps) == tokens_of(resident) == expected
@@ -70,6 +74,20 @@ def test_steps_on_the_device_give_the_host_loops_tokens_records_and_rows(arch, a
         ended_by.add("eos" if eos and expected[-1] in eos else "room")
     assert accepted > 0, "the test never exercised an accepted draft"
     assert ended_by == {"eos", "room"}
+
+
+def test_with_the_cpus_invariant_kernels_static_passes_keep_the_eager_tokens():
+    """float32 with `tr.device.invariant` installed: the static cache's passes (a new mask view per pass,
+    keys past the pass unused) give plain decoding's tokens, and Token Recycling on them equals it."""
+    model = tiny_model("llama", 512, seed=4, dtype=torch.float32)
+    kernels.install_kernels(model)
+    matrix, rng = AdjacencyMatrix(512, 8), random.Random(4)
+    for _ in range(3):
+        prompt = [rng.randrange(512) for _ in range(rng.randint(2, 40))]
+        expected = tokens_of(autoregressive(model, prompt, 30))
+        assert tokens_of(autoregressive(model, prompt, 30, passes=graphs.GraphedPasses)) == expected
+        assert tokens_of(resident_autoregressive(model, prompt, 30)) == expected
+        assert tokens_of(resident_token_recycling(model, prompt, 30, matrix, template())) == expected
 
 
 def test_path_nodes_list_each_nodes_path_one_node_per_depth():
@@ -97,14 +115,12 @@ def test_records_time_every_interval_and_a_closed_request_writes_its_rows_back(a
 
 
 def test_a_token_drafted_twice_writes_its_row_once_from_its_last_occurrence():
-    model = tiny_model("llama", VOCAB, seed=0)
-    passes = graphs.GraphedPasses(model, 64)
-    step = DeviceStep(passes.workspace, DraftTree.from_paths([(0,), (1,), (0, 0), (1, 0)]), 8, VOCAB)
-    tokens = torch.tensor([7, 9, 7, 9, 3], device=passes.workspace.device)
+    rows = DeviceRows(VOCAB, 8, 5, DEVICE)
+    tokens = torch.tensor([7, 9, 7, 9, 3], device=rows.table.device)
     spare = VOCAB
-    assert step.targets(tokens, torch.tensor(False, device=tokens.device)).tolist() == [spare, spare, 7, 9, 3]
-    assert step.targets(tokens, torch.tensor(True, device=tokens.device)).tolist() == [spare] * 5  # after the end: no row changes
-    passes.close()
+    assert rows.targets(tokens, torch.tensor(False, device=tokens.device)).tolist() == [spare, spare, 7, 9, 3]
+    after_the_end = rows.targets(tokens, torch.tensor(True, device=tokens.device))
+    assert after_the_end.tolist() == [spare] * 5  # a step queued after the last changes no row
 
 
 def test_a_workspace_builds_each_templates_step_once():
@@ -122,7 +138,7 @@ def test_a_request_names_a_bounded_number_of_end_ids():
         list(resident_token_recycling(model, [1, 2], 5, AdjacencyMatrix(VOCAB, 8), template(), list(range(17))))
 
 
-def test_decode_steps_runs_template_steps_on_the_device_where_the_model_says_so(monkeypatch):
+def test_decode_steps_runs_greedy_steps_on_the_device_where_the_model_says_so(monkeypatch):
     model = tiny_model("llama", VOCAB, seed=0)
 
     def loaded(device: str, **options) -> LoadedModel:
@@ -132,8 +148,8 @@ def test_decode_steps_runs_template_steps_on_the_device_where_the_model_says_so(
     assert not loaded("cuda", resident_steps=False).resident and not loaded("cuda", cuda_graphs=False).resident
     assert not loaded("cpu").resident  # a CPU has no host to overlap with: the host loop is as fast there
 
-    lm = loaded("cpu")
-    monkeypatch.setattr(LoadedModel, "resident", property(lambda self: True))
+    lm = loaded("cpu", resident_steps=True)  # asked for: then also on a CPU
+    assert lm.resident
     monkeypatch.setattr(LoadedModel, "eos_ids", property(lambda self: []))
     prompt, paper = list(range(4, 20)), parse_tree("paper-80", 8)
 
@@ -141,6 +157,8 @@ def test_decode_steps_runs_template_steps_on_the_device_where_the_model_says_so(
         return decode_steps(lm, prompt, max_new_tokens=8, matrix=AdjacencyMatrix(VOCAB, 8), **options).__name__
 
     assert runner(tree=paper) == "resident_token_recycling"
+    assert decode_steps(lm, prompt, Method.AR, 8).__name__ == "resident_autoregressive"
+    assert decode_steps(lm, prompt, Method.AR, 8, Sampling(temperature=1.0, seed=0)).__name__ == "autoregressive"
     assert runner(tree=parse_tree("dynamic-8", 8)) == "token_recycling"  # dynamic trees are built on the host
     assert runner(tree=paper, sampling=Sampling(temperature=1.0, seed=0)) == "token_recycling"
     assert runner(tree=paper, start=Start.SEEDED) == "token_recycling"  # the prefill writes rows on the host
@@ -151,6 +169,7 @@ def test_the_step_is_captured_on_cuda_and_gives_the_eager_tokens():
     model = tiny_model("llama", VOCAB, seed=0).to("cuda")  # float64: eager and graphed kernels round alike
     prompt = list(range(3, 40))
     expected = tokens_of(autoregressive(model, prompt, 50))
+    assert tokens_of(resident_autoregressive(model, prompt, 50)) == expected
     host, device = AdjacencyMatrix(VOCAB, 8), AdjacencyMatrix(VOCAB, 8)
     for _ in range(2):
         assert tokens_of(token_recycling(model, prompt, 50, host, template())) == expected

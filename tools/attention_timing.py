@@ -40,7 +40,7 @@ def one_pass(dtype: torch.dtype, n: int, context: int, together: bool) -> Callab
     generator = torch.Generator().manual_seed(n)
     query = torch.randn(1, HEADS, n, DIM, generator=generator).to(dtype)
     key, value = (torch.randn(1, KV_HEADS, context + n, DIM, generator=generator).to(dtype) for _ in range(2))
-    plan = invariant.plan_for(pass_mask(chain(n), context, dtype, torch.device("cpu")), context, n)
+    plan = invariant.plan_for(pass_mask(chain(n), context, dtype, torch.device("cpu")), context + n, n)
 
     def call() -> torch.Tensor:
         chosen = invariant.TOGETHER_ROWS
@@ -78,7 +78,7 @@ def new_shapes(dtype: torch.dtype, context: int, steps: int) -> dict:
     def sweep(first: int) -> float:
         begin = time.perf_counter()
         for count in range(first, first + steps):
-            invariant.attend(query, key[:, :, :count], key[:, :, :count], invariant.plan_for(None, count - 1, 1),
+            invariant.attend(query, key[:, :, :count], key[:, :, :count], invariant.plan_for(None, count, 1),
                              DIM**-0.5)
         return (time.perf_counter() - begin) / steps * 1e6
     bucket = invariant.BUCKET

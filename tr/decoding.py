@@ -111,6 +111,14 @@ def _vocab_size(model: torch.nn.Module) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
+def checked_ids(model: torch.nn.Module, prompt_ids: Sequence[int], max_new_tokens: int,
+                matrix: AdjacencyMatrix | None = None) -> torch.Tensor:
+    """The prompt's ids on the model's device, once the request (and a matrix) are checked against the model."""
+    if matrix is not None and matrix.vocab_size != _vocab_size(model):
+        raise ValueError(f"matrix has {matrix.vocab_size} rows but the model has {_vocab_size(model)} logits")
+    return _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(_device(model))
+
+
 # As a decorator, inference mode holds only while a step is computed: a `with` block spanning the
 # yields would leave it on in the caller between steps (its tensors then become inference tensors).
 @torch.inference_mode()
@@ -123,8 +131,8 @@ def autoregressive(
     passes: PassesFactory = EagerPasses,
 ) -> Iterator[Step]:
     """Plain decoding, one token per forward pass: the baseline. `passes` runs the forward passes."""
-    device = _device(model)
-    ids = _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(device)
+    ids = checked_ids(model, prompt_ids, max_new_tokens)
+    device = ids.device
     eos, generator, totals = set(eos_ids), sampling.generator(device), _Totals()
     run = passes(model, len(ids) + max_new_tokens)
     try:
@@ -224,14 +232,6 @@ def _sampled_path(
         path.append(node)
 
 
-def check_recycling(model: torch.nn.Module, prompt_ids: Sequence[int], max_new_tokens: int,
-                    matrix: AdjacencyMatrix | None) -> torch.Tensor:
-    """The prompt's ids on the model's device, once the request and the matrix are checked against the model."""
-    if matrix is not None and matrix.vocab_size != _vocab_size(model):
-        raise ValueError(f"matrix has {matrix.vocab_size} rows but the model has {_vocab_size(model)} logits")
-    return _check_request(prompt_ids, max_new_tokens, _vocab_size(model)).to(_device(model))
-
-
 def prefill(request: Request, prompt: list[int], ids: torch.Tensor, matrix: AdjacencyMatrix | None,
             seed_from_prompt: bool) -> Step:
     """Step 0: the prompt (`ids` on the model's device) in one pass; with `seed_from_prompt`, its logits
@@ -289,7 +289,7 @@ def token_recycling(
     that reads no matrix (prompt lookup decoding). `passes` runs the forward passes."""
     if matrix is None and seed_from_prompt:
         raise ValueError("seed_from_prompt writes the prompt's rows: it needs a matrix")
-    ids = check_recycling(model, prompt_ids, max_new_tokens, matrix)
+    ids = checked_ids(model, prompt_ids, max_new_tokens, matrix)
     device = ids.device
     request = Request(device, passes(model, len(ids) + max_new_tokens + drafter.max_size), Clock(device),
                       sampling, sampling.generator(device), set(eos_ids), max_new_tokens)

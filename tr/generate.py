@@ -15,7 +15,7 @@ from .decoding import autoregressive, token_recycling
 from .device.calibrate import device_curve
 from .device.model import LoadedModel
 from .device.primed import load_primed
-from .device.resident import resident_token_recycling
+from .device.resident import resident_autoregressive, resident_token_recycling
 from .drafts import Drafter, DynamicDrafter, PromptLookupDrafter, TemplateDrafter
 from .matrix import AdjacencyMatrix
 from .records import Stats, Step, summarize, token_ids
@@ -88,6 +88,8 @@ def decode_steps(
     it ignores `matrix`, `tree` and `start`, and takes `costs` only to report each draft's predicted cost."""
     method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
+    if method is Method.AR and lm.resident and sampling.greedy:
+        return resident_autoregressive(lm.model, prompt_ids, max_new_tokens, lm.eos_ids)
     if method is Method.AR:
         return autoregressive(lm.model, prompt_ids, max_new_tokens, sampling, lm.eos_ids, lm.passes)
     if method is Method.PLD:

@@ -35,6 +35,9 @@ class _Parser(argparse.ArgumentParser):
         raise BenchError(message)
 
 
+RESIDENT_STEPS = {"auto": None, "on": True, "off": False}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m tools.bench", description=DESCRIPTION,
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -61,9 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cuda-graphs", default="on", choices=["on", "off"],
                         help="on a GPU, our decoders replay CUDA graphs of their passes (off: launch each kernel "
                              "from Python); transformers' generate runs as it ships either way")
-    parser.add_argument("--resident-steps", default="on", choices=["on", "off"],
-                        help="with CUDA graphs, greedy template Token Recycling runs each whole step on the GPU and "
-                             "queues the next before reading one back (off: the host loop, as on a CPU)")
+    parser.add_argument("--resident-steps", default="auto", choices=list(RESIDENT_STEPS),
+                        help="greedy ar and tr over a template run each whole step on the device, on CUDA queueing "
+                             "the next before reading one back; auto: where passes are CUDA graphs (off: the host "
+                             "loops; on: also on a CPU, eagerly over a static cache)")
     parser.add_argument("--out", default="results.json", help="JSON file for per-prompt figures")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs per method on the first prompt (for tr this also warms the matrix)")
@@ -104,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = output_path(args.out)
         torch.manual_seed(args.seed)
         lm = load_model(args.model, args.device, args.dtype, cuda_graphs=args.cuda_graphs == "on",
-                        resident_steps=args.resident_steps == "on")
+                        resident_steps=RESIDENT_STEPS[args.resident_steps])
         results = run_benchmark(
             lm, questions, methods, args.max_new_tokens, pld_tokens=args.pld_tokens, k=args.k, warmup=args.warmup,
             repeats=args.repeats,

@@ -176,15 +176,15 @@ class Workspace:
 
     def _replay(self, inputs: _Inputs, greedy: bool) -> torch.Tensor:
         self.cache.slots = inputs.slots
-        if not self.capture:
-            return forward(self.model, self.cache, inputs.ids, inputs.positions, inputs.mask, greedy=greedy)
-        if inputs.graph is None:
+        if inputs.graph is None and self.capture:
             try:
                 self._capture(inputs, greedy)
             except RuntimeError as err:  # a model whose forward cannot be captured still decodes, eagerly
                 log.warning("CUDA graph capture failed, decoding eagerly: %s", str(err).splitlines()[0])
                 self.capture = False
-                return forward(self.model, self.cache, inputs.ids, inputs.positions, inputs.mask, greedy=greedy)
+        if not self.capture:
+            # A new view of the mask per pass: the CPU's invariant attention keeps a pass's plan by its mask object.
+            return forward(self.model, self.cache, inputs.ids, inputs.positions, inputs.mask[:], greedy=greedy)
         inputs.graph.replay()
         return inputs.logits
 

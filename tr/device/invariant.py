@@ -61,27 +61,40 @@ def heads_together(rows: int) -> bool:
 class Plan:
     """How one pass's keys fall into chunks; shared by every layer of the pass."""
 
-    start: int  # cached tokens before the pass
+    start: int  # cached tokens before the pass: its keys are start .. start + rows
     keys: int  # keys of the pass, padded to a multiple of BUCKET
     full: int  # chunks of the cache every query sees whole
     hidden: torch.Tensor | None  # (n, keys) additive -inf where a query must not look (padding included)
     selector: torch.Tensor | None  # (tail chunks, tail keys) 1.0 where a key lies in that chunk; None: one
 
 
-def plan_for(mask: torch.Tensor | None, start: int, n: int) -> Plan | None:
-    """The chunk plan of a pass of `n` tokens behind `start` cached ones with this mask (additive, 0 or the
-    dtype's lowest, or boolean; None: one token that sees everything). None when the mask is of another
-    kind (a bias), which this path does not compute."""
-    full, keys = start // CHUNK, padded_keys(start + n)
-    visible = torch.zeros(n, keys, dtype=torch.bool)
+def _visible(mask: torch.Tensor | None, keys: int, n: int) -> torch.Tensor | None:
+    """(n, keys) which keys each query sees, or None for a mask of another kind (a bias)."""
     if mask is None:
-        visible[:, : start + n] = True
-    elif mask.dtype == torch.bool:
-        visible[:, : start + n] = mask[0, 0]
-    elif (mask[0, 0] == 0).logical_or_(mask[0, 0] <= torch.finfo(mask.dtype).min).all():
-        visible[:, : start + n] = mask[0, 0] == 0
-    else:
+        return torch.ones(n, keys, dtype=torch.bool)
+    if mask.dtype == torch.bool:
+        return mask[0, 0].cpu()
+    if (mask[0, 0] == 0).logical_or_(mask[0, 0] <= torch.finfo(mask.dtype).min).all():
+        return (mask[0, 0] == 0).cpu()
+    return None
+
+
+def plan_for(mask: torch.Tensor | None, keys: int, n: int) -> Plan | None:
+    """The chunk plan of a pass of `n` tokens over `keys` keys with this mask (additive, 0 or the dtype's
+    lowest, or boolean; None: one token that sees everything). The pass's own keys are the `n` that end at
+    the last key any query sees (a static cache has unused keys after them), and `start` the keys before.
+    None when the mask is of another kind (a bias) or the pass's keys are not so placed (each query seeing
+    its own): this path does not compute those."""
+    seen = _visible(mask, keys, n)
+    if seen is None:
         return None
+    end = int(seen.any(0).nonzero().max()) + 1 if seen.any() else 0
+    start = end - n
+    if start < 0 or not seen[:, start:end].diagonal().all():
+        return None
+    full, keys = start // CHUNK, padded_keys(end)
+    visible = torch.zeros(n, keys, dtype=torch.bool)
+    visible[:, :end] = seen[:, :end]
     # A node's logical position is the cache length plus its depth: how many pass tokens it sees, less one.
     depths = visible[:, start:].sum(1) - 1
     logical = torch.cat([torch.arange(start), start + depths, torch.full((keys - start - n,), start)])
@@ -94,18 +107,18 @@ def plan_for(mask: torch.Tensor | None, start: int, n: int) -> Plan | None:
 
 class _PlanCache:
     """The plan of the last pass seen: every layer of a pass gets the same mask object (None for a
-    one-token pass, told apart by its start). The mask is held, so its identity cannot pass to another
-    tensor while cached."""
+    one-token pass, told apart by its key count), and every pass a new one (a static buffer is handed over
+    as a new view per pass). The mask is held, so its identity cannot pass to another tensor while cached."""
 
     def __init__(self) -> None:
         self.entry: tuple[torch.Tensor | None, int, Plan | None] | None = None
 
-    def get(self, mask: torch.Tensor | None, start: int, n: int) -> Plan | None:
+    def get(self, mask: torch.Tensor | None, keys: int, n: int) -> Plan | None:
         entry = self.entry  # one read: another thread may replace it meanwhile
-        if entry is not None and entry[0] is mask and entry[1] == start:
+        if entry is not None and entry[0] is mask and entry[1] == keys:
             return entry[2]
-        plan = plan_for(mask, start, n)
-        self.entry = (mask, start, plan)
+        plan = plan_for(mask, keys, n)
+        self.entry = (mask, keys, plan)
         return plan
 
 
@@ -190,14 +203,14 @@ def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     """transformers' attention interface: `attend` for one-token and masked passes of one sequence, torch's
     fused attention (as `sdpa`) for the rest."""
     n = query.shape[2]
-    start = key.shape[2] - n
     plan = None
     if query.shape[0] == 1 and (attention_mask is not None or n == 1) and query.device.type == "cpu":
-        plan = _plans.get(attention_mask, start, n)
+        plan = _plans.get(attention_mask, key.shape[2], n)
     if plan is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    return attend(query, key, value, plan, query.shape[-1] ** -0.5 if scaling is None else scaling), None
+    end, scaling = plan.start + n, query.shape[-1] ** -0.5 if scaling is None else scaling
+    return attend(query, key[:, :, :end], value[:, :, :end], plan, scaling), None
 
 
 class InvariantLinear(torch.nn.Module):

@@ -44,7 +44,7 @@ class LoadedModel:
     source: str = ""  # what was loaded: a local folder or a hub id
     dtype_note: str = ""  # the dtype and why, in words, e.g. "bfloat16 (native bf16 on this CPU: avx512_bf16)"
     cuda_graphs: bool = True  # on a GPU, decoders replay CUDA graphs (`passes`)
-    resident_steps: bool = True  # with CUDA graphs, greedy template Token Recycling steps stay on the GPU (`resident`)
+    resident_steps: bool | None = None  # greedy steps on the device (`resident`); None: where passes are CUDA graphs
 
     @property
     def display_name(self) -> str:
@@ -68,9 +68,12 @@ class LoadedModel:
 
     @property
     def resident(self) -> bool:
-        """Whether greedy Token Recycling over a template runs each whole step on the device
-        (`tr.device.resident`): where passes are CUDA graphs, unless turned off."""
-        return self.resident_steps and self.passes is graphs.GraphedPasses
+        """Whether greedy plain decoding and greedy Token Recycling over a template run each whole step on
+        the device (`tr.device.resident`): as `resident_steps` says, by default where passes are CUDA graphs
+        (elsewhere the steps run eagerly over a static cache: for tests and measurements)."""
+        if self.resident_steps is None:
+            return self.passes is graphs.GraphedPasses
+        return self.resident_steps
 
     @property
     def vocab_size(self) -> int:
@@ -186,11 +189,11 @@ def resolve(name: str) -> str:
 
 
 def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32",
-               cuda_graphs: bool = True, resident_steps: bool = True) -> LoadedModel:
+               cuda_graphs: bool = True, resident_steps: bool | None = None) -> LoadedModel:
     """Load a causal LM for decoding, with this machine's kernels (`kernels.install_kernels`); raise
     `ModelLoadError` with a readable reason on failure. `dtype` is one of `DTYPE_CHOICES` (`choose_dtype`);
     the result's `dtype_note` says which dtype and why. `cuda_graphs`: on a GPU, decode with CUDA graphs;
-    `resident_steps`: with them, run greedy template Token Recycling's steps on the device (`LoadedModel.resident`)."""
+    `resident_steps`: run greedy decoding's steps on the device (`LoadedModel.resident`; None: with graphs)."""
     torch_device = pick_device(device)
     torch_dtype, dtype_note = choose_dtype(dtype, torch_device)
     try:
