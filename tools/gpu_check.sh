@@ -7,9 +7,10 @@
 #   device run at once (the machine stays warm 30 s), carry [".gpu/b"]: bash tools/gpu_check.sh run
 #
 # `run` writes its log and the benchmarks' JSON to $OUT: the CUDA tests (steps on the device, graphs,
-# lossless), then Spec-Bench one prompt per category plus the project's prompts in bf16: with CUDA graphs
-# and greedy steps on the device (ar, hf, tr:paper-80, tr:auto), with graphs but the host loops (ar,
-# tr:paper-80), and without graphs (ar, hf), so each layer's share can be read off.
+# lossless), which operations a tree pass changes on CUDA (tools.invariance), then Spec-Bench one prompt per
+# category plus the project's prompts in bf16: with CUDA graphs and greedy steps on the device (ar, hf,
+# tr:paper-80, tr:auto), with graphs but the host loops (ar, tr:paper-80), and without graphs (ar), so each
+# layer's share can be read off. Each part has a time limit, so the call ends within the device's 600 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=/tmp/gpu-check
@@ -39,17 +40,19 @@ run)
     {
         nvidia-smi -L
         python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)"
-        TR_TEST_DEVICE=cuda timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_resident.py \
+        TR_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_resident.py \
             tests/test_graphs.py tests/test_lossless.py || true
+        timeout 90 python3 -m tools.invariance --device cuda --dtypes bfloat16 float32 --sizes 2 8 81 --contexts 0 \
+            >"$OUT/invariance-cuda.json" || true
         prompts="$STAGE/question.jsonl assets/prompts.jsonl"
-        bench() {  # bench NAME ARGS...: the bf16 benchmark, its JSON in $OUT/bench-bf16-NAME.json
-            name=$1 && shift
-            python3 -m tools.bench --device cuda --dtype bfloat16 --prompts $prompts --per-category 1 \
-                --max-new-tokens 128 --out "$OUT/bench-bf16-$name.json" "$@" || true
+        bench() {  # bench NAME SECONDS ARGS...: the bf16 benchmark, its JSON in $OUT/bench-bf16-NAME.json
+            name=$1 seconds=$2 && shift 2
+            timeout "$seconds" python3 -m tools.bench --device cuda --dtype bfloat16 --prompts $prompts \
+                --per-category 1 --max-new-tokens 128 --out "$OUT/bench-bf16-$name.json" "$@" || true
         }
-        bench resident --methods ar,hf,tr:paper-80,tr:auto
-        bench host-loops --methods ar,tr:paper-80 --resident-steps off
-        bench eager --methods ar,hf --cuda-graphs off
+        bench resident 170 --methods ar,hf,tr:paper-80,tr:auto
+        bench host-loops 90 --methods ar,tr:paper-80 --resident-steps off
+        bench eager 70 --methods ar --cuda-graphs off
     } 2>&1 | tee "$OUT/gpu-check.log"
     ;;
 *)
