@@ -3,6 +3,8 @@ and bad requests fail with clear messages."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -39,6 +41,21 @@ def test_recycling_is_lossless_on_spec_bench(real_lm, spec_bench_questions):
         assert recycled.text == plain.text
         drafts += sum(s.accepted_drafts for s in recycled.steps)
     assert drafts > len(questions) * 5  # Token Recycling really accepted drafts along the way
+
+
+def test_steps_on_the_device_are_lossless_on_the_real_model(real_lm, spec_bench_questions):
+    """The GPU's default (`tr.device.resident`), run eagerly here over the static cache: Token Recycling
+    emits the tokens plain decoding emits on the same path, with the CPU's invariant kernels."""
+    resident = dataclasses.replace(real_lm, resident_steps=True)
+    matrix, drafts = AdjacencyMatrix(real_lm.vocab_size), 0
+    for i, q in enumerate(spread_over_categories(spec_bench_questions, 3)):
+        plain = generate(resident, q["turns"][0], "ar", max_new_tokens=MAX_NEW)
+        tree = parse_tree(TEMPLATES[i % 2], 8)
+        recycled = generate(resident, q["turns"][0], "tr", max_new_tokens=MAX_NEW, matrix=matrix, tree=tree)
+        assert recycled.token_ids == plain.token_ids, f"question {q['question_id']} ({q['category']})"
+        assert recycled.steps[1].draft is not None and recycled.steps[1].forward_s > 0
+        drafts += sum(s.accepted_drafts for s in recycled.steps)
+    assert drafts > 15
 
 
 def test_the_screened_head_changes_no_greedy_token(real_lm):
