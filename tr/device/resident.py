@@ -19,7 +19,8 @@ the step after (`ahead`). The device also knows when the request is over (an EOS
 the step queued after the last one changes no row. On CUDA a step is one CUDA graph, captured on first use.
 
 The rows live on the device for the request and go back to the matrix when it ends (those it wrote);
-pair rows, which templates never read, are not kept.
+pair rows, which templates never read, are not kept. A record's forward time is the device's time for
+its whole step (CUDA events; off CUDA the call's), its overhead the rest of the interval it was read in.
 """
 
 from __future__ import annotations
