@@ -85,7 +85,9 @@ def decode_steps(
     """Step records of one method on one prompt; `matrix` persists across calls unless `start` is cold.
     `tree` is the draft tree (by default the paper's template); `costs` the device's cost curve for trees
     sized by cost (see `make_drafter`). Prompt lookup decoding (`Method.PLD`) keeps no matrix and no tree:
-    it ignores `matrix`, `tree` and `start`, and takes `costs` only to report each draft's predicted cost."""
+    it ignores `matrix`, `tree` and `start`, and takes `costs` only to report each draft's predicted cost.
+    Where `lm.resident`, greedy plain decoding and greedy Token Recycling over a template (not seeded) run
+    each step wholly on the device (`tr.device.resident`): the same tokens and records."""
     method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
     if method is Method.AR and lm.resident and sampling.greedy:
