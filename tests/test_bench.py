@@ -215,10 +215,11 @@ def test_resident_steps_can_be_asked_for_on_a_cpu_and_reproduce_ar(tiny_model_di
     out = tmp_path / "resident.json"
     code, stdout, _ = run_main(["--model", str(tiny_model_dir), "--prompts", str(write_prompts(tmp_path / "p.jsonl")),
                                 "--per-category", "1", "--max-new-tokens", "12", "--methods", "ar,tr:small-16",
-                                "--resident-steps", "on", "--out", str(out)])
+                                "--resident-steps", "on", "--fixed-shapes", "on", "--out", str(out)])
     assert code == 0
     document = json.loads(out.read_text())
-    assert document["machine"]["resident_steps"] is True and "greedy steps on the device" in stdout
+    assert document["machine"]["resident_steps"] is True and document["machine"]["fixed_shapes"] is True
+    assert "greedy steps on the device in fixed shapes" in stdout
     assert all(row["identical_to_ar"] for row in document["results"] if row["method"] == "tr:small-16")
 
 
@@ -243,6 +244,7 @@ def test_resident_steps_can_be_asked_for_on_a_cpu_and_reproduce_ar(tiny_model_di
     (["--start", "lukewarm"], "invalid choice"),
     (["--cuda-graphs", "maybe"], "invalid choice"),
     (["--resident-steps", "maybe"], "invalid choice"),
+    (["--fixed-shapes", "maybe"], "invalid choice"),
     (["--methods", "ar,tr:auto:lukewarm"], "unknown start mode 'lukewarm'"),
     (["--methods", "ar,hf:auto"], "unknown method 'hf:auto'"),
     (["--methods", "tr:paper-81"], "unknown tree 'paper-81'"),

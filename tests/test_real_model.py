@@ -46,7 +46,7 @@ def test_recycling_is_lossless_on_spec_bench(real_lm, spec_bench_questions):
 def test_steps_on_the_device_are_lossless_on_the_real_model(real_lm, spec_bench_questions):
     """The GPU's default (`tr.device.resident`), run eagerly here over the static cache: Token Recycling
     emits the tokens plain decoding emits on the same path, with the CPU's invariant kernels."""
-    resident = dataclasses.replace(real_lm, resident_steps=True)
+    resident = dataclasses.replace(real_lm, resident_steps=True, fixed_shapes=False)
     matrix, drafts = AdjacencyMatrix(real_lm.vocab_size), 0
     for i, q in enumerate(spread_over_categories(spec_bench_questions, 3)):
         plain = generate(resident, q["turns"][0], "ar", max_new_tokens=MAX_NEW)
@@ -56,6 +56,18 @@ def test_steps_on_the_device_are_lossless_on_the_real_model(real_lm, spec_bench_
         assert recycled.steps[1].draft is not None and recycled.steps[1].forward_s > 0
         drafts += sum(s.accepted_drafts for s in recycled.steps)
     assert drafts > 15
+
+
+def test_fixed_shapes_are_lossless_on_the_real_model(real_lm):
+    """The GPU's fixed shapes (`tr.device.fixed`, its attention in place of the CPU's), on a primed matrix so
+    that a few steps accept drafts: slow here (every pass 96 rows), so one short answer."""
+    fixed = dataclasses.replace(real_lm, resident_steps=True, fixed_shapes=True)
+    prompt = "List the days of the week."
+    plain = generate(fixed, prompt, "ar", max_new_tokens=12)
+    recycled = generate(fixed, prompt, "tr", max_new_tokens=12, matrix=AdjacencyMatrix(real_lm.vocab_size),
+                        tree=parse_tree("small-16", 8), start="primed")
+    assert recycled.token_ids == plain.token_ids
+    assert sum(s.accepted_drafts for s in recycled.steps) > 0
 
 
 def test_the_screened_head_changes_no_greedy_token(real_lm):

@@ -151,6 +151,12 @@ def test_decode_steps_runs_greedy_steps_on_the_device_where_the_model_says_so(mo
 
     lm = loaded("cpu", resident_steps=True)  # asked for: then also on a CPU
     assert lm.resident
+    assert lm.fixed  # without the CPU's invariant kernels (not installed on this tiny model): fixed shapes
+    assert not loaded("cpu", fixed_shapes=False).fixed
+    if DEVICE.type == "cpu":  # with them, by default no fixed shapes: those kernels are invariant already
+        with_kernels = tiny_model("llama", VOCAB, seed=0, dtype=torch.float32)
+        kernels.install_kernels(with_kernels)
+        assert not LoadedModel(with_kernels, None, "tiny", DEVICE, torch.float32).fixed
     monkeypatch.setattr(LoadedModel, "eos_ids", property(lambda self: []))
     prompt, paper = list(range(4, 20)), parse_tree("paper-80", 8)
 

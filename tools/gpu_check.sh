@@ -6,11 +6,12 @@
 #   device run, carry [".gpu/a"]: bash tools/gpu_check.sh stage a
 #   device run at once (the machine stays warm 30 s), carry [".gpu/b"]: bash tools/gpu_check.sh run
 #
-# `run` writes its log and the benchmarks' JSON to $OUT: the CUDA tests (steps on the device, graphs,
-# lossless), which operations a tree pass changes on CUDA (tools.invariance), then Spec-Bench one prompt per
-# category plus the project's prompts in bf16: with CUDA graphs and greedy steps on the device (ar, hf,
-# tr:paper-80, tr:auto), with graphs but the host loops (ar, tr:paper-80), and without graphs (ar), so each
-# layer's share can be read off. Each part has a time limit, so the call ends within the device's 600 s.
+# `run` writes its log and the benchmarks' JSON to $OUT: the CUDA tests (fixed shapes, steps on the device,
+# graphs, lossless), which operations a tree pass changes on CUDA (tools.invariance, host loops), then
+# Spec-Bench one prompt per category plus the project's prompts in bf16: greedy steps on the device in fixed
+# shapes (ar, hf, tr:paper-80, tr:auto), the same without fixed shapes (ar, tr:paper-80), and the host loops
+# over CUDA graphs (ar, tr:paper-80), so each layer's share can be read off. Each part has a time limit, so
+# the call ends within the device's 600 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=/tmp/gpu-check
@@ -40,8 +41,8 @@ run)
     {
         nvidia-smi -L
         python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)"
-        TR_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_resident.py \
-            tests/test_graphs.py tests/test_lossless.py || true
+        TR_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_fixed.py \
+            tests/test_resident.py tests/test_graphs.py tests/test_lossless.py || true
         timeout 90 python3 -m tools.invariance --device cuda --dtypes bfloat16 float32 --sizes 2 8 81 --contexts 0 \
             >"$OUT/invariance-cuda.json" || true
         prompts="$STAGE/question.jsonl assets/prompts.jsonl"
@@ -51,8 +52,8 @@ run)
                 --per-category 1 --max-new-tokens 128 --out "$OUT/bench-bf16-$name.json" "$@" || true
         }
         bench resident 170 --methods ar,hf,tr:paper-80,tr:auto
-        bench host-loops 90 --methods ar,tr:paper-80 --resident-steps off
-        bench eager 70 --methods ar --cuda-graphs off
+        bench unfixed 80 --methods ar,tr:paper-80 --fixed-shapes off
+        bench host-loops 80 --methods ar,tr:paper-80 --resident-steps off
     } 2>&1 | tee "$OUT/gpu-check.log"
     ;;
 *)

@@ -91,7 +91,7 @@ def decode_steps(
     method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
     if method is Method.AR and lm.resident and sampling.greedy:
-        return resident_autoregressive(lm.model, prompt_ids, max_new_tokens, lm.eos_ids)
+        return resident_autoregressive(lm.model, prompt_ids, max_new_tokens, lm.eos_ids, fixed=lm.fixed)
     if method is Method.AR:
         return autoregressive(lm.model, prompt_ids, max_new_tokens, sampling, lm.eos_ids, lm.passes)
     if method is Method.PLD:
@@ -109,7 +109,8 @@ def decode_steps(
     if start is Start.COLD:
         matrix.reset()
     if lm.resident and tree.kind is TreeKind.TEMPLATE and sampling.greedy and start is not Start.SEEDED:
-        return resident_token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, lm.eos_ids)
+        return resident_token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, lm.eos_ids,
+                                        fixed=lm.fixed)
     return token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, sampling, lm.eos_ids,
                            seed_from_prompt=start is Start.SEEDED, passes=lm.passes)
 

@@ -94,6 +94,7 @@ def machine_info(lm: LoadedModel) -> dict:
         "invariant_kernels": invariant.installed(lm.model),  # batch-invariant products and attention (tr.device)
         "passes": lm.passes.__name__,  # how our decoders ran their forward passes: GraphedPasses (CUDA graphs) or not
         "resident_steps": lm.resident,  # greedy ar and template tr steps on the device (tr.device.resident)
+        "fixed_shapes": lm.resident and lm.fixed,  # those steps' passes in fixed shapes (tr.device.fixed)
         # The device's verification cost curve (cached per model, device, dtype, threads): what `auto` sizes trees by.
         "forward_cost": asdict(device_curve(lm)),
     }
@@ -111,7 +112,7 @@ def describe_machine(info: dict) -> str:
     if info.get("passes") == "GraphedPasses":
         lines[0] += ", CUDA graphs"
     if info.get("resident_steps"):
-        lines[0] += ", greedy steps on the device"
+        lines[0] += ", greedy steps on the device" + (" in fixed shapes" if info.get("fixed_shapes") else "")
     lines.append(f"forward cost of n new tokens behind {cost['context']} cached, relative to n=1 "
                  f"({cost['seconds'][0] * 1000:.1f} ms): {curve}")
     return "\n".join(lines)

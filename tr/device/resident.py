@@ -29,6 +29,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ from ..passes import forward
 from ..records import RowWrite, Step
 from ..sampling import GREEDY
 from ..trees import DraftTree
+from .fixed import FIXED_ROWS, fixed_shapes
 from .graphs import GraphedPasses, Workspace
 
 log = logging.getLogger(__name__)
@@ -124,9 +126,10 @@ class _Launch:
 class DeviceStep:
     """One tree's step on one workspace (`rows` None: plain decoding): buffers, state and its CUDA graph."""
 
-    def __init__(self, workspace: Workspace, tree: DraftTree, rows: DeviceRows | None):
+    def __init__(self, workspace: Workspace, tree: DraftTree, rows: DeviceRows | None, fixed: bool = False):
         device, n, capacity = workspace.device, tree.size, workspace.cache.capacity
-        self.workspace, self.tree, self.rows = workspace, tree, rows
+        self.workspace, self.tree, self.rows, self.fixed = workspace, tree, rows, fixed
+        size = max(n, FIXED_ROWS) if fixed else n  # rows a pass runs with: padded rows see only themselves
         to = dict(device=device)
         self.parents, self.ranks = tree.parents.clamp(min=0).to(**to), tree.ranks.clamp(min=0).to(**to)
         self.depths, self.ancestors = tree.depths.to(**to), tree.ancestors.to(**to)
@@ -134,11 +137,14 @@ class DeviceStep:
         paths = path_nodes(tree)
         self.paths = paths.to(**to)
         self.path_lists = [row[: depth + 1] for row, depth in zip(paths.tolist(), tree.depths.tolist())]
-        self.offsets, self.ahead_of_root = torch.arange(n, **to), torch.arange(tree.depth + 1, **to)
+        self.offsets, self.ahead_of_root = torch.arange(size, **to), torch.arange(tree.depth + 1, **to)
+        self.padding = torch.zeros(size - n, dtype=torch.long, **to)
+        sees = torch.eye(size, dtype=torch.bool, **to)
+        sees[:n, :n] = self.ancestors
         minimum = torch.finfo(workspace.dtype).min
-        self.visible = torch.zeros(n, n, dtype=workspace.dtype, **to).masked_fill_(~self.ancestors, minimum)
+        self.visible = torch.zeros(size, size, dtype=workspace.dtype, **to).masked_fill_(~sees, minimum)
         self.key_slots = torch.arange(capacity, **to)
-        self.mask = torch.empty(1, 1, n, capacity, dtype=workspace.dtype, **to)
+        self.mask = torch.empty(1, 1, size, capacity, dtype=workspace.dtype, **to)
         self.length, self.root, self.room = (torch.zeros((), dtype=torch.long, **to) for _ in range(3))
         self.done = torch.zeros((), dtype=torch.bool, **to)
         self.eos = torch.full((MAX_EOS,), -1, dtype=torch.long, **to)
@@ -162,7 +168,7 @@ class DeviceStep:
         """Draft, verify, accept and recycle; returns (ints, floats) to read back (see `unpack`)."""
         tokens, drafted = self._draft()
         start = self.length.clone()
-        logits = self._verify(tokens, start)
+        logits = self.verify(tokens, start)
         choices = logits.argmax(-1)
         best, count, finished = self._accept(tokens, choices, start)
         ints, floats = [tokens, choices, best.view(1)], [drafted]
@@ -185,7 +191,7 @@ class DeviceStep:
             tokens.index_copy_(0, nodes, self.rows.table[tokens[parents], ranks])
         return tokens, self.rows.probs[tokens[self.parents[1:]], self.ranks[1:]]
 
-    def _verify(self, tokens: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    def verify(self, tokens: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """Logits of the tree behind `start` committed positions, its keys and values written after them."""
         cache, minimum = self.workspace.cache, torch.finfo(self.workspace.dtype).min
         slots = start + self.offsets
@@ -193,8 +199,11 @@ class DeviceStep:
         mask.fill_(minimum).masked_fill_(self.key_slots < start, 0)
         mask.index_copy_(1, slots, self.visible)
         cache.slots = slots
-        # A new view of the mask per pass: the CPU's invariant attention keeps a pass's plan by its mask object.
-        return forward(self.workspace.model, cache, tokens, start + self.depths, self.mask[:], greedy=True)
+        ids, positions = torch.cat([tokens, self.padding]), start + torch.cat([self.depths, self.padding])
+        model = self.workspace.model
+        with fixed_shapes(model) if self.fixed else nullcontext():
+            # A new view of the mask per pass: the CPU's invariant attention keeps a pass's plan by its mask.
+            return forward(model, cache, ids, positions, self.mask[:], greedy=True)[: self.tree.size]
 
     def _accept(self, tokens: torch.Tensor, choices: torch.Tensor, start: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -291,36 +300,39 @@ class DeviceStep:
         return step
 
 
-def device_step(workspace: Workspace, tree: DraftTree, matrix: AdjacencyMatrix | None) -> DeviceStep:
-    """The workspace's step for this tree (and matrix shape), built (and on CUDA captured) once, then reused
-    by later requests."""
+def device_step(workspace: Workspace, tree: DraftTree, matrix: AdjacencyMatrix | None, fixed: bool) -> DeviceStep:
+    """The workspace's step for this tree (and matrix shape, and shapes), built (and on CUDA captured) once,
+    then reused by later requests."""
     shape = (matrix.vocab_size, matrix.k) if matrix is not None else None
-    key = (tuple(tree.paths), shape)
+    key = (tuple(tree.paths), shape, fixed)
     if key not in workspace.steps:
         rows = DeviceRows(*shape, tree.size, workspace.device) if shape else None
-        workspace.steps[key] = DeviceStep(workspace, tree, rows)
+        workspace.steps[key] = DeviceStep(workspace, tree, rows, fixed)
     return workspace.steps[key]
 
 
 @torch.inference_mode()  # per step, as for `tr.decoding.autoregressive`
 def resident_autoregressive(model: torch.nn.Module, prompt_ids: Sequence[int], max_new_tokens: int,
-                            eos_ids: Sequence[int] = (), ahead: bool | None = None) -> Iterator[Step]:
+                            eos_ids: Sequence[int] = (), ahead: bool | None = None, fixed: bool = False
+                            ) -> Iterator[Step]:
     """Greedy plain decoding with every step on the model's device: `tr.decoding.autoregressive`'s tokens
-    and records. With `ahead` (default: on CUDA), each step is queued before the host reads the one before."""
-    yield from _decode(model, prompt_ids, max_new_tokens, None, None, eos_ids, ahead)
+    and records. With `ahead` (default: on CUDA), each step is queued before the host reads the one before;
+    with `fixed`, every pass has the shapes of `tr.device.fixed` (batch invariance without the CPU's kernels)."""
+    yield from _decode(model, prompt_ids, max_new_tokens, None, None, eos_ids, ahead, fixed)
 
 
 @torch.inference_mode()
 def resident_token_recycling(model: torch.nn.Module, prompt_ids: Sequence[int], max_new_tokens: int,
                              matrix: AdjacencyMatrix, drafter: TemplateDrafter, eos_ids: Sequence[int] = (),
-                             ahead: bool | None = None) -> Iterator[Step]:
+                             ahead: bool | None = None, fixed: bool = False) -> Iterator[Step]:
     """Greedy Token Recycling over `drafter`'s template with every step on the model's device: the tokens,
-    records and matrix rows of `tr.decoding.token_recycling` (pair rows aside); `ahead` as above."""
-    yield from _decode(model, prompt_ids, max_new_tokens, matrix, drafter, eos_ids, ahead)
+    records and matrix rows of `tr.decoding.token_recycling` (pair rows aside); `ahead` and `fixed` as above."""
+    yield from _decode(model, prompt_ids, max_new_tokens, matrix, drafter, eos_ids, ahead, fixed)
 
 
 def _decode(model: torch.nn.Module, prompt_ids: Sequence[int], max_new_tokens: int, matrix: AdjacencyMatrix | None,
-            drafter: TemplateDrafter | None, eos_ids: Sequence[int], ahead: bool | None) -> Iterator[Step]:
+            drafter: TemplateDrafter | None, eos_ids: Sequence[int], ahead: bool | None, fixed: bool
+            ) -> Iterator[Step]:
     ids = checked_ids(model, prompt_ids, max_new_tokens, matrix)
     eos = set(eos_ids)
     if len(eos) > MAX_EOS:
@@ -334,7 +346,7 @@ def _decode(model: torch.nn.Module, prompt_ids: Sequence[int], max_new_tokens: i
         yield request.totals.record(step, request.clock)
         if step.finished:
             return
-        runner = device_step(passes.workspace, tree, matrix)
+        runner = device_step(passes.workspace, tree, matrix, fixed)
         runner.begin(passes.length, step.tokens[-1], request.room, sorted(eos))
         if runner.rows is not None:
             runner.rows.load(matrix)
