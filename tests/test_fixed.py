@@ -17,7 +17,7 @@ from tr.device.resident import ROOT_ONLY, DeviceStep, resident_autoregressive, r
 from tr.drafts import TemplateDrafter
 from tr.matrix import AdjacencyMatrix
 from tr.passes import tree_mask
-from tr.trees import DraftTree, ancestor_mask, best_first_template
+from tr.trees import DraftTree, ancestor_mask, best_first_paths, best_first_template
 
 VOCAB = 512
 
@@ -88,3 +88,9 @@ def test_resident_decoding_in_fixed_shapes_keeps_recycling_equal_to_plain_decodi
         assert [t for step in steps for t in step.tokens] == plain
         accepted += sum(step.accepted_drafts for step in steps)
     assert accepted > 0
+
+
+def test_a_tree_wider_than_a_fixed_pass_is_refused():
+    tree = DraftTree.from_paths(best_first_paths(FIXED_ROWS, 6))  # the root makes it one node too many
+    with pytest.raises(ValueError, match=f"up to {FIXED_ROWS} nodes"):
+        DeviceStep(Workspace(tiny_model("llama", VOCAB), 256), tree, None, fixed=True)

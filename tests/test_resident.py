@@ -7,6 +7,7 @@ GPU (`TR_TEST_DEVICE=cuda`, or any machine with CUDA for the last test) it is ca
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 from tiny_models import ARCHITECTURES, DEVICE, tiny_model
 from tr.decoding import autoregressive, token_recycling
 from tr.device import graphs, kernels
+from tr.device.fixed import FIXED_ROWS
 from tr.device.model import LoadedModel
 from tr.device.resident import DeviceRows, DeviceStep, path_nodes, resident_autoregressive, resident_token_recycling
 from tr.drafts import TemplateDrafter
@@ -22,7 +24,7 @@ from tr.generate import decode_steps
 from tr.matrix import AdjacencyMatrix
 from tr.sampling import Sampling
 from tr.specs import Method, Start, parse_tree
-from tr.trees import DraftTree, best_first_template
+from tr.trees import DraftTree, best_first_paths, best_first_template
 
 VOCAB = 96
 
@@ -164,6 +166,8 @@ def test_decode_steps_runs_greedy_steps_on_the_device_where_the_model_says_so(mo
         return decode_steps(lm, prompt, max_new_tokens=8, matrix=AdjacencyMatrix(VOCAB, 8), **options).__name__
 
     assert runner(tree=paper) == "resident_token_recycling"
+    wide = parse_tree(json.dumps(best_first_paths(FIXED_ROWS, 6)), 8)  # with its root, more than a fixed pass
+    assert runner(tree=wide) == "token_recycling"
     assert decode_steps(lm, prompt, Method.AR, 8).__name__ == "resident_autoregressive"
     assert decode_steps(lm, prompt, Method.AR, 8, Sampling(temperature=1.0, seed=0)).__name__ == "autoregressive"
     assert runner(tree=parse_tree("dynamic-8", 8)) == "token_recycling"  # dynamic trees are built on the host

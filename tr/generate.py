@@ -14,6 +14,7 @@ from .costs import CostCurve, LearnedCost
 from .decoding import autoregressive, token_recycling
 from .device.calibrate import device_curve
 from .device.model import LoadedModel
+from .device.fixed import FIXED_ROWS
 from .device.primed import load_primed
 from .device.resident import resident_autoregressive, resident_token_recycling
 from .drafts import Drafter, DynamicDrafter, PromptLookupDrafter, TemplateDrafter
@@ -86,8 +87,9 @@ def decode_steps(
     `tree` is the draft tree (by default the paper's template); `costs` the device's cost curve for trees
     sized by cost (see `make_drafter`). Prompt lookup decoding (`Method.PLD`) keeps no matrix and no tree:
     it ignores `matrix`, `tree` and `start`, and takes `costs` only to report each draft's predicted cost.
-    Where `lm.resident`, greedy plain decoding and greedy Token Recycling over a template (not seeded) run
-    each step wholly on the device (`tr.device.resident`): the same tokens and records."""
+    Where `lm.resident`, greedy plain decoding and greedy Token Recycling over a template of at most
+    `FIXED_ROWS` nodes (not seeded) run each step wholly on the device (`tr.device.resident`): the same
+    tokens and records."""
     method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
     if method is Method.AR and lm.resident and sampling.greedy:
@@ -108,7 +110,8 @@ def decode_steps(
         matrix.fill_from(load_primed(lm, matrix.k))
     if start is Start.COLD:
         matrix.reset()
-    if lm.resident and tree.kind is TreeKind.TEMPLATE and sampling.greedy and start is not Start.SEEDED:
+    if (lm.resident and tree.kind is TreeKind.TEMPLATE and len(tree.paths) < FIXED_ROWS and sampling.greedy
+            and start is not Start.SEEDED):
         return resident_token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, lm.eos_ids,
                                         fixed=lm.fixed)
     return token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, sampling, lm.eos_ids,

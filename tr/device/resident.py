@@ -129,7 +129,9 @@ class DeviceStep:
     def __init__(self, workspace: Workspace, tree: DraftTree, rows: DeviceRows | None, fixed: bool = False):
         device, n, capacity = workspace.device, tree.size, workspace.cache.capacity
         self.workspace, self.tree, self.rows, self.fixed = workspace, tree, rows, fixed
-        size = max(n, FIXED_ROWS) if fixed else n  # rows a pass runs with: padded rows see only themselves
+        if fixed and n > FIXED_ROWS:
+            raise ValueError(f"fixed shapes hold trees of up to {FIXED_ROWS} nodes, not {n}")
+        size = FIXED_ROWS if fixed else n  # rows a pass runs with: padded rows see only themselves
         to = dict(device=device)
         self.parents, self.ranks = tree.parents.clamp(min=0).to(**to), tree.ranks.clamp(min=0).to(**to)
         self.depths, self.ancestors = tree.depths.to(**to), tree.ancestors.to(**to)
