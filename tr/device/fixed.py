@@ -77,7 +77,9 @@ def fixed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
 
 @contextmanager
 def fixed_shapes(model: torch.nn.Module) -> Iterator[None]:
-    """Within: the model's attention is `fixed_attention` (its layers look the implementation up per call)."""
+    """Within: the model's attention is `fixed_attention` (its layers look the implementation up per call).
+    It is the model's setting, not the thread's: no other thread may run a pass of the model meanwhile (the
+    app runs one decoding at a time: its model events share one concurrency slot)."""
     AttentionInterface.register(NAME, fixed_attention)
     config = model.config
     before, config._attn_implementation = config._attn_implementation, NAME
