@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
         raise BenchError(message)
 
 
-RESIDENT_STEPS = {"auto": None, "on": True, "off": False}  # --resident-steps and --fixed-shapes
+AUTO_ON_OFF = {"auto": None, "on": True, "off": False}  # --resident-steps and --fixed-shapes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cuda-graphs", default="on", choices=["on", "off"],
                         help="on a GPU, our decoders replay CUDA graphs of their passes (off: launch each kernel "
                              "from Python); transformers' generate runs as it ships either way")
-    parser.add_argument("--resident-steps", default="auto", choices=list(RESIDENT_STEPS),
+    parser.add_argument("--resident-steps", default="auto", choices=list(AUTO_ON_OFF),
                         help="greedy ar and tr over a template run each whole step on the device, on CUDA queueing "
                              "the next before reading one back; auto: where passes are CUDA graphs (off: the host "
                              "loops; on: also on a CPU, eagerly over a static cache)")
-    parser.add_argument("--fixed-shapes", default="auto", choices=list(RESIDENT_STEPS),
+    parser.add_argument("--fixed-shapes", default="auto", choices=list(AUTO_ON_OFF),
                         help="resident steps run every pass in fixed shapes, so that tr equals ar by construction "
                              "where the CPU's invariant kernels are not installed (tr.device.fixed); auto: there")
     parser.add_argument("--out", default="results.json", help="JSON file for per-prompt figures")
@@ -111,8 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = output_path(args.out)
         torch.manual_seed(args.seed)
         lm = load_model(args.model, args.device, args.dtype, cuda_graphs=args.cuda_graphs == "on",
-                        resident_steps=RESIDENT_STEPS[args.resident_steps],
-                        fixed_shapes=RESIDENT_STEPS[args.fixed_shapes])
+                        resident_steps=AUTO_ON_OFF[args.resident_steps],
+                        fixed_shapes=AUTO_ON_OFF[args.fixed_shapes])
         results = run_benchmark(
             lm, questions, methods, args.max_new_tokens, pld_tokens=args.pld_tokens, k=args.k, warmup=args.warmup,
             repeats=args.repeats,

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -29,11 +30,33 @@ from ..kv_cache import CacheFullError
 from ..passes import chain, forward
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Rows a captured pass holds: plain decoding's one, prompt lookup's chains, dynamic trees up to 81 nodes.
 BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96)
 WARMUP_PASSES = 2  # eager passes on a side stream before capture, as CUDA graphs need
 MIN_CAPACITY = 256
+
+
+def capture_graph(run: Callable[[], T], device: torch.device, pool: tuple | None = None
+            ) -> tuple[torch.cuda.CUDAGraph, T] | None:
+    """`run` warmed up on a side stream (`WARMUP_PASSES` times, as CUDA graphs need), then captured: the graph
+    and what `run` returned while captured (its output buffers), or None, logged, where it cannot be
+    captured: the caller then runs it eagerly (a model whose forward cannot be captured still decodes)."""
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_PASSES):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            outputs = run()
+    except RuntimeError as err:
+        log.warning("CUDA graph capture failed, running eagerly: %s", str(err).splitlines()[0])
+        return None
+    return graph, outputs
 
 
 def bucket(n: int) -> int:
@@ -177,30 +200,19 @@ class Workspace:
     def _replay(self, inputs: _Inputs, greedy: bool) -> torch.Tensor:
         self.cache.slots = inputs.slots
         if inputs.graph is None and self.capture:
-            try:
-                self._capture(inputs, greedy)
-            except RuntimeError as err:  # a model whose forward cannot be captured still decodes, eagerly
-                log.warning("CUDA graph capture failed, decoding eagerly: %s", str(err).splitlines()[0])
+            # The inputs already hold this pass, and every run of it writes the same keys and values, so the
+            # warm-up passes change nothing the replay does not.
+            captured = capture_graph(lambda: forward(self.model, self.cache, inputs.ids, inputs.positions, inputs.mask,
+                                               greedy=greedy), self.device, self.pool)
+            if captured is None:
                 self.capture = False
+            else:
+                inputs.graph, inputs.logits = captured
         if not self.capture:
             # A new view of the mask per pass: the CPU's invariant attention keeps a pass's plan by its mask object.
             return forward(self.model, self.cache, inputs.ids, inputs.positions, inputs.mask[:], greedy=greedy)
         inputs.graph.replay()
         return inputs.logits
-
-    def _capture(self, inputs: _Inputs, greedy: bool) -> None:
-        """Warm up on a side stream, then capture; the inputs already hold this pass, and every run of it
-        writes the same keys and values, so the warm-up passes change nothing the replay does not."""
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_PASSES):
-                forward(self.model, self.cache, inputs.ids, inputs.positions, inputs.mask, greedy=greedy)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            logits = forward(self.model, self.cache, inputs.ids, inputs.positions, inputs.mask, greedy=greedy)
-        inputs.graph, inputs.logits = graph, logits
 
 
 class _Pool:

@@ -25,7 +25,6 @@ its whole step (CUDA events; off CUDA the call's), its overhead the rest of the 
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -42,9 +41,8 @@ from ..records import RowWrite, Step
 from ..sampling import GREEDY
 from ..trees import DraftTree
 from .fixed import FIXED_ROWS, fixed_shapes
-from .graphs import GraphedPasses, Workspace
+from .graphs import GraphedPasses, Workspace, capture_graph
 
-log = logging.getLogger(__name__)
 
 MAX_EOS = 16  # end-of-sequence ids a request may name (a model has one to three)
 ROOT_ONLY = DraftTree.from_paths([])  # plain decoding's "tree"
@@ -249,37 +247,23 @@ class DeviceStep:
 
     def _replay(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graph is None:
+            # The warm-up steps change rows and state (the cache they write lies past the committed
+            # positions): put those back as they were, captured or not.
+            state = [self.length, self.root, self.room, self.done]
+            if self.rows is not None:
+                state += [self.rows.table, self.rows.probs, self.rows.filled, self.rows.touched]
+            saved = [tensor.clone() for tensor in state]
             try:
-                self._capture()
-            except RuntimeError as err:  # a model whose step cannot be captured still decodes, eagerly
-                log.warning("CUDA graph capture of the step failed, running it eagerly: %s",
-                            str(err).splitlines()[0])
+                captured = capture_graph(self._step, self.workspace.device)
+            finally:
+                for tensor, before in zip(state, saved):
+                    tensor.copy_(before)
+            if captured is None:
                 self.capture = False
                 return self._step()
+            self.graph, self.outputs = captured
         self.graph.replay()
         return self.outputs
-
-    def _capture(self) -> None:
-        """Warm up on a side stream, capture, and put the state back as it was before the warm-up (a step
-        changes rows and state; the cache it writes lies past the committed positions)."""
-        state = [self.length, self.root, self.room, self.done]
-        if self.rows is not None:
-            state += [self.rows.table, self.rows.probs, self.rows.filled, self.rows.touched]
-        saved = [tensor.clone() for tensor in state]
-        side = torch.cuda.Stream(self.workspace.device)
-        side.wait_stream(torch.cuda.current_stream(self.workspace.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._step()
-        torch.cuda.current_stream(self.workspace.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                outputs = self._step()
-        finally:
-            for tensor, before in zip(state, saved):
-                tensor.copy_(before)
-        self.graph, self.outputs = graph, outputs
 
     def unpack(self, launch: _Launch, request: Request, index: int, drafter: TemplateDrafter | None = None,
                matrix: AdjacencyMatrix | None = None) -> Step:
