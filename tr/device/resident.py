@@ -171,12 +171,12 @@ class DeviceStep:
         logits = self.verify(tokens, start)
         choices = logits.argmax(-1)
         best, count, finished = self._accept(tokens, choices, start)
-        ints, floats = [tokens, choices, best.view(1)], [drafted]
+        ints, floats = [tokens, choices, best], [drafted]
         if self.rows is not None:
             top, chances, old, was_filled = self.rows.write(tokens, logits, self.done.clone())
             ints += [top.flatten(), old.flatten(), was_filled.long()]
             floats.insert(0, chances.flatten())
-        self.root.copy_(choices[best])
+        self.root.copy_(choices[best][0])
         self.length.copy_(start + count)
         self.room.sub_(count)
         self.done.logical_or_(finished)
@@ -212,13 +212,14 @@ class DeviceStep:
         correct = tokens == choices[self.parents]
         correct[0] = True
         agreed = ~(self.ancestors & ~correct).any(1)
-        best = torch.argmax(agreed * (self.depths + 1))
-        depth, path = self.depths[best], self.paths[best]
+        # Indexed with a one-element tensor: a zero-dimensional index is read on the host, which a CUDA graph forbids.
+        best = torch.argmax(agreed * (self.depths + 1)).view(1)
+        depth, path = self.depths[best][0], self.paths[best][0]
         if self.tree.depth:
             kv = self.workspace.cache.kv
             kv.index_copy_(4, start + self.ahead_of_root, kv.index_select(4, start + path))
-        after = self.paths[best, (self.ahead_of_root + 1).clamp(max=self.tree.depth)]
-        emitted = torch.where(self.ahead_of_root < depth, tokens[after], choices[best])
+        after = path[(self.ahead_of_root + 1).clamp(max=self.tree.depth)]
+        emitted = torch.where(self.ahead_of_root < depth, tokens[after], choices[best][0])
         ends = (emitted[:, None] == self.eos).any(1) & (self.ahead_of_root <= depth)
         count = depth + 1
         return best, count, ends.any() | (count >= self.room)
