@@ -20,11 +20,12 @@ from tr.device.fixed import FIXED_ROWS
 from tr.device.model import LoadedModel
 from tr.device.resident import DeviceRows, DeviceStep, path_nodes, resident_autoregressive, resident_token_recycling
 from tr.drafts import TemplateDrafter
-from tr.generate import decode_steps
+from tr.costs import CostCurve
+from tr.generate import decode_steps, device_template
 from tr.matrix import AdjacencyMatrix
 from tr.sampling import Sampling
 from tr.specs import Method, Start, parse_tree
-from tr.trees import DraftTree, best_first_paths, best_first_template
+from tr.trees import DraftTree, best_first_paths, best_first_template, expected_tokens
 
 VOCAB = 96
 
@@ -173,6 +174,19 @@ def test_decode_steps_runs_greedy_steps_on_the_device_where_the_model_says_so(mo
     assert runner(tree=parse_tree("dynamic-8", 8)) == "token_recycling"  # dynamic trees are built on the host
     assert runner(tree=paper, sampling=Sampling(temperature=1.0, seed=0)) == "token_recycling"
     assert runner(tree=paper, start=Start.SEEDED) == "token_recycling"  # the prefill writes rows on the host
+    flat = CostCurve([1, 96], [1.0, 1.0], 0, "test")
+    auto = decode_steps(lm, prompt, max_new_tokens=8, matrix=AdjacencyMatrix(VOCAB, 8), tree=parse_tree("auto", 8),
+                        costs=flat)
+    assert auto.__name__ == "resident_token_recycling"  # auto: a template the step fills on the device
+    assert len(next(s for s in auto if s.draft).draft.tokens) == len(best_first_template("paper-80", 8)) + 1
+
+
+def test_auto_on_the_device_picks_the_template_with_most_tokens_per_cost():
+    flat, steep = CostCurve([1, 96], [1.0, 1.0], 0, "test"), CostCurve([1, 96], [1.0, 96.0], 0, "test")
+    assert device_template(flat, 8, fixed=False).label == "paper-80"  # verification nearly free: the largest
+    assert device_template(steep, 8, fixed=False).label == "tiny-4"  # cost in proportion to rows: the smallest
+    assert device_template(steep, 8, fixed=True).label == "paper-80"  # fixed shapes: every pass costs alike
+    assert expected_tokens([(0,), (1,), (0, 0)], (0.5, 0.25)) == 1 + 0.5 + 0.25 + 0.25
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -21,8 +21,8 @@ from .drafts import Drafter, DynamicDrafter, PromptLookupDrafter, TemplateDrafte
 from .matrix import AdjacencyMatrix
 from .records import Stats, Step, summarize, token_ids
 from .sampling import GREEDY, Sampling
-from .specs import MAX_NEW_TOKENS, Method, Start, TreeKind, TreeSpec, default_tree
-from .trees import DraftTree
+from .specs import MAX_NEW_TOKENS, Method, Start, TreeKind, TreeSpec, default_tree, parse_tree
+from .trees import BUILTIN_TEMPLATES, RANK_PRIOR, DraftTree, best_first_template, expected_tokens
 
 
 @dataclass
@@ -72,6 +72,19 @@ def make_drafter(lm: LoadedModel, tree: TreeSpec, curve: CostCurve | LearnedCost
     return TemplateDrafter(template_tree(tree.paths), _snapshot(curve))
 
 
+def device_template(curve: CostCurve, k: int, fixed: bool) -> TreeSpec:
+    """What trees sized by cost become where steps run on the device, which fills templates only: the
+    built-in template of at most `FIXED_ROWS` nodes with the most expected tokens per unit of the device's
+    cost for its pass (with `fixed` shapes every pass has `FIXED_ROWS` rows, so the same cost for all)."""
+    def tokens_per_cost(name: str) -> float:
+        paths = best_first_template(name, k)
+        rows = FIXED_ROWS if fixed else len(paths) + 1
+        return expected_tokens(paths, RANK_PRIOR[:k]) / curve.relative(rows)
+
+    fitting = [name for name, (nodes, _) in BUILTIN_TEMPLATES.items() if nodes < FIXED_ROWS]
+    return parse_tree(max(fitting, key=tokens_per_cost), k)
+
+
 def decode_steps(
     lm: LoadedModel,
     prompt_ids: list[int],
@@ -89,7 +102,7 @@ def decode_steps(
     it ignores `matrix`, `tree` and `start`, and takes `costs` only to report each draft's predicted cost.
     Where `lm.resident`, greedy plain decoding and greedy Token Recycling over a template of at most
     `FIXED_ROWS` nodes (not seeded) run each step wholly on the device (`tr.device.resident`): the same
-    tokens and records."""
+    tokens and records. There trees sized by cost become the template `device_template` picks."""
     method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
     if method is Method.AR and lm.resident and sampling.greedy:
@@ -105,13 +118,16 @@ def decode_steps(
     if tree.k > matrix.k:
         raise ValueError(f"the tree {tree.label!r} uses candidate ranks up to k={tree.k}, but the matrix keeps "
                          f"k={matrix.k} per row: parse the tree with k={matrix.k}")
+    on_device = lm.resident and sampling.greedy and start is not Start.SEEDED  # the prefill writes rows on the host
+    if on_device and tree.sized_by_cost:
+        costs = costs or device_curve(lm)
+        tree = device_template(_snapshot(costs), matrix.k, lm.fixed)
     drafter = make_drafter(lm, tree, costs, prompt_ids=prompt_ids)
     if start is Start.PRIMED:
         matrix.fill_from(load_primed(lm, matrix.k))
     if start is Start.COLD:
         matrix.reset()
-    if (lm.resident and tree.kind is TreeKind.TEMPLATE and len(tree.paths) < FIXED_ROWS and sampling.greedy
-            and start is not Start.SEEDED):
+    if on_device and tree.kind is TreeKind.TEMPLATE and len(tree.paths) < FIXED_ROWS:
         return resident_token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, lm.eos_ids,
                                         fixed=lm.fixed)
     return token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, sampling, lm.eos_ids,

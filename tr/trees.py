@@ -10,6 +10,7 @@ layers, the tree attention mask, position offsets) is computed once per template
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,12 @@ def best_first_paths(budget: int, max_depth: int, prior: tuple[float, ...] = RAN
             for rank, p in enumerate(prior):
                 heapq.heappush(heap, (neg_score * p, path + (rank,)))
     return sorted(chosen, key=lambda path: (len(path), path))
+
+
+def expected_tokens(paths: list[Path_], prior: tuple[float, ...] = RANK_PRIOR) -> float:
+    """Tokens a step over this template emits when each rank's candidate is right with its prior chance:
+    the bonus token plus, for every node, the chance that its whole path is accepted."""
+    return 1 + sum(math.prod(prior[rank] for rank in path) for path in paths)
 
 
 def ancestor_mask(parents: list[int], depth: int) -> torch.Tensor:
