@@ -223,6 +223,17 @@ def test_resident_steps_can_be_asked_for_on_a_cpu_and_reproduce_ar(tiny_model_di
     assert all(row["identical_to_ar"] for row in document["results"] if row["method"] == "tr:small-16")
 
 
+def test_a_time_limit_times_every_method_on_the_prompts_before_it(tiny_model_dir, tmp_path):
+    out = tmp_path / "limited.json"
+    code, _, stderr = run_main(["--model", str(tiny_model_dir), "--prompts", str(write_prompts(tmp_path / "p.jsonl")),
+                                "--max-new-tokens", "4", "--methods", "ar,tr:tiny-4", "--time-limit", "1e-9",
+                                "--out", str(out)])
+    assert code == 0
+    assert "time limit reached: 1 of 4 prompts timed" in stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [(row["question_id"], row["method"]) for row in rows] == [(1, "ar"), (1, "tr:tiny-4")]
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--prompts", "{tmp}/missing.jsonl"], "cannot read prompts file"),
     (["--methods", "ar,beam"], "unknown method 'beam'"),
@@ -241,6 +252,9 @@ def test_resident_steps_can_be_asked_for_on_a_cpu_and_reproduce_ar(tiny_model_di
     (["--max-new-tokens", "0"], "--max-new-tokens must be from 1"),
     (["--pld-tokens", "0"], "--pld-tokens must be at least 1"),
     (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--time-limit", "0"], "--time-limit must be more than 0"),
+    (["--time-limit", "nan"], "--time-limit must be more than 0"),
+    (["--time-limit", "1e9"], "at most 86400 seconds"),
     (["--start", "lukewarm"], "invalid choice"),
     (["--cuda-graphs", "maybe"], "invalid choice"),
     (["--resident-steps", "maybe"], "invalid choice"),

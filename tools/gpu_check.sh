@@ -9,9 +9,10 @@
 # `run` writes its log and the benchmarks' JSON to $OUT: the CUDA tests (fixed shapes, steps on the device,
 # graphs, lossless), which operations a tree pass changes on CUDA (tools.invariance, host loops), then
 # Spec-Bench one prompt per category plus the project's prompts in bf16: greedy steps on the device in fixed
-# shapes (ar, hf, tr:paper-80, tr:auto), the same without fixed shapes (ar, tr:paper-80), and the host loops
-# over CUDA graphs (ar, tr:paper-80), so each layer's share can be read off. Each part has a time limit, so
-# the call ends within the device's 600 s.
+# shapes (ar, hf, tr:paper-80; there auto is paper-80), the same without fixed shapes (ar, tr:paper-80,
+# tr:auto: a template sized by the cost curve), and the host loops over CUDA graphs (ar, tr:paper-80, tr:auto:
+# dynamic trees), so each layer's share can be read off. Each bench stops starting prompts after its
+# --time-limit and writes what it timed; each part also has a hard limit, so the call ends within 600 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=/tmp/gpu-check
@@ -41,19 +42,20 @@ run)
     {
         nvidia-smi -L
         python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)"
-        TR_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_fixed.py \
+        TR_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_fixed.py \
             tests/test_resident.py tests/test_graphs.py tests/test_lossless.py || true
-        timeout 90 python3 -m tools.invariance --device cuda --dtypes bfloat16 float32 --sizes 2 8 81 --contexts 0 \
+        timeout 60 python3 -m tools.invariance --device cuda --dtypes bfloat16 float32 --sizes 2 8 81 --contexts 0 \
             >"$OUT/invariance-cuda.json" || true
         prompts="$STAGE/question.jsonl assets/prompts.jsonl"
         bench() {  # bench NAME SECONDS ARGS...: the bf16 benchmark, its JSON in $OUT/bench-bf16-NAME.json
-            name=$1 seconds=$2 && shift 2
+            name=$1 seconds=$2 && shift 2  # prompts start until SECONDS - 50 (load and one prompt in the rest)
             timeout "$seconds" python3 -m tools.bench --device cuda --dtype bfloat16 --prompts $prompts \
-                --per-category 1 --max-new-tokens 128 --out "$OUT/bench-bf16-$name.json" "$@" || true
+                --per-category 1 --max-new-tokens 128 --time-limit $((seconds - 50)) \
+                --out "$OUT/bench-bf16-$name.json" "$@" || true
         }
-        bench resident 170 --methods ar,hf,tr:paper-80,tr:auto
-        bench unfixed 80 --methods ar,tr:paper-80 --fixed-shapes off
-        bench host-loops 80 --methods ar,tr:paper-80 --resident-steps off
+        bench resident 150 --methods ar,hf,tr:paper-80
+        bench unfixed 110 --methods ar,tr:paper-80,tr:auto --fixed-shapes off
+        bench host-loops 110 --methods ar,tr:paper-80,tr:auto --resident-steps off
     } 2>&1 | tee "$OUT/gpu-check.log"
     ;;
 *)

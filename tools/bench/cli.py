@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=1,
                         help="time every generation N times, in rounds over all methods, and keep the fastest "
                              "(tr repeats start from the same matrix)")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds from the model's load: no prompt but the first starts after them (every method "
+                             "finishes the prompt it is on, so all run the same prompts); the JSON holds those timed")
     parser.add_argument("--seed", type=int, default=0,
                         help="torch seed (decoding is greedy, so outputs do not depend on it)")
     return parser
@@ -105,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         # Everything that can be checked without the model is checked before the slow load.
-        check_numbers(args.max_new_tokens, args.k, args.pld_tokens, args.warmup, args.repeats)
+        check_numbers(args.max_new_tokens, args.k, args.pld_tokens, args.warmup, args.repeats, args.time_limit)
         methods = parse_methods(args.methods, args.k, read_template(args.template), parse_start(args.start))
         questions = load_question_files(args.prompts, args.per_category)
         out = output_path(args.out)
@@ -115,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         fixed_shapes=AUTO_ON_OFF[args.fixed_shapes])
         results = run_benchmark(
             lm, questions, methods, args.max_new_tokens, pld_tokens=args.pld_tokens, k=args.k, warmup=args.warmup,
-            repeats=args.repeats,
+            repeats=args.repeats, time_limit=args.time_limit,
         )
         table = summarize_table(results)
         machine = machine_info(lm)

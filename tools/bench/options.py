@@ -90,7 +90,11 @@ def parse_methods(text: str, k: int, template: Template = Template(), start: Sta
     return list(methods.values())
 
 
-def check_numbers(max_new_tokens: int, k: int, pld_tokens: int, warmup: int, repeats: int = 1) -> None:
+MAX_TIME_LIMIT = 86_400.0  # seconds: a day
+
+
+def check_numbers(max_new_tokens: int, k: int, pld_tokens: int, warmup: int, repeats: int = 1,
+                  time_limit: float | None = None) -> None:
     """Range checks done before the model loads; the decoders repeat them, but only after the slow load."""
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise ValueError(f"--max-new-tokens must be from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens}")
@@ -102,3 +106,5 @@ def check_numbers(max_new_tokens: int, k: int, pld_tokens: int, warmup: int, rep
         raise ValueError(f"--warmup must be 0 or more, got {warmup}")
     if repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {repeats}")
+    if time_limit is not None and not 0 < time_limit <= MAX_TIME_LIMIT:
+        raise ValueError(f"--time-limit must be more than 0 and at most {MAX_TIME_LIMIT:.0f} seconds, got {time_limit}")

@@ -9,6 +9,7 @@ user without this project has.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack, closing
@@ -219,26 +220,33 @@ def run_benchmark(
     warmup: int = 1,
     repeats: int = 1,
     progress: bool = True,
+    time_limit: float | None = None,
 ) -> list[PromptRow]:
     """A row for every (question, method) pair, compared with `ar` where it ran. With `repeats` > 1 every
-    generation is timed that many times, in rounds over all methods, and the fastest time is kept."""
-    check_numbers(max_new_tokens, k, pld_tokens, warmup, repeats)
+    generation is timed that many times, in rounds over all methods, and the fastest time is kept. With
+    `time_limit`, no prompt but the first starts after that many seconds: the rows are of those timed."""
+    check_numbers(max_new_tokens, k, pld_tokens, warmup, repeats, time_limit)
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     encoded = encode_all(lm, questions, max_new_tokens)
     with ExitStack() as stack:
         runners = make_runners(lm, methods, max_new_tokens, pld_tokens, k, stack)
-        rows = time_all(questions, encoded, runners, warmup, repeats, progress)
+        rows = time_all(questions, encoded, runners, warmup, repeats, progress, deadline)
     return compare_to_ar(rows)
 
 
 def time_all(questions: Sequence[Question], encoded: Sequence[list[int]], runners: dict[str, Runner], warmup: int,
-             repeats: int, progress: bool) -> list[PromptRow]:
-    """Every runner on every prompt, after `warmup` untimed runs each on the first."""
+             repeats: int, progress: bool, deadline: float | None = None) -> list[PromptRow]:
+    """Every runner on every prompt, after `warmup` untimed runs each on the first; no prompt but the first
+    starts after `deadline` (`time.monotonic`)."""
     for runner in runners.values():
         for _ in range(warmup):
             runner(encoded[0], False)
     rows = []
     with tqdm(total=len(questions) * len(runners) * repeats, desc="bench", unit="gen", disable=not progress) as bar:
-        for question, ids in zip(questions, encoded):
+        for done, (question, ids) in enumerate(zip(questions, encoded)):
+            if done and deadline is not None and time.monotonic() > deadline:
+                print(f"tools.bench: time limit reached: {done} of {len(questions)} prompts timed", file=sys.stderr)
+                break
             runs: dict[str, list[Run]] = {name: [] for name in runners}
             for round_ in range(repeats):
                 for name, runner in runners.items():
