@@ -4,6 +4,8 @@ A captured region may not read a device value on the host (`.item()`, a zero-dim
 `if tensor`) nor copy a host tensor in: either makes capture fail, and the decoder then runs eagerly,
 correct but without the graph's speed. On the meta device tensors have shapes and no values, so every such
 read raises; a dispatch mode sees every operation and names any that touches a tensor off the device.
+The same view of every operation checks what fixed shapes promise: a tree pass and a one-token pass make
+the same calls on operands of the same shapes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,29 @@ class HostTensors(TorchDispatchMode):
         if any(isinstance(t, torch.Tensor) and t.device != META for t in operands):
             self.seen.append(str(func))
         return func(*args, **kwargs)
+
+
+class ModelCalls(TorchDispatchMode):
+    """Records every operation inside `model`'s forward, with the shapes of its tensor operands."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.seen: list[tuple] = []
+        self.inside = False
+        self.hooks = [model.register_forward_pre_hook(lambda *_: setattr(self, "inside", True)),
+                      model.register_forward_hook(lambda *_: setattr(self, "inside", False))]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.inside:
+            operands, _ = tree_flatten((args, kwargs))
+            self.seen.append((str(func), *(tuple(t.shape) for t in operands if isinstance(t, torch.Tensor))))
+        return func(*args, **kwargs)
+
+    def __exit__(self, *exc):
+        for hook in self.hooks:
+            hook.remove()
+        return super().__exit__(*exc)
 
 
 def meta_workspace(arch: str) -> Workspace:
@@ -78,3 +103,18 @@ def test_the_check_fails_on_a_host_read():
     with HostTensors() as host:
         values.add_(torch.ones(8))
     assert host.seen == ["aten.add_.Tensor"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_in_fixed_shapes_a_tree_pass_and_a_one_token_pass_make_the_same_calls(arch):
+    """What batch invariance by fixed shapes rests on: the same operations on operands of the same shapes."""
+    workspace = meta_workspace(arch)
+    calls = []
+    for tree in (ROOT_ONLY, DraftTree.from_paths(best_first_template("paper-80", 8))):
+        step = device_step(workspace, tree, None, fixed=True)
+        step.begin(length=10, root=5, room=100, eos=[])
+        tokens = torch.zeros(tree.size, dtype=torch.long, device=META)
+        with torch.inference_mode(), ModelCalls(workspace.model) as recorded:
+            step.verify(tokens, step.length)
+        calls.append(recorded.seen)
+    assert len(calls[0]) > 50 and calls[0] == calls[1]

@@ -12,8 +12,10 @@ import torch
 
 from tiny_models import ARCHITECTURES, DEVICE, tiny_model
 from tr.device.fixed import CHUNK, FIXED_ROWS, fixed_attention
-from tr.device.graphs import Workspace
-from tr.device.resident import ROOT_ONLY, DeviceStep, resident_autoregressive, resident_token_recycling
+from tr.device import graphs
+from tr.device.graphs import Workspace, workspace_capacity
+from tr.device.resident import (ROOT_ONLY, DeviceStep, reserved_positions, resident_autoregressive,
+                               resident_token_recycling)
 from tr.drafts import TemplateDrafter
 from tr.matrix import AdjacencyMatrix
 from tr.passes import tree_mask
@@ -94,3 +96,15 @@ def test_a_tree_wider_than_a_fixed_pass_is_refused():
     tree = DraftTree.from_paths(best_first_paths(FIXED_ROWS, 6))  # the root makes it one node too many
     with pytest.raises(ValueError, match=f"up to {FIXED_ROWS} nodes"):
         DeviceStep(Workspace(tiny_model("llama", VOCAB), 256), tree, None, fixed=True)
+
+
+def test_plain_decoding_and_token_recycling_of_a_request_get_one_workspace_size():
+    """A workspace's capacity is every fixed pass's key count: one size for both decoders of a request,
+    or their attention would run in two shapes (tested with a prompt where the trees' own room differs)."""
+    model = tiny_model("llama", VOCAB, seed=1)
+    prompt, new = list(range(3, 103)), 20
+    list(resident_autoregressive(model, prompt, new, fixed=True))
+    drafter = TemplateDrafter(DraftTree.from_paths(best_first_template("paper-80", 8)))
+    list(resident_token_recycling(model, prompt, new, AdjacencyMatrix(VOCAB, 8), drafter, fixed=True))
+    assert list(graphs._pool(model).idle) == [workspace_capacity(reserved_positions(len(prompt), new, ROOT_ONLY, True))]
+    assert reserved_positions(100, 20, ROOT_ONLY, False) < reserved_positions(100, 20, drafter.tree, False)

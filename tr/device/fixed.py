@@ -11,8 +11,9 @@ pass. So the steps of `tr.device.resident` can give every pass the same shapes i
 - scores, softmax and weighted values as products batched per query (a query is a batch index, never one
   row among others), the weighted values summed in chunks of `CHUNK` logical positions, then chunk by chunk.
 
-Then a token's logits are computed by the same calls on the same numbers in plain decoding and in
-verification, on one assumption about the device's kernels: a call of a given shape computes an output
+The keys are the workspace's whole capacity, so both decoders of a request reserve alike
+(`tr.device.resident.reserved_positions`). Then a token's logits are computed by the same calls on the
+same numbers in plain decoding and in verification, on one assumption about the device's kernels: a call of a given shape computes an output
 alike wherever its row lies (weight products) or its batch item lies (attention). On this project's CPUs
 one product of many queries did not: a query's output changed with its row (a head dimension plus one
 of columns), hence the batching. `tests/test_fixed.py` checks the whole on a CPU with torch's

@@ -287,6 +287,14 @@ class DeviceStep:
         return step
 
 
+def reserved_positions(prompt_tokens: int, max_new_tokens: int, tree: DraftTree, fixed: bool) -> int:
+    """Cache positions a request reserves, with room for a step queued after the last (its pass behind a
+    path that overran the room). In fixed shapes every pass has `FIXED_ROWS` rows whatever the tree, and so
+    plain decoding and Token Recycling reserve alike: their workspaces, whose capacity is every pass's key
+    count, have one size, and so their passes one shape."""
+    return prompt_tokens + max_new_tokens + 2 * (FIXED_ROWS if fixed else tree.size)
+
+
 def device_step(workspace: Workspace, tree: DraftTree, matrix: AdjacencyMatrix | None, fixed: bool) -> DeviceStep:
     """The workspace's step for this tree (and matrix shape, and shapes), built (and on CUDA captured) once,
     then reused by later requests."""
@@ -325,8 +333,7 @@ def _decode(model: torch.nn.Module, prompt_ids: Sequence[int], max_new_tokens: i
     if len(eos) > MAX_EOS:
         raise ValueError(f"a request may name at most {MAX_EOS} end-of-sequence ids, got {len(eos)}")
     device, tree = ids.device, drafter.tree if drafter else ROOT_ONLY
-    # Room for a step queued after the last (its tree behind a path that overran the room).
-    passes = GraphedPasses(model, len(ids) + max_new_tokens + 2 * tree.size)
+    passes = GraphedPasses(model, reserved_positions(len(ids), max_new_tokens, tree, fixed))
     request = Request(device, passes, Clock(device), GREEDY, None, eos, max_new_tokens)
     try:
         step = prefill(request, list(prompt_ids), ids, None, False)
