@@ -13,11 +13,11 @@ pass. So the steps of `tr.device.resident` can give every pass the same shapes i
 
 The keys are the workspace's whole capacity, so both decoders of a request reserve alike
 (`tr.device.resident.reserved_positions`). Then a token's logits are computed by the same calls on the
-same numbers in plain decoding and in verification, on one assumption about the device's kernels: a call of a given shape computes an output
-alike wherever its row lies (weight products) or its batch item lies (attention). On this project's CPUs
-one product of many queries did not: a query's output changed with its row (a head dimension plus one
-of columns), hence the batching. `tests/test_fixed.py` checks the whole on a CPU with torch's
-stock kernels; `tools/gpu_check.sh` on a GPU.
+same numbers in plain decoding and in verification, on one assumption about the device's kernels: a call
+of a given shape computes an output alike wherever its row lies (weight products) or its batch item lies
+(attention). On this project's CPUs one product of many queries did not: a query's output changed with
+its row (a head dimension plus one of columns), hence the batching. `tests/test_fixed.py` checks the
+whole on a CPU with torch's stock kernels; `tools/gpu_check.sh` on a GPU.
 """
 
 from __future__ import annotations
