@@ -20,7 +20,7 @@ from tr.device.graphs import Workspace
 from tr.device.resident import ROOT_ONLY, device_step
 from tr.matrix import AdjacencyMatrix
 from tr.passes import forward
-from tr.trees import DraftTree, best_first_template
+from tr.trees import DraftTree, best_first_paths, best_first_template
 
 VOCAB, CAPACITY = 96, 512
 META = torch.device("meta")
@@ -69,13 +69,14 @@ def meta_workspace(arch: str) -> Workspace:
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-@pytest.mark.parametrize("template", [None, "tiny-4", "paper-80"])
+@pytest.mark.parametrize("template, size", [(None, None), ("tiny-4", None), ("paper-80", None), ("chosen", 96)])
 @pytest.mark.parametrize("fixed", [False, True])
-def test_a_whole_step_on_the_device_never_reads_a_value_on_the_host(arch, template, fixed):
+def test_a_whole_step_on_the_device_never_reads_a_value_on_the_host(arch, template, size, fixed):
     workspace = meta_workspace(arch)
-    tree = DraftTree.from_paths(best_first_template(template, 8)) if template else ROOT_ONLY
+    paths = best_first_paths(256, 10) if template == "chosen" else best_first_template(template, 8) if template else []
+    tree = DraftTree.from_paths(paths)
     matrix = AdjacencyMatrix(VOCAB, 8) if template else None
-    step = device_step(workspace, tree, matrix, fixed)
+    step = device_step(workspace, tree, matrix, fixed, size)
     step.begin(length=10, root=5, room=100, eos=[0, 1])
     with torch.inference_mode(), HostTensors() as host:
         ints, floats = step._step()

@@ -15,7 +15,7 @@ from tr.decoding import autoregressive, token_recycling
 from tr.drafts import DynamicDrafter, NgramIndex, TemplateDrafter
 from tr.matrix import AdjacencyMatrix
 from tr.records import LOOKUP, Origin, OriginKind
-from tr.trees import DraftTree, best_first_template
+from tr.trees import DraftTree, best_first_template, most_probable, path_products
 
 VOCAB = 96
 FREE = CostCurve([1, 8, 16, 32, 81], [0.010, 0.0101, 0.0102, 0.0104, 0.0108], 256, "cuda")
@@ -72,6 +72,37 @@ def test_tree_size_follows_confidence():
     unsure.probs[:] = 0.12
     drafter = DynamicDrafter(EXPENSIVE, lookup=False)
     assert drafter.draft(0, sure).expected_tokens > drafter.draft(0, unsure).expected_tokens
+
+
+def test_a_template_drafter_with_a_size_drafts_the_most_probable_nodes_deep_or_wide():
+    tree = DraftTree.from_paths(best_first_template("paper-80", 8))
+    drafter = TemplateDrafter(tree, size=10)
+    # Rank 0 at 0.9, the rest at 0.01: rank 0's chain to the template's depth (0.9 ** 6 = 0.53), then
+    # ranks 1 to 3 of the root (0.01 each, ties to the earlier node; 0.9 * 0.01 under the chain is less).
+    deep = drafter.draft(0, confident_matrix())
+    assert deep.depths == [0, 1, 1, 1, 1, 2, 3, 4, 5, 6] and deep.ranks == [-1, 0, 1, 2, 3, 0, 0, 0, 0, 0]
+    assert deep.parents == [-1, 0, 0, 0, 0, 1, 5, 6, 7, 8]
+    # Chances 0.3, 0.25, 0.2, 0.1, ...: ranks 0 to 3 of the root, then the likeliest pairs under them.
+    flat = confident_matrix()
+    flat.probs[:] = torch.tensor([0.3, 0.25, 0.2, 0.1, 0.05, 0.04, 0.03, 0.02])
+    wide = drafter.draft(0, flat)
+    assert wide.depths == [0, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+    assert [(wide.ranks[wide.parents[i]], wide.ranks[i]) for i in range(5, 10)] == [(0, 0), (0, 1), (0, 2), (1, 0),
+                                                                                     (1, 1)]
+    assert TemplateDrafter(tree).draft(0, flat).size == tree.size  # without a size: the whole template
+
+
+def test_most_probable_nodes_form_a_tree_whatever_the_chances():
+    generator = torch.Generator().manual_seed(0)
+    tree = DraftTree.from_paths(best_first_template("paper-80", 8))
+    for trial in range(50):
+        chances = torch.rand(tree.size, generator=generator)
+        if trial % 2:
+            chances = (chances * 4).round() / 4  # many ties (0, 0.25, ..., 1), the first wins them
+        chances[trial % tree.size] = 1.5  # capped at 1: no product above its parent's
+        nodes = most_probable(path_products(tree.layers, chances), 1 + trial).tolist()
+        assert nodes[0] == 0 and nodes == sorted(set(nodes)) and len(nodes) == 1 + trial
+        assert all(tree.parents[node] in nodes for node in nodes[1:])
 
 
 def test_ngram_index_finds_the_latest_earlier_continuation():

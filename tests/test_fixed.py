@@ -19,7 +19,7 @@ from tr.device.resident import (ROOT_ONLY, DeviceStep, reserved_positions, resid
 from tr.drafts import TemplateDrafter
 from tr.matrix import AdjacencyMatrix
 from tr.passes import tree_mask
-from tr.trees import DraftTree, ancestor_mask, best_first_paths, best_first_template
+from tr.trees import DraftTree, ancestor_mask, best_first_paths, best_first_template, path_nodes
 
 VOCAB = 512
 
@@ -34,7 +34,8 @@ def logits_alone_and_in_tree(model, prompt: torch.Tensor, tree: DraftTree, token
         start = torch.tensor(len(prompt), device=DEVICE)
         together = verifier.verify(tokens, start).clone()
         alone = []
-        for path in verifier.path_lists:
+        for row, depth in zip(path_nodes(tree).tolist(), tree.depths.tolist()):
+            path = row[: depth + 1]
             for i, node in enumerate(path):  # each path from the root again: its keys overwrite the last path's
                 logits = plain.verify(tokens[node].view(1), start + i)
             alone.append(logits[0].clone())
@@ -106,5 +107,5 @@ def test_plain_decoding_and_token_recycling_of_a_request_get_one_workspace_size(
     list(resident_autoregressive(model, prompt, new, fixed=True))
     drafter = TemplateDrafter(DraftTree.from_paths(best_first_template("paper-80", 8)))
     list(resident_token_recycling(model, prompt, new, AdjacencyMatrix(VOCAB, 8), drafter, fixed=True))
-    assert list(graphs._pool(model).idle) == [workspace_capacity(reserved_positions(len(prompt), new, ROOT_ONLY, True))]
-    assert reserved_positions(100, 20, ROOT_ONLY, False) < reserved_positions(100, 20, drafter.tree, False)
+    assert list(graphs._pool(model).idle) == [workspace_capacity(reserved_positions(len(prompt), new, 1, True))]
+    assert reserved_positions(100, 20, 1, False) < reserved_positions(100, 20, drafter.tree.size, False)

@@ -18,14 +18,14 @@ from tr.decoding import autoregressive, token_recycling
 from tr.device import graphs, kernels
 from tr.device.fixed import FIXED_ROWS
 from tr.device.model import LoadedModel
-from tr.device.resident import DeviceRows, DeviceStep, path_nodes, resident_autoregressive, resident_token_recycling
+from tr.device.resident import DeviceRows, DeviceStep, resident_autoregressive, resident_token_recycling
 from tr.drafts import TemplateDrafter
 from tr.costs import CostCurve
-from tr.generate import decode_steps, device_template
+from tr.generate import decode_steps, device_tree
 from tr.matrix import AdjacencyMatrix
 from tr.sampling import Sampling
-from tr.specs import Method, Start, parse_tree
-from tr.trees import DraftTree, best_first_paths, best_first_template, expected_tokens
+from tr.specs import Method, Start, TreeKind, parse_tree
+from tr.trees import DraftTree, best_first_paths, best_first_template, expected_tokens, path_nodes
 
 VOCAB = 96
 
@@ -34,8 +34,8 @@ def tokens_of(steps) -> list[int]:
     return [t for step in steps for t in step.tokens]
 
 
-def template(name: str = "paper-80", k: int = 8) -> TemplateDrafter:
-    return TemplateDrafter(DraftTree.from_paths(best_first_template(name, k)))
+def template(name: str = "paper-80", k: int = 8, size: int | None = None) -> TemplateDrafter:
+    return TemplateDrafter(DraftTree.from_paths(best_first_template(name, k)), size=size)
 
 
 def same_rows(a: AdjacencyMatrix, b: AdjacencyMatrix) -> bool:
@@ -58,7 +58,8 @@ def test_steps_on_the_device_give_the_host_loops_tokens_records_and_rows(arch, a
     model = tiny_model(arch, VOCAB, seed=len(arch))
     host, device = AdjacencyMatrix(VOCAB, 8), AdjacencyMatrix(VOCAB, 8)
     accepted, ended_by = 0, set()
-    for name in ("paper-80", "small-16", "paper-80", "tiny-4"):  # later prompts meet hot matrices
+    # Later prompts meet hot matrices; a size chooses that many of the template's nodes each step.
+    for name, size in (("paper-80", None), ("small-16", None), ("paper-80", 12), ("tiny-4", None), ("medium-32", 9)):
         prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 140))]  # past the largest bucket too
         max_new = rng.randint(20, 60)
         plain = tokens_of(autoregressive(model, prompt, max_new))
@@ -67,14 +68,16 @@ def test_steps_on_the_device_give_the_host_loops_tokens_records_and_rows(arch, a
         expected = tokens_of(plain)
         resident_plain = list(resident_autoregressive(model, prompt, max_new, eos, ahead))
         assert [record(s) for s in resident_plain] == [record(s) for s in plain]
-        steps = list(token_recycling(model, prompt, max_new, host, template(name), eos_ids=eos))
-        resident = list(resident_token_recycling(model, prompt, max_new, device, template(name), eos, ahead))
+        steps = list(token_recycling(model, prompt, max_new, host, template(name, size=size), eos_ids=eos))
+        resident = list(resident_token_recycling(model, prompt, max_new, device, template(name, size=size), eos,
+                                                 ahead))
         assert tokens_of(steps) == tokens_of(resident) == expected
         assert [record(s) for s in resident] == [record(s) for s in steps]
         assert same_rows(device, host), "the rows differ from the host loop's (a queued step wrote some?)"
         assert device.stats.by_origin == host.stats.by_origin
         accepted += sum(s.accepted_drafts for s in resident)
         ended_by.add("eos" if eos and expected[-1] in eos else "room")
+        assert all(s.draft.size == (size or len(best_first_template(name, 8)) + 1) for s in resident[1:])
     assert accepted > 0, "the test never exercised an accepted draft"
     assert ended_by == {"eos", "room"}
 
@@ -177,15 +180,17 @@ def test_decode_steps_runs_greedy_steps_on_the_device_where_the_model_says_so(mo
     flat = CostCurve([1, 96], [1.0, 1.0], 0, "test")
     auto = decode_steps(lm, prompt, max_new_tokens=8, matrix=AdjacencyMatrix(VOCAB, 8), tree=parse_tree("auto", 8),
                         costs=flat)
-    assert auto.__name__ == "resident_token_recycling"  # auto: a template the step fills on the device
-    assert len(next(s for s in auto if s.draft).draft.tokens) == len(best_first_template("paper-80", 8)) + 1
+    assert auto.__name__ == "resident_token_recycling"  # auto: the most probable nodes, chosen on the device
+    assert len(next(s for s in auto if s.draft).draft.tokens) == FIXED_ROWS  # fixed shapes: a full pass
 
 
-def test_auto_on_the_device_picks_the_template_with_most_tokens_per_cost():
+def test_auto_on_the_device_chooses_as_many_nodes_as_give_most_tokens_per_cost():
     flat, steep = CostCurve([1, 96], [1.0, 1.0], 0, "test"), CostCurve([1, 96], [1.0, 96.0], 0, "test")
-    assert device_template(flat, 8, fixed=False).label == "paper-80"  # verification nearly free: the largest
-    assert device_template(steep, 8, fixed=False).label == "tiny-4"  # cost in proportion to rows: the smallest
-    assert device_template(steep, 8, fixed=True).label == "paper-80"  # fixed shapes: every pass costs alike
+    assert device_tree(flat, 8, fixed=False).nodes == FIXED_ROWS - 1  # verification nearly free: the most
+    assert device_tree(steep, 8, fixed=False).nodes == 4  # cost in proportion to rows: the fewest
+    assert device_tree(steep, 8, fixed=True).nodes == FIXED_ROWS - 1  # fixed shapes: every pass costs alike
+    spec = device_tree(flat, 4, fixed=True)
+    assert spec.kind is TreeKind.CHOSEN and len(spec.paths) > FIXED_ROWS and max(map(max, spec.paths)) == 3
     assert expected_tokens([(0,), (1,), (0, 0)], (0.5, 0.25)) == 1 + 0.5 + 0.25 + 0.25
 
 

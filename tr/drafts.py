@@ -35,7 +35,7 @@ from .acceptance import AcceptanceStats, confidence_origin, lookup_origin
 from .costs import CostCurve, LearnedCost
 from .matrix import AdjacencyMatrix
 from .records import LOOKUP, ROOT_ORIGIN, Draft, Origin, Step
-from .trees import DraftTree
+from .trees import DraftTree, most_probable, path_products
 
 
 class Drafter(Protocol):
@@ -58,28 +58,44 @@ def path_scores(parents: Sequence[int], origins: Sequence[Origin], stats: Accept
 
 
 class TemplateDrafter:
-    """A fixed template (`DraftTree`) filled from the matrix: one gather per layer."""
+    """A fixed template (`DraftTree`) filled from the matrix: one gather per layer. With a `size` below the
+    template's, each step drafts only the `size` nodes (the root included) with the highest products of the
+    probabilities the matrix holds along their paths (`tr.trees.most_probable`): the template is the pool
+    a tree of that size is chosen from, deep where the rows are confident and wide where they are not."""
 
-    def __init__(self, tree: DraftTree, curve: CostCurve | None = None):
+    def __init__(self, tree: DraftTree, curve: CostCurve | None = None, size: int | None = None):
         self.tree, self.curve = tree, curve
         self.parents = tree.parents.tolist()
         self.depths = tree.depths.tolist()
         self.ranks = tree.ranks.tolist()
-        self.max_size = tree.size
+        self.max_size = tree.size if size is None else min(size, tree.size)
+
+    @property
+    def chooses(self) -> bool:
+        """Whether each step chooses its nodes from the template (rather than drafting all of it)."""
+        return self.max_size < self.tree.size
 
     def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
         tree = self.tree
         tokens = tree.fill(torch.tensor(root), matrix.table)
-        probabilities = matrix.probs[tokens[tree.parents[1:]], tree.ranks[1:]]
-        return self.record(tokens.tolist(), probabilities.tolist(), matrix.stats)
+        chances = torch.zeros(tree.size, dtype=matrix.probs.dtype)
+        chances[1:] = matrix.probs[tokens[tree.parents[1:]], tree.ranks[1:]]
+        nodes = (most_probable(path_products(tree.layers, chances), self.max_size) if self.chooses
+                 else torch.arange(tree.size))
+        return self.record(nodes.tolist(), tokens[nodes].tolist(), chances[nodes][1:].tolist(), matrix.stats)
 
-    def record(self, tokens: list[int], probabilities: list[float], stats: AcceptanceStats) -> Draft:
-        """The draft of the template filled with `tokens`, given the probability each node after the root
-        had in its parent's row (`tr.device.resident` fills the template on the device and reads these back)."""
+    def record(self, nodes: list[int], tokens: list[int], probabilities: list[float], stats: AcceptanceStats
+               ) -> Draft:
+        """The draft of the template's `nodes` (tree order, parent-closed) filled with `tokens`, given the
+        probability each node after the root had in its parent's row (`tr.device.resident` fills and
+        chooses on the device and reads these back)."""
+        position = {node: i for i, node in enumerate(nodes)}
+        parents = [-1] + [position[self.parents[node]] for node in nodes[1:]]
         origins = [ROOT_ORIGIN] + [confidence_origin(p) for p in probabilities]
-        scores = path_scores(self.parents, origins, stats)
-        cost = self.curve.relative(self.tree.size) if self.curve else 0.0
-        return Draft(tokens, self.parents, self.depths, self.ranks, origins, scores, cost, curve=self.curve)
+        scores = path_scores(parents, origins, stats)
+        cost = self.curve.relative(len(nodes)) if self.curve else 0.0
+        return Draft(tokens, parents, [self.depths[node] for node in nodes], [self.ranks[node] for node in nodes],
+                     origins, scores, cost, curve=self.curve)
 
 
 class NgramIndex:

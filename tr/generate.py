@@ -21,8 +21,8 @@ from .drafts import Drafter, DynamicDrafter, PromptLookupDrafter, TemplateDrafte
 from .matrix import AdjacencyMatrix
 from .records import Stats, Step, summarize, token_ids
 from .sampling import GREEDY, Sampling
-from .specs import MAX_NEW_TOKENS, Method, Start, TreeKind, TreeSpec, default_tree, parse_tree
-from .trees import BUILTIN_TEMPLATES, RANK_PRIOR, DraftTree, best_first_template, expected_tokens
+from .specs import MAX_NEW_TOKENS, Method, Start, TreeKind, TreeSpec, default_tree
+from .trees import RANK_PRIOR, DraftTree, best_first_paths, expected_tokens
 
 
 @dataclass
@@ -66,23 +66,32 @@ def make_drafter(lm: LoadedModel, tree: TreeSpec, curve: CostCurve | LearnedCost
     """
     if tree.kind is TreeKind.DYNAMIC:
         return DynamicDrafter(None, max_nodes=tree.nodes, prompt_ids=prompt_ids)
+    if tree.kind is TreeKind.CHOSEN:
+        return TemplateDrafter(template_tree(tree.paths), _snapshot(curve), size=tree.nodes + 1)
     if tree.sized_by_cost:
         curve = curve or device_curve(lm)
         return DynamicDrafter(curve, lookup=tree.kind is TreeKind.AUTO, prompt_ids=prompt_ids)
     return TemplateDrafter(template_tree(tree.paths), _snapshot(curve))
 
 
-def device_template(curve: CostCurve, k: int, fixed: bool) -> TreeSpec:
-    """What trees sized by cost become where steps run on the device, which fills templates only: the
-    built-in template of at most `FIXED_ROWS` nodes with the most expected tokens per unit of the device's
-    cost for its pass (with `fixed` shapes every pass has `FIXED_ROWS` rows, so the same cost for all)."""
-    def tokens_per_cost(name: str) -> float:
-        paths = best_first_template(name, k)
-        rows = FIXED_ROWS if fixed else len(paths) + 1
-        return expected_tokens(paths, RANK_PRIOR[:k]) / curve.relative(rows)
+# What `auto` chooses from on a device: enough paths to go deep along a confident chain or wide under a
+# doubtful root (the host's dynamic trees reach depth 10 too); sizes it weighs, the root not counted.
+CHOSEN_POOL, CHOSEN_DEPTH = 256, 10
+CHOSEN_SIZES = (4, 8, 16, 32, 48, 64, 80, FIXED_ROWS - 1)
 
-    fitting = [name for name, (nodes, _) in BUILTIN_TEMPLATES.items() if nodes < FIXED_ROWS]
-    return parse_tree(max(fitting, key=tokens_per_cost), k)
+
+def device_tree(curve: CostCurve, k: int, fixed: bool) -> TreeSpec:
+    """What trees sized by cost become where steps run on the device, which fills and chooses on the device
+    but grows no tree best-first: each step the most probable nodes of a large template (`TreeKind.CHOSEN`),
+    as many as give the most expected tokens (by the rank prior) per unit of the device's cost for their
+    pass. With `fixed` shapes every pass has `FIXED_ROWS` rows, so every size costs the same: the largest."""
+    def tokens_per_cost(nodes: int) -> float:
+        expected = expected_tokens(best_first_paths(nodes, CHOSEN_DEPTH, RANK_PRIOR[:k]), RANK_PRIOR[:k])
+        return expected / curve.relative(FIXED_ROWS if fixed else nodes + 1)
+
+    nodes = max(CHOSEN_SIZES, key=tokens_per_cost)
+    pool = best_first_paths(CHOSEN_POOL, CHOSEN_DEPTH, RANK_PRIOR[:k])
+    return TreeSpec(TreeKind.CHOSEN, f"chosen-{nodes}", nodes=nodes, paths=tuple(pool), k=k)
 
 
 def decode_steps(
@@ -102,7 +111,7 @@ def decode_steps(
     it ignores `matrix`, `tree` and `start`, and takes `costs` only to report each draft's predicted cost.
     Where `lm.resident`, greedy plain decoding and greedy Token Recycling over a template of at most
     `FIXED_ROWS` nodes (not seeded) run each step wholly on the device (`tr.device.resident`): the same
-    tokens and records. There trees sized by cost become the template `device_template` picks."""
+    tokens and records. There trees sized by cost become the chosen trees of `device_tree`."""
     method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
     if method is Method.AR and lm.resident and sampling.greedy:
@@ -121,13 +130,13 @@ def decode_steps(
     on_device = lm.resident and sampling.greedy and start is not Start.SEEDED  # the prefill writes rows on the host
     if on_device and tree.sized_by_cost:
         costs = costs or device_curve(lm)
-        tree = device_template(_snapshot(costs), matrix.k, lm.fixed)
+        tree = device_tree(_snapshot(costs), matrix.k, lm.fixed)
     drafter = make_drafter(lm, tree, costs, prompt_ids=prompt_ids)
     if start is Start.PRIMED:
         matrix.fill_from(load_primed(lm, matrix.k))
     if start is Start.COLD:
         matrix.reset()
-    if on_device and tree.kind is TreeKind.TEMPLATE and len(tree.paths) < FIXED_ROWS:
+    if on_device and isinstance(drafter, TemplateDrafter) and drafter.max_size <= FIXED_ROWS:
         return resident_token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, lm.eos_ids,
                                         fixed=lm.fixed)
     return token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, sampling, lm.eos_ids,

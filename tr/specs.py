@@ -43,6 +43,7 @@ class TreeKind(str, Enum):
     AUTO_NO_LOOKUP = "auto-nolookup"  # the same without prompt lookup, to measure what lookup adds
     DYNAMIC = "dynamic"  # best-first with lookup, always `nodes` drafts (no cost curve)
     TEMPLATE = "template"  # a fixed list of rank paths, filled breadth-first (the paper's method)
+    CHOSEN = "chosen"  # each step the `nodes` most probable of a template's paths (what `auto` is on a device)
 
 
 DYNAMIC_PREFIX = "dynamic-"
@@ -55,9 +56,9 @@ class TreeSpec:
 
     kind: TreeKind
     label: str  # how it is written: auto, dynamic-16, paper-80, custom
-    nodes: int = 0  # DYNAMIC: draft nodes per step
-    paths: tuple[tuple[int, ...], ...] = ()  # TEMPLATE only
-    k: int = 0  # TEMPLATE only: the k its ranks were checked against
+    nodes: int = 0  # DYNAMIC and CHOSEN: draft nodes per step
+    paths: tuple[tuple[int, ...], ...] = ()  # TEMPLATE and CHOSEN
+    k: int = 0  # TEMPLATE and CHOSEN: the k its ranks were checked against
 
     @property
     def sized_by_cost(self) -> bool:

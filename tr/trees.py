@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -144,6 +145,11 @@ class DraftTree:
         return cls(paths=list(paths), parents=parents_t, ranks=ranks_t, depths=depths_t, ancestors=ancestors,
                    layers=layers)
 
+    def to(self, device: torch.device) -> DraftTree:
+        """The same tree with its tensors on `device`."""
+        return DraftTree(self.paths, self.parents.to(device), self.ranks.to(device), self.depths.to(device),
+                         self.ancestors.to(device), [tuple(part.to(device) for part in layer) for layer in self.layers])
+
     def fill(self, root_token: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         """Draft tokens for every node, breadth-first from the adjacency matrix: one gather per layer."""
         tokens = torch.empty(self.size, dtype=torch.long)
@@ -151,3 +157,48 @@ class DraftTree:
         for nodes, parents, ranks in self.layers:
             tokens[nodes] = matrix[tokens[parents], ranks]
         return tokens
+
+
+def path_nodes(tree: DraftTree) -> torch.Tensor:
+    """(n, depth + 1): row i lists node i's path from the root, one node per depth, padded with i itself."""
+    rows = []
+    for node, sees in enumerate(tree.ancestors.tolist()):
+        path = [a for a, seen in enumerate(sees) if seen]  # nodes are sorted by depth: root first
+        rows.append(path + [node] * (tree.depth + 1 - len(path)))
+    return torch.tensor(rows)
+
+
+def path_products(layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], chances: torch.Tensor
+                  ) -> torch.Tensor:
+    """Each node's product, along its path, of `chances` (a node's probability in its parent's row; the
+    root's entry is not read, its product is 1). Chances are capped at 1, so no product exceeds its parent's."""
+    products = torch.ones_like(chances)
+    capped = chances.clamp(max=1.0)
+    for nodes, parents, _ in layers:
+        products.index_copy_(0, nodes, products[parents] * capped[nodes])
+    return products
+
+
+def most_probable(products: torch.Tensor, size: int) -> torch.Tensor:
+    """The `size` nodes with the highest path products, ties to the earlier node, in tree order. A parent
+    comes before its child with a product at least as high, so each chosen node's parent is chosen too:
+    the chosen nodes form a tree, the root first."""
+    return torch.sort(products, descending=True, stable=True).indices[:size].sort().values
+
+
+class Subtree(NamedTuple):
+    """Nodes chosen from a tree, renumbered in tree order: what a pass over them needs."""
+
+    nodes: torch.Tensor  # (n,) the chosen nodes of the whole tree
+    parents: torch.Tensor  # (n,) each node's parent among the chosen (0 for the root)
+    depths: torch.Tensor  # (n,)
+    ancestors: torch.Tensor  # (n, n) bool
+    paths: torch.Tensor  # (n, depth + 1) as `path_nodes`, among the chosen
+
+
+def subtree(tree: DraftTree, paths: torch.Tensor, nodes: torch.Tensor) -> Subtree:
+    """The subtree of `tree` (its tensors on `nodes`' device; `paths` its `path_nodes`) on `nodes`, a
+    parent-closed set in tree order (as `most_probable` chooses)."""
+    position = torch.zeros_like(tree.parents).index_copy_(0, nodes, torch.arange(len(nodes), device=nodes.device))
+    return Subtree(nodes, position[tree.parents[nodes].clamp(min=0)], tree.depths[nodes],
+                   tree.ancestors[nodes][:, nodes], position[paths[nodes]])

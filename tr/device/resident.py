@@ -5,6 +5,7 @@ graphed pass of a small model takes about a millisecond, the host's work is the 
 greedy Token Recycling over a template is tensor operations only, on the device:
 
 1. draft: the template filled from the device's copy of the matrix rows (`DeviceRows`), one gather per layer;
+   with a size below the template's, its most probable nodes kept (`tr.trees.most_probable`: a sort);
 2. verify: one pass over a `tr.device.graphs.Workspace`'s slot cache, its mask built on the device from
    the committed length, which never leaves the device;
 3. accept: the deepest node whose path the model agrees with; the path's cache entries move into place
@@ -39,22 +40,13 @@ from ..matrix import AdjacencyMatrix, latest
 from ..passes import forward
 from ..records import RowWrite, Step
 from ..sampling import GREEDY
-from ..trees import DraftTree
+from ..trees import DraftTree, Subtree, most_probable, path_nodes, path_products, subtree
 from .fixed import FIXED_ROWS, fixed_shapes
 from .graphs import GraphedPasses, Workspace, capture_graph
 
 
 MAX_EOS = 16  # end-of-sequence ids a request may name (a model has one to three)
 ROOT_ONLY = DraftTree.from_paths([])  # plain decoding's "tree"
-
-
-def path_nodes(tree: DraftTree) -> torch.Tensor:
-    """(n, depth + 1): row i lists node i's path from the root, one node per depth, padded with i itself."""
-    rows = []
-    for node, sees in enumerate(tree.ancestors.tolist()):
-        path = [a for a, seen in enumerate(sees) if seen]  # nodes are sorted by depth: root first
-        rows.append(path + [node] * (tree.depth + 1 - len(path)))
-    return torch.tensor(rows)
 
 
 class DeviceRows:
@@ -122,29 +114,26 @@ class _Launch:
 
 
 class DeviceStep:
-    """One tree's step on one workspace (`rows` None: plain decoding): buffers, state and its CUDA graph."""
+    """One tree's step on one workspace (`rows` None: plain decoding): buffers, state and its CUDA graph.
+    With a `size` below the tree's, each step drafts the `size` most probable nodes of the tree, as
+    `TemplateDrafter` does."""
 
-    def __init__(self, workspace: Workspace, tree: DraftTree, rows: DeviceRows | None, fixed: bool = False):
-        device, n, capacity = workspace.device, tree.size, workspace.cache.capacity
-        self.workspace, self.tree, self.rows, self.fixed = workspace, tree, rows, fixed
+    def __init__(self, workspace: Workspace, tree: DraftTree, rows: DeviceRows | None, fixed: bool = False,
+                 size: int | None = None):
+        device, capacity = workspace.device, workspace.cache.capacity
+        n = tree.size if size is None else min(size, tree.size)
         if fixed and n > FIXED_ROWS:
             raise ValueError(f"fixed shapes hold trees of up to {FIXED_ROWS} nodes, not {n}")
-        size = FIXED_ROWS if fixed else n  # rows a pass runs with: padded rows see only themselves
+        self.pass_rows = FIXED_ROWS if fixed else n  # padded rows see only themselves
+        self.workspace, self.rows, self.fixed, self.size = workspace, rows, fixed, n
+        self.tree, self.paths = tree.to(device), path_nodes(tree).to(device)
         to = dict(device=device)
-        self.parents, self.ranks = tree.parents.clamp(min=0).to(**to), tree.ranks.clamp(min=0).to(**to)
-        self.depths, self.ancestors = tree.depths.to(**to), tree.ancestors.to(**to)
-        self.layers = [tuple(part.to(**to) for part in layer) for layer in tree.layers]
-        paths = path_nodes(tree)
-        self.paths = paths.to(**to)
-        self.path_lists = [row[: depth + 1] for row, depth in zip(paths.tolist(), tree.depths.tolist())]
-        self.offsets, self.ahead_of_root = torch.arange(size, **to), torch.arange(tree.depth + 1, **to)
-        self.padding = torch.zeros(size - n, dtype=torch.long, **to)
-        sees = torch.eye(size, dtype=torch.bool, **to)
-        sees[:n, :n] = self.ancestors
-        minimum = torch.finfo(workspace.dtype).min
-        self.visible = torch.zeros(size, size, dtype=workspace.dtype, **to).masked_fill_(~sees, minimum)
+        self.whole = None if n < tree.size else subtree(self.tree, self.paths, torch.arange(n, **to))
+        self.offsets, self.ahead_of_root = torch.arange(self.pass_rows, **to), torch.arange(tree.depth + 1, **to)
+        self.padding = torch.zeros(self.pass_rows - n, dtype=torch.long, **to)
+        self.visible = None if self.whole is None else self._visible(self.whole.ancestors)
         self.key_slots = torch.arange(capacity, **to)
-        self.mask = torch.empty(1, 1, size, capacity, dtype=workspace.dtype, **to)
+        self.mask = torch.empty(1, 1, self.pass_rows, capacity, dtype=workspace.dtype, **to)
         self.length, self.root, self.room = (torch.zeros((), dtype=torch.long, **to) for _ in range(3))
         self.done = torch.zeros((), dtype=torch.bool, **to)
         self.eos = torch.full((MAX_EOS,), -1, dtype=torch.long, **to)
@@ -166,12 +155,14 @@ class DeviceStep:
 
     def _step(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft, verify, accept and recycle; returns (ints, floats) to read back (see `unpack`)."""
-        tokens, drafted = self._draft()
+        tokens, drafted, chosen = self._draft()
         start = self.length.clone()
-        logits = self.verify(tokens, start)
+        logits = self.verify(tokens, start, chosen)
         choices = logits.argmax(-1)
-        best, count, finished = self._accept(tokens, choices, start)
+        best, count, finished = self._accept(tokens, choices, start, chosen)
         ints, floats = [tokens, choices, best], [drafted]
+        if self.whole is None:
+            ints.append(chosen.nodes)
         if self.rows is not None:
             top, chances, old, was_filled = self.rows.write(tokens, logits, self.done.clone())
             ints += [top.flatten(), old.flatten(), was_filled.long()]
@@ -182,39 +173,53 @@ class DeviceStep:
         self.done.logical_or_(finished)
         return torch.cat(ints), torch.cat(floats)
 
-    def _draft(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tree's tokens, breadth-first from the rows, and the probability each had in its parent's row."""
-        tokens = self.root.expand(self.tree.size).clone()
+    def _draft(self) -> tuple[torch.Tensor, torch.Tensor, Subtree]:
+        """The drafted nodes' tokens (the tree filled breadth-first from the rows, then its most probable
+        nodes where it chooses), the probability each had in its parent's row, and the nodes."""
+        tree = self.tree
+        tokens = self.root.expand(tree.size).clone()
         if self.rows is None:
-            return tokens, torch.zeros(0, device=tokens.device)
-        for nodes, parents, ranks in self.layers:
+            return tokens, torch.zeros(0, device=tokens.device), self.whole
+        for nodes, parents, ranks in tree.layers:
             tokens.index_copy_(0, nodes, self.rows.table[tokens[parents], ranks])
-        return tokens, self.rows.probs[tokens[self.parents[1:]], self.ranks[1:]]
+        chances = torch.cat([self.rows.probs.new_zeros(1), self.rows.probs[tokens[tree.parents[1:]], tree.ranks[1:]]])
+        chosen = self.whole or subtree(tree, self.paths, most_probable(path_products(tree.layers, chances), self.size))
+        return tokens[chosen.nodes], chances[chosen.nodes][1:], chosen
 
-    def verify(self, tokens: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Logits of the tree behind `start` committed positions, its keys and values written after them."""
+    def _visible(self, ancestors: torch.Tensor) -> torch.Tensor:
+        """The additive mask among a pass's rows: the nodes see their ancestors, padded rows only themselves."""
+        n = len(ancestors)
+        sees = torch.eye(self.pass_rows, dtype=torch.bool, device=ancestors.device)
+        sees[:n, :n] = ancestors
+        dtype = self.workspace.dtype
+        return torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill_(~sees, torch.finfo(dtype).min)
+
+    def verify(self, tokens: torch.Tensor, start: torch.Tensor, chosen: Subtree | None = None) -> torch.Tensor:
+        """Logits of the drafted nodes (`chosen`; by default the whole tree) behind `start` committed
+        positions, their keys and values written after them."""
+        chosen = chosen or self.whole
         cache, minimum = self.workspace.cache, torch.finfo(self.workspace.dtype).min
         slots = start + self.offsets
         mask = self.mask[0, 0]
         mask.fill_(minimum).masked_fill_(self.key_slots < start, 0)
-        mask.index_copy_(1, slots, self.visible)
+        mask.index_copy_(1, slots, self._visible(chosen.ancestors) if self.visible is None else self.visible)
         cache.slots = slots
-        ids, positions = torch.cat([tokens, self.padding]), start + torch.cat([self.depths, self.padding])
+        ids, positions = torch.cat([tokens, self.padding]), start + torch.cat([chosen.depths, self.padding])
         model = self.workspace.model
         with fixed_shapes(model) if self.fixed else nullcontext():
             # A new view of the mask per pass: the CPU's invariant attention keeps a pass's plan by its mask.
-            return forward(model, cache, ids, positions, self.mask[:], greedy=True)[: self.tree.size]
+            return forward(model, cache, ids, positions, self.mask[:], greedy=True)[: self.size]
 
-    def _accept(self, tokens: torch.Tensor, choices: torch.Tensor, start: torch.Tensor
+    def _accept(self, tokens: torch.Tensor, choices: torch.Tensor, start: torch.Tensor, chosen: Subtree
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first of the deepest nodes whose path the model agrees with, the tokens that emits and whether
         that ends the request; the path's keys and values move to the committed positions after `start`."""
-        correct = tokens == choices[self.parents]
+        correct = tokens == choices[chosen.parents]
         correct[0] = True
-        agreed = ~(self.ancestors & ~correct).any(1)
+        agreed = ~(chosen.ancestors & ~correct).any(1)
         # Indexed with a one-element tensor: a zero-dimensional index is read on the host, which a CUDA graph forbids.
-        best = torch.argmax(agreed * (self.depths + 1)).view(1)
-        depth, path = self.depths[best][0], self.paths[best][0]
+        best = torch.argmax(agreed * (chosen.depths + 1)).view(1)
+        depth, path = chosen.depths[best][0], chosen.paths[best][0]
         if self.tree.depth:
             kv = self.workspace.cache.kv
             kv.index_copy_(4, start + self.ahead_of_root, kv.index_select(4, start + path))
@@ -269,17 +274,21 @@ class DeviceStep:
     def unpack(self, launch: _Launch, request: Request, index: int, drafter: TemplateDrafter | None = None,
                matrix: AdjacencyMatrix | None = None) -> Step:
         """The record of a launched step, built on the host as `tr.decoding` builds it."""
-        n = self.tree.size
+        n = self.size
         ints = launch.ints.tolist()
-        tokens, choices, best = ints[:n], ints[n : 2 * n], ints[2 * n]
-        path = self.path_lists[best]
-        emitted, finished = clip([tokens[i] for i in path[1:]] + [choices[best]], request.room, request.eos)
+        tokens, choices, best, rest = ints[:n], ints[n : 2 * n], ints[2 * n], ints[2 * n + 1 :]
+        nodes, rest = (list(range(n)), rest) if self.whole is not None else (rest[:n], rest[n:])
         if self.rows is None:
-            return Step(index, emitted, accepted=path, finished=finished)
+            emitted, finished = clip([choices[0]], request.room, request.eos)
+            return Step(index, emitted, accepted=[0], finished=finished)
         k, floats = self.rows.k, launch.floats.tolist()
-        top, old = ints[2 * n + 1 : 2 * n + 1 + n * k], ints[2 * n + 1 + n * k : 2 * n + 1 + 2 * n * k]
-        was_filled = ints[2 * n + 1 + 2 * n * k :]
-        draft = drafter.record(tokens, floats[n * k :], matrix.stats)
+        draft = drafter.record(nodes, tokens, floats[n * k :], matrix.stats)
+        path = [best]
+        while path[-1]:
+            path.append(draft.parents[path[-1]])
+        path.reverse()
+        emitted, finished = clip([tokens[i] for i in path[1:]] + [choices[best]], request.room, request.eos)
+        top, old, was_filled = rest[: n * k], rest[n * k : 2 * n * k], rest[2 * n * k :]
         rows = [RowWrite(token, old[i * k : (i + 1) * k], top[i * k : (i + 1) * k], bool(was_filled[i]))
                 for token, i in latest(tokens).items()]
         step = Step(index, emitted, draft, choices, path, rows, finished=finished)
@@ -287,22 +296,24 @@ class DeviceStep:
         return step
 
 
-def reserved_positions(prompt_tokens: int, max_new_tokens: int, tree: DraftTree, fixed: bool) -> int:
-    """Cache positions a request reserves, with room for a step queued after the last (its pass behind a
-    path that overran the room). In fixed shapes every pass has `FIXED_ROWS` rows whatever the tree, and so
-    plain decoding and Token Recycling reserve alike: their workspaces, whose capacity is every pass's key
-    count, have one size, and so their passes one shape."""
-    return prompt_tokens + max_new_tokens + 2 * (FIXED_ROWS if fixed else tree.size)
+def reserved_positions(prompt_tokens: int, max_new_tokens: int, drafted: int, fixed: bool) -> int:
+    """Cache positions a request reserves, with room for a step queued after the last (its pass of
+    `drafted` nodes behind a path that overran the room). In fixed shapes every pass has `FIXED_ROWS` rows
+    whatever it drafts, and so plain decoding and Token Recycling reserve alike: their workspaces, whose
+    capacity is every pass's key count, have one size, and so their passes one shape."""
+    return prompt_tokens + max_new_tokens + 2 * (FIXED_ROWS if fixed else drafted)
 
 
-def device_step(workspace: Workspace, tree: DraftTree, matrix: AdjacencyMatrix | None, fixed: bool) -> DeviceStep:
-    """The workspace's step for this tree (and matrix shape, and shapes), built (and on CUDA captured) once,
-    then reused by later requests."""
+def device_step(workspace: Workspace, tree: DraftTree, matrix: AdjacencyMatrix | None, fixed: bool,
+                size: int | None = None) -> DeviceStep:
+    """The workspace's step for this tree (and size, matrix shape and shapes), built (and on CUDA captured)
+    once, then reused by later requests."""
+    size = tree.size if size is None else min(size, tree.size)
     shape = (matrix.vocab_size, matrix.k) if matrix is not None else None
-    key = (tuple(tree.paths), shape, fixed)
+    key = (tuple(tree.paths), size, shape, fixed)
     if key not in workspace.steps:
-        rows = DeviceRows(*shape, tree.size, workspace.device) if shape else None
-        workspace.steps[key] = DeviceStep(workspace, tree, rows, fixed)
+        rows = DeviceRows(*shape, size, workspace.device) if shape else None
+        workspace.steps[key] = DeviceStep(workspace, tree, rows, fixed, size)
     return workspace.steps[key]
 
 
@@ -333,14 +344,15 @@ def _decode(model: torch.nn.Module, prompt_ids: Sequence[int], max_new_tokens: i
     if len(eos) > MAX_EOS:
         raise ValueError(f"a request may name at most {MAX_EOS} end-of-sequence ids, got {len(eos)}")
     device, tree = ids.device, drafter.tree if drafter else ROOT_ONLY
-    passes = GraphedPasses(model, reserved_positions(len(ids), max_new_tokens, tree, fixed))
+    size = drafter.max_size if drafter else 1
+    passes = GraphedPasses(model, reserved_positions(len(ids), max_new_tokens, size, fixed))
     request = Request(device, passes, Clock(device), GREEDY, None, eos, max_new_tokens)
     try:
         step = prefill(request, list(prompt_ids), ids, None, False)
         yield request.totals.record(step, request.clock)
         if step.finished:
             return
-        runner = device_step(passes.workspace, tree, matrix, fixed)
+        runner = device_step(passes.workspace, tree, matrix, fixed, size)
         runner.begin(passes.length, step.tokens[-1], request.room, sorted(eos))
         if runner.rows is not None:
             runner.rows.load(matrix)
