@@ -9,9 +9,9 @@
 # `run` writes its log and the benchmarks' JSON to $OUT: the CUDA tests (fixed shapes, steps on the device,
 # graphs, lossless), which operations a tree pass changes on CUDA (tools.invariance, host loops), then
 # Spec-Bench one prompt per category plus the project's prompts in bf16: greedy steps on the device in fixed
-# shapes (ar, hf, tr:paper-80; there auto is paper-80), the same without fixed shapes (ar, tr:paper-80,
-# tr:auto: a template sized by the cost curve), and the host loops over CUDA graphs (ar, tr:paper-80, tr:auto:
-# dynamic trees), so each layer's share can be read off. Each bench stops starting prompts after its
+# shapes (ar, hf, tr:paper-80, tr:auto: chosen trees), the same without fixed shapes (ar, tr:paper-80,
+# tr:auto), and the host loops over CUDA graphs (ar, tr:paper-80, tr:auto: dynamic trees), so each layer's
+# share can be read off. Each bench stops starting prompts after its
 # --time-limit and writes what it timed; each part also has a hard limit, so the call ends within 600 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,9 +53,9 @@ run)
                 --per-category 1 --max-new-tokens 128 --time-limit $((seconds - 50)) \
                 --out "$OUT/bench-bf16-$name.json" "$@" || true
         }
-        bench resident 150 --methods ar,hf,tr:paper-80
-        bench unfixed 110 --methods ar,tr:paper-80,tr:auto --fixed-shapes off
-        bench host-loops 110 --methods ar,tr:paper-80,tr:auto --resident-steps off
+        bench resident 160 --methods ar,hf,tr:paper-80,tr:auto
+        bench unfixed 100 --methods ar,tr:paper-80,tr:auto --fixed-shapes off
+        bench host-loops 100 --methods ar,tr:paper-80,tr:auto --resident-steps off
     } 2>&1 | tee "$OUT/gpu-check.log"
     ;;
 *)
