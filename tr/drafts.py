@@ -6,7 +6,8 @@ token and built on the CPU beside the matrix. A drafter that learns also offers 
 the decoder calls with every step record, the prefill's included. Verification makes every drafter
 lossless, so a drafter only decides speed.
 
-- `TemplateDrafter`: the paper's method, a fixed template filled breadth-first from the matrix.
+- `TemplateDrafter`: the paper's method, a fixed template filled breadth-first from the matrix; given a
+  size, each step's most probable nodes of it (what `auto` becomes where steps run on the device).
 - `DynamicDrafter` (the `auto` tree): a fresh tree each step, grown best-first by each node's estimated
   chance of being accepted (the product, along its path, of the acceptance rate of its origin: matrix
   candidates by the probability the model gave them, prompt-lookup copies by n-gram length). It drafts
