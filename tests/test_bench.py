@@ -294,16 +294,17 @@ def test_tree_variants_run_side_by_side_and_stay_identical(tiny_model_dir, tmp_p
     code, stdout, _ = run_main([
         "--model", str(tiny_model_dir), "--prompts", str(write_prompts(tmp_path / "p.jsonl")), "--per-category", "1",
         "--max-new-tokens", str(MAX_NEW), "--template", "auto", "--out", str(out),
-        "--methods", "ar,tr,tr:paper-80,tr:auto-nolookup:seeded,tr:dynamic-5,tr:auto:hot",  # the last repeats `tr`
+        "--methods", "ar,tr,tr:paper-80,tr:auto-nolookup:seeded,tr:dynamic-5,tr:chosen-6,tr:auto:hot",  # last = `tr`
     ])
     assert code == 0
     doc = json.loads(out.read_text())
-    variants = ["tr:auto", "tr:paper-80", "tr:auto-nolookup:seeded", "tr:dynamic-5"]
+    variants = ["tr:auto", "tr:paper-80", "tr:auto-nolookup:seeded", "tr:dynamic-5", "tr:chosen-6"]
     assert doc["settings"]["methods"] == ["ar", *variants]
     assert [r["method"] for r in doc["results"]] == ["ar", *variants] * 2
     assert all(r["identical_to_ar"] for r in doc["results"])
     assert all(any(line.split()[:2] == ["overall", v] for line in stdout.splitlines()) for v in variants)
     assert list(tmp_path.glob("calibration-*.json"))
+    assert {r["draft_nodes"] for r in doc["results"] if r["method"] == "tr:chosen-6"} == {6.0}
 
 
 def test_repeats_keep_the_fastest_and_start_each_round_from_the_same_matrix(tiny_model_dir, tmp_path, monkeypatch):

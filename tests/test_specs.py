@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tr.specs import (
-    MAX_TREE_NODES, Start, TreeKind, parse_start, parse_tree, parse_variant, variant_name,
+    CHOSEN_POOL, MAX_TREE_NODES, Start, TreeKind, parse_start, parse_tree, parse_variant, variant_name,
 )
 from tr.trees import TreeError, best_first_template
 
@@ -16,6 +16,7 @@ from tr.trees import TreeError, best_first_template
     (" auto-nolookup ", TreeKind.AUTO_NO_LOOKUP, "auto-nolookup", 0),
     ("dynamic-16", TreeKind.DYNAMIC, "dynamic-16", 16),
     (f"dynamic-{MAX_TREE_NODES}", TreeKind.DYNAMIC, f"dynamic-{MAX_TREE_NODES}", MAX_TREE_NODES),
+    ("chosen-95", TreeKind.CHOSEN, "chosen-95", 95),
     ("paper-80", TreeKind.TEMPLATE, "paper-80", 0),
     ("[[0], [1], [0, 0]]", TreeKind.TEMPLATE, "custom", 0),
 ])
@@ -26,6 +27,8 @@ def test_accepted_trees(text, kind, label, nodes):
 
 def test_templates_carry_their_checked_paths():
     assert parse_tree("small-16", 4).paths == tuple(best_first_template("small-16", 4))
+    chosen = parse_tree("chosen-8", 4)  # chosen from a pool of paths over the first k ranks
+    assert len(chosen.paths) == CHOSEN_POOL and max(map(max, chosen.paths)) == 3 and chosen.k == 4
     assert parse_tree("[[0], [1], [0, 0]]", 8).paths == ((0,), (1,), (0, 0))
     assert parse_tree("[[0]]", 8, label="tree.json").label == "tree.json"
 
@@ -37,6 +40,7 @@ def test_templates_carry_their_checked_paths():
     ("dynamic-0", "dynamic-N with N from 1 to"),
     (f"dynamic-{MAX_TREE_NODES + 1}", "dynamic-N with N from 1 to"),
     ("dynamic-x", "dynamic-N with N from 1 to"),
+    ("chosen-0", "chosen-N with N from 1 to"),
     ("[[0], [0,", "not valid JSON"),
     ("[[9]]", "outside 0..7"),
     ("[[0], [0, 0, 0]]", "no parent"),

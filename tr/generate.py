@@ -21,7 +21,7 @@ from .drafts import Drafter, DynamicDrafter, PromptLookupDrafter, TemplateDrafte
 from .matrix import AdjacencyMatrix
 from .records import Stats, Step, summarize, token_ids
 from .sampling import GREEDY, Sampling
-from .specs import MAX_NEW_TOKENS, Method, Start, TreeKind, TreeSpec, default_tree
+from .specs import CHOSEN_DEPTH, MAX_NEW_TOKENS, Method, Start, TreeKind, TreeSpec, chosen_tree, default_tree
 from .trees import RANK_PRIOR, DraftTree, best_first_paths, expected_tokens
 
 
@@ -74,10 +74,7 @@ def make_drafter(lm: LoadedModel, tree: TreeSpec, curve: CostCurve | LearnedCost
     return TemplateDrafter(template_tree(tree.paths), _snapshot(curve))
 
 
-# What `auto` chooses from on a device: enough paths to go deep along a confident chain or wide under a
-# doubtful root (the host's dynamic trees reach depth 10 too); sizes it weighs, the root not counted.
-CHOSEN_POOL, CHOSEN_DEPTH = 256, 10
-CHOSEN_SIZES = (4, 8, 16, 32, 48, 64, 80, FIXED_ROWS - 1)
+CHOSEN_SIZES = (4, 8, 16, 32, 48, 64, 80, FIXED_ROWS - 1)  # what `auto` weighs on a device, the root not counted
 
 
 def device_tree(curve: CostCurve, k: int, fixed: bool) -> TreeSpec:
@@ -89,9 +86,7 @@ def device_tree(curve: CostCurve, k: int, fixed: bool) -> TreeSpec:
         expected = expected_tokens(best_first_paths(nodes, CHOSEN_DEPTH, RANK_PRIOR[:k]), RANK_PRIOR[:k])
         return expected / curve.relative(FIXED_ROWS if fixed else nodes + 1)
 
-    nodes = max(CHOSEN_SIZES, key=tokens_per_cost)
-    pool = best_first_paths(CHOSEN_POOL, CHOSEN_DEPTH, RANK_PRIOR[:k])
-    return TreeSpec(TreeKind.CHOSEN, f"chosen-{nodes}", nodes=nodes, paths=tuple(pool), k=k)
+    return chosen_tree(max(CHOSEN_SIZES, key=tokens_per_cost), k)
 
 
 def decode_steps(

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from enum import Enum
 
-from .trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError, best_first_template, validate_paths
+from .trees import (BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, RANK_PRIOR, TreeError, best_first_paths, best_first_template,
+                    validate_paths)
 
 MAX_NEW_TOKENS = 1024  # new tokens per request, everywhere (library, app, benchmark)
 # Prompt tokens per request where strangers send them (the app, its API, the benchmark's prompt files):
@@ -47,6 +48,10 @@ class TreeKind(str, Enum):
 
 
 DYNAMIC_PREFIX = "dynamic-"
+CHOSEN_PREFIX = "chosen-"
+# What a chosen tree picks from: enough paths to go deep along a confident chain or wide under a doubtful
+# root (the dynamic trees reach depth 10 too).
+CHOSEN_POOL, CHOSEN_DEPTH = 256, 10
 TREE_NAMES = (TreeKind.AUTO.value, TreeKind.AUTO_NO_LOOKUP.value, *BUILTIN_TEMPLATES)
 
 
@@ -73,19 +78,17 @@ def _template(label: str, paths: object, k: int) -> TreeSpec:
 
 
 def parse_tree(text: str, k: int, label: str = "custom") -> TreeSpec:
-    """`auto`, `auto-nolookup`, `dynamic-N`, a built-in template name or a JSON list of rank paths
-    (called `label`); raises `TreeError` saying what is allowed."""
+    """`auto`, `auto-nolookup`, `dynamic-N`, `chosen-N`, a built-in template name or a JSON list of rank
+    paths (called `label`); raises `TreeError` saying what is allowed."""
     if not isinstance(text, str) or not text.strip():
         raise TreeError(f"the tree is empty: use one of {', '.join(TREE_NAMES)}, dynamic-N or a JSON list of paths")
     text = text.strip()
     if text in (TreeKind.AUTO.value, TreeKind.AUTO_NO_LOOKUP.value):
         return TreeSpec(TreeKind(text), text)
     if text.startswith(DYNAMIC_PREFIX):
-        size = text.removeprefix(DYNAMIC_PREFIX)
-        if not size.isdigit() or not 1 <= int(size) <= MAX_TREE_NODES:
-            raise TreeError(f"{text!r}: a fixed dynamic tree is dynamic-N with N from 1 to {MAX_TREE_NODES}, "
-                            "e.g. dynamic-16")
-        return TreeSpec(TreeKind.DYNAMIC, text, nodes=int(size))
+        return TreeSpec(TreeKind.DYNAMIC, text, nodes=_size(text, DYNAMIC_PREFIX))
+    if text.startswith(CHOSEN_PREFIX):
+        return chosen_tree(_size(text, CHOSEN_PREFIX), k)
     if text in BUILTIN_TEMPLATES:
         return TreeSpec(TreeKind.TEMPLATE, text, paths=tuple(best_first_template(text, k)), k=k)
     if not text.startswith("["):
@@ -98,6 +101,19 @@ def parse_tree(text: str, k: int, label: str = "custom") -> TreeSpec:
     except json.JSONDecodeError as err:
         raise TreeError(f"the tree is not valid JSON: {err}") from None
     return _template(label, paths, k)
+
+
+def _size(text: str, prefix: str) -> int:
+    size = text.removeprefix(prefix)
+    if not size.isdigit() or not 1 <= int(size) <= MAX_TREE_NODES:
+        raise TreeError(f"{text!r}: use {prefix}N with N from 1 to {MAX_TREE_NODES}, e.g. {prefix}16")
+    return int(size)
+
+
+def chosen_tree(nodes: int, k: int) -> TreeSpec:
+    """Each step the `nodes` most probable of `CHOSEN_POOL` template paths (`TreeKind.CHOSEN`)."""
+    pool = best_first_paths(CHOSEN_POOL, CHOSEN_DEPTH, RANK_PRIOR[:k])
+    return TreeSpec(TreeKind.CHOSEN, f"{CHOSEN_PREFIX}{nodes}", nodes=nodes, paths=tuple(pool), k=k)
 
 
 def check_prompt_tokens(count: int) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from tr.device.model import BUNDLED, DTYPE_CHOICES, ModelLoadError, load_model
 from tr.matrix import MAX_K
-from tr.specs import DYNAMIC_PREFIX, Start, TreeKind, parse_start
+from tr.specs import CHOSEN_PREFIX, DYNAMIC_PREFIX, Start, TreeKind, parse_start
 from tr.trees import BUILTIN_TEMPLATES, DEFAULT_TEMPLATE, TreeError
 
 from .options import KIND_NAMES, Template, check_numbers, parse_methods
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for pld")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE,
                         help=f"tree of a plain `tr` method: {', '.join([*BUILTIN_TEMPLATES, *SIZED_TREES])}, "
-                             f"{DYNAMIC_PREFIX}N (best-first with lookup, always N drafts) or a JSON file")
+                             f"{DYNAMIC_PREFIX}N (best-first with lookup, always N drafts), {CHOSEN_PREFIX}N (the N "
+                             "most probable of a 256-path template, each step) or a JSON file")
     parser.add_argument("--k", type=int, default=8, help=f"tr candidates per matrix row (1..{MAX_K})")
     parser.add_argument("--start", default=Start.HOT.value, choices=[s.value for s in Start],
                         help="tr matrix: hot keeps one matrix across all prompts, cold clears it per prompt, "
