@@ -81,7 +81,8 @@ def parse_tree(text: str, k: int, label: str = "custom") -> TreeSpec:
     """`auto`, `auto-nolookup`, `dynamic-N`, `chosen-N`, a built-in template name or a JSON list of rank
     paths (called `label`); raises `TreeError` saying what is allowed."""
     if not isinstance(text, str) or not text.strip():
-        raise TreeError(f"the tree is empty: use one of {', '.join(TREE_NAMES)}, dynamic-N or a JSON list of paths")
+        raise TreeError(f"the tree is empty: use one of {', '.join(TREE_NAMES)}, dynamic-N, chosen-N or a JSON list "
+                        "of paths")
     text = text.strip()
     if text in (TreeKind.AUTO.value, TreeKind.AUTO_NO_LOOKUP.value):
         return TreeSpec(TreeKind(text), text)
@@ -92,8 +93,8 @@ def parse_tree(text: str, k: int, label: str = "custom") -> TreeSpec:
     if text in BUILTIN_TEMPLATES:
         return TreeSpec(TreeKind.TEMPLATE, text, paths=tuple(best_first_template(text, k)), k=k)
     if not text.startswith("["):
-        raise TreeError(f"unknown tree {text!r}: use one of {', '.join(TREE_NAMES)}, dynamic-N (N from 1 to "
-                        f"{MAX_TREE_NODES}) or a JSON list of paths such as {CUSTOM_EXAMPLE}")
+        raise TreeError(f"unknown tree {text!r}: use one of {', '.join(TREE_NAMES)}, dynamic-N or chosen-N (N from 1 "
+                        f"to {MAX_TREE_NODES}) or a JSON list of paths such as {CUSTOM_EXAMPLE}")
     if len(text) > MAX_TREE_JSON_CHARS:
         raise TreeError(f"the tree JSON is too long ({len(text):,} characters, at most {MAX_TREE_JSON_CHARS:,})")
     try:
