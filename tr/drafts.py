@@ -36,7 +36,7 @@ from .acceptance import AcceptanceStats, confidence_origin, lookup_origin
 from .costs import CostCurve, LearnedCost
 from .matrix import AdjacencyMatrix
 from .records import LOOKUP, ROOT_ORIGIN, Draft, Origin, Step
-from .trees import DraftTree, most_probable, path_products
+from .trees import DraftTree
 
 
 class Drafter(Protocol):
@@ -79,10 +79,8 @@ class TemplateDrafter:
     def draft(self, root: int, matrix: AdjacencyMatrix) -> Draft:
         tree = self.tree
         tokens = tree.fill(torch.tensor(root), matrix.table)
-        chances = torch.zeros(tree.size, dtype=matrix.probs.dtype)
-        chances[1:] = matrix.probs[tokens[tree.parents[1:]], tree.ranks[1:]]
-        nodes = (most_probable(path_products(tree.layers, chances), self.max_size) if self.chooses
-                 else torch.arange(tree.size))
+        chances = tree.chances(tokens, matrix.probs)
+        nodes = tree.choose(chances, self.max_size) if self.chooses else torch.arange(tree.size)
         return self.record(nodes.tolist(), tokens[nodes].tolist(), chances[nodes][1:].tolist(), matrix.stats)
 
     def record(self, nodes: list[int], tokens: list[int], probabilities: list[float], stats: AcceptanceStats

@@ -34,6 +34,14 @@ def latest(tokens: list[int]) -> dict[int, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
+def top_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's k most likely tokens and their probabilities, in float32 on the logits' device: what a
+    row of the matrix holds (the host's matrix and the device's copy compute them alike)."""
+    rows = logits.float()
+    top = rows.topk(k, dim=-1)
+    return top.indices, (top.values - rows.logsumexp(-1, keepdim=True)).exp()
+
+
 class AdjacencyMatrix:
     def __init__(self, vocab_size: int, k: int = 8, max_pairs: int = MAX_PAIRS):
         if not isinstance(k, int) or not 1 <= k <= MAX_K:
@@ -130,10 +138,7 @@ class AdjacencyMatrix:
 
         A token that occurs several times keeps its last occurrence (`latest`).
         """
-        rows = logits.float()
-        top = rows.topk(self.k, dim=-1)
-        candidates = top.indices.cpu()
-        probs = (top.values - rows.logsumexp(-1, keepdim=True)).exp().cpu()
+        candidates, probs = (part.cpu() for part in top_candidates(logits, self.k))
         if previous is not None:
             self._write_pairs(previous, tokens, candidates.tolist(), probs.tolist())
         last = latest(tokens)

@@ -151,12 +151,21 @@ class DraftTree:
                          self.ancestors.to(device), [tuple(part.to(device) for part in layer) for layer in self.layers])
 
     def fill(self, root_token: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-        """Draft tokens for every node, breadth-first from the adjacency matrix: one gather per layer."""
-        tokens = torch.empty(self.size, dtype=torch.long)
-        tokens[0] = root_token
+        """Draft tokens for every node, breadth-first from the adjacency matrix: one gather per layer, on the
+        device of the root token (a zero-dimensional tensor), the tree's and the matrix's."""
+        tokens = root_token.expand(self.size).clone()
         for nodes, parents, ranks in self.layers:
-            tokens[nodes] = matrix[tokens[parents], ranks]
+            tokens.index_copy_(0, nodes, matrix[tokens[parents], ranks])
         return tokens
+
+    def chances(self, tokens: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Each node's probability in its parent's row (`probs`, the matrix's), for the tree filled with
+        `tokens`; 0 for the root."""
+        return torch.cat([probs.new_zeros(1), probs[tokens[self.parents[1:]], self.ranks[1:]]])
+
+    def choose(self, chances: torch.Tensor, size: int) -> torch.Tensor:
+        """The `size` nodes of highest path products of `chances` (`most_probable`), in tree order."""
+        return most_probable(path_products(self.layers, chances), size)
 
 
 def path_nodes(tree: DraftTree) -> torch.Tensor:

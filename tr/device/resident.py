@@ -36,11 +36,11 @@ import torch
 
 from ..decoding import Clock, Request, checked_ids, clip, prefill
 from ..drafts import TemplateDrafter
-from ..matrix import AdjacencyMatrix, latest
+from ..matrix import AdjacencyMatrix, latest, top_candidates
 from ..passes import forward
 from ..records import RowWrite, Step
 from ..sampling import GREEDY
-from ..trees import DraftTree, Subtree, most_probable, path_nodes, path_products, subtree
+from ..trees import DraftTree, Subtree, path_nodes, subtree
 from .fixed import FIXED_ROWS, fixed_shapes
 from .graphs import GraphedPasses, Workspace, capture_graph
 
@@ -78,16 +78,14 @@ class DeviceRows:
     def write(self, tokens: torch.Tensor, logits: torch.Tensor, was_done: torch.Tensor) -> list[torch.Tensor]:
         """Each node's row overwritten with its top-k (as `AdjacencyMatrix.write`), nothing once the request
         was over; returns what the records show: new rows, their probabilities, old rows, whether filled."""
-        rows = logits.float()
-        top = rows.topk(self.k, dim=-1)
-        chances = (top.values - rows.logsumexp(-1, keepdim=True)).exp()
+        candidates, chances = top_candidates(logits, self.k)
         old, was_filled = self.table[tokens], self.filled[tokens]
         target = self.targets(tokens, was_done)
-        self.table.index_copy_(0, target, top.indices)
+        self.table.index_copy_(0, target, candidates)
         self.probs.index_copy_(0, target, chances)
         self.filled.index_fill_(0, target, True)
         self.touched.index_fill_(0, target, True)
-        return [top.indices, chances, old, was_filled]
+        return [candidates, chances, old, was_filled]
 
     def targets(self, tokens: torch.Tensor, was_done: torch.Tensor) -> torch.Tensor:
         """The row each node writes: its token's, unless the token occurs again later in the tree or the
@@ -177,13 +175,11 @@ class DeviceStep:
         """The drafted nodes' tokens (the tree filled breadth-first from the rows, then its most probable
         nodes where it chooses), the probability each had in its parent's row, and the nodes."""
         tree = self.tree
-        tokens = self.root.expand(tree.size).clone()
         if self.rows is None:
-            return tokens, torch.zeros(0, device=tokens.device), self.whole
-        for nodes, parents, ranks in tree.layers:
-            tokens.index_copy_(0, nodes, self.rows.table[tokens[parents], ranks])
-        chances = torch.cat([self.rows.probs.new_zeros(1), self.rows.probs[tokens[tree.parents[1:]], tree.ranks[1:]]])
-        chosen = self.whole or subtree(tree, self.paths, most_probable(path_products(tree.layers, chances), self.size))
+            return self.root.view(1).clone(), torch.zeros(0, device=self.root.device), self.whole
+        tokens = tree.fill(self.root, self.rows.table)
+        chances = tree.chances(tokens, self.rows.probs)
+        chosen = self.whole or subtree(tree, self.paths, tree.choose(chances, self.size))
         return tokens[chosen.nodes], chances[chosen.nodes][1:], chosen
 
     def _visible(self, ancestors: torch.Tensor) -> torch.Tensor:
