@@ -11,8 +11,8 @@
 # Spec-Bench one prompt per category plus the project's prompts in bf16: greedy steps on the device in fixed
 # shapes (ar, hf, tr:paper-80, tr:auto: chosen trees), the same without fixed shapes (ar, tr:paper-80,
 # tr:auto), and the host loops over CUDA graphs (ar, tr:paper-80, tr:auto: dynamic trees), so each layer's
-# share can be read off. Each bench stops starting prompts after its
-# --time-limit and writes what it timed; each part also has a hard limit, so the call ends within 600 s.
+# share can be read off. Each bench stops starting prompts after its --time-limit and writes what it
+# timed; each part also has a hard limit, so the call ends within 600 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=/tmp/gpu-check

@@ -88,11 +88,17 @@ def forward(
     return out.logits[0]
 
 
+def additive(sees: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An additive attention mask from a boolean one, on its device: 0 where a query sees a key, the dtype's
+    lowest elsewhere."""
+    return torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill_(~sees, torch.finfo(dtype).min)
+
+
 def tree_mask(ancestors: torch.Tensor, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The additive attention mask of a tree pass behind `start` cached tokens: each node sees the cache,
     itself and its ancestors. Built on the CPU beside the tree, then copied over once."""
     n = ancestors.shape[0]
-    tree = torch.zeros(n, n, dtype=dtype).masked_fill_(~ancestors, torch.finfo(dtype).min)
+    tree = additive(ancestors, dtype)
     mask = torch.zeros(n, start + n, dtype=dtype, device=device)
     mask[:, start:] = tree.to(device)
     return mask[None, None]

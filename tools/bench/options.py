@@ -38,8 +38,7 @@ KIND_NAMES = tuple(kind.value for kind in Kind)
 VARIANT_SEPARATOR = ":"  # tr:TREE:START; what follows the method is `tr.specs.parse_variant`'s grammar
 METHODS_HELP = (f"a comma list of {', '.join(KIND_NAMES)}; tr also as tr:TREE or tr:TREE:START with "
                 f"TREE one of {', '.join(TREE_NAMES)}, {DYNAMIC_PREFIX}N or {CHOSEN_PREFIX}N (N from 1 to "
-                f"{MAX_TREE_NODES}) or a "
-                f"JSON list of paths, and START one of {', '.join(s.value for s in Start)}")
+                f"{MAX_TREE_NODES}) or a JSON list of paths, and START one of {', '.join(s.value for s in Start)}")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..kv_cache import CacheFullError
-from ..passes import chain, forward
+from ..passes import additive, chain, forward
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,7 +39,7 @@ MIN_CAPACITY = 256
 
 
 def capture_graph(run: Callable[[], T], device: torch.device, pool: tuple | None = None
-            ) -> tuple[torch.cuda.CUDAGraph, T] | None:
+                  ) -> tuple[torch.cuda.CUDAGraph, T] | None:
     """`run` warmed up on a side stream (`WARMUP_PASSES` times, as CUDA graphs need), then captured: the graph
     and what `run` returned while captured (its output buffers), or None, logged, where it cannot be
     captured: the caller then runs it eagerly (a model whose forward cannot be captured still decodes)."""
@@ -179,12 +179,10 @@ class Workspace:
         inputs.ids[:m], inputs.ids[m:] = ids, 0
         inputs.positions[:m], inputs.positions[m:] = positions, 0
         torch.add(inputs.offsets, start + first, out=inputs.slots)
-        minimum = torch.finfo(self.dtype).min
-        visible = torch.zeros(sees.shape, dtype=self.dtype).masked_fill_(~sees, minimum)
         mask = inputs.mask[0, 0]
-        mask.fill_(minimum)
+        mask.fill_(torch.finfo(self.dtype).min)
         mask[:m, :start] = 0
-        mask[:m, start : start + sees.shape[1]] = visible.to(self.device)
+        mask[:m, start : start + sees.shape[1]] = additive(sees, self.dtype).to(self.device)
         mask[m:, 0] = 0  # padding rows see slot 0 only: a row that sees nothing would be NaN
         return self._replay(inputs, greedy)[:m]
 
@@ -202,8 +200,10 @@ class Workspace:
         if inputs.graph is None and self.capture:
             # The inputs already hold this pass, and every run of it writes the same keys and values, so the
             # warm-up passes change nothing the replay does not.
-            captured = capture_graph(lambda: forward(self.model, self.cache, inputs.ids, inputs.positions, inputs.mask,
-                                               greedy=greedy), self.device, self.pool)
+            def run() -> torch.Tensor:
+                return forward(self.model, self.cache, inputs.ids, inputs.positions, inputs.mask, greedy=greedy)
+
+            captured = capture_graph(run, self.device, self.pool)
             if captured is None:
                 self.capture = False
             else:

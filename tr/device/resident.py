@@ -37,7 +37,7 @@ import torch
 from ..decoding import Clock, Request, checked_ids, clip, prefill
 from ..drafts import TemplateDrafter
 from ..matrix import AdjacencyMatrix, latest, top_candidates
-from ..passes import forward
+from ..passes import additive, forward
 from ..records import RowWrite, Step
 from ..sampling import GREEDY
 from ..trees import DraftTree, Subtree, path_nodes, subtree
@@ -187,8 +187,7 @@ class DeviceStep:
         n = len(ancestors)
         sees = torch.eye(self.pass_rows, dtype=torch.bool, device=ancestors.device)
         sees[:n, :n] = ancestors
-        dtype = self.workspace.dtype
-        return torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill_(~sees, torch.finfo(dtype).min)
+        return additive(sees, self.workspace.dtype)
 
     def verify(self, tokens: torch.Tensor, start: torch.Tensor, chosen: Subtree | None = None) -> torch.Tensor:
         """Logits of the drafted nodes (`chosen`; by default the whole tree) behind `start` committed
