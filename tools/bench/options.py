@@ -31,12 +31,14 @@ class Kind(str, Enum):
     STOCK = "stock"  # the same on the model as transformers ships it, in a process of its own
     PLD = "pld"  # transformers' prompt lookup decoding
     TR = "tr"  # Token Recycling, one variant per tree and start
+    LLAMA = "llama"  # llama.cpp on the bundled GGUF (tools.bench.llama), an optional extra; llama:N on N threads
 
 
 BASELINES = (Kind.AR, Kind.HF, Kind.STOCK)  # speed-up is over the fastest of these that ran, per category
-KIND_NAMES = tuple(kind.value for kind in Kind)
+KIND_NAMES = tuple(kind.value for kind in Kind if kind is not Kind.LLAMA)  # the default list: no optional extra
 VARIANT_SEPARATOR = ":"  # tr:TREE:START; what follows the method is `tr.specs.parse_variant`'s grammar
-METHODS_HELP = (f"a comma list of {', '.join(KIND_NAMES)}; tr also as tr:TREE or tr:TREE:START with "
+METHODS_HELP = (f"a comma list of {', '.join(KIND_NAMES)} or llama (llama.cpp, optional; llama:N on N threads); "
+                f"tr also as tr:TREE or tr:TREE:START with "
                 f"TREE one of {', '.join(TREE_NAMES)}, {DYNAMIC_PREFIX}N or {CHOSEN_PREFIX}N (N from 1 to "
                 f"{MAX_TREE_NODES}) or a JSON list of paths, and START one of {', '.join(s.value for s in Start)}")
 
@@ -48,10 +50,13 @@ class BenchMethod:
     kind: Kind
     tree: TreeSpec | None = None  # TR only
     start: Start = Start.HOT  # TR only
+    threads: int | None = None  # LLAMA only: its thread count; None: torch's
 
     @property
     def name(self) -> str:
         """How the method is written in the JSON, the table and the progress bar."""
+        if self.kind is Kind.LLAMA and self.threads is not None:
+            return f"{self.kind.value}{VARIANT_SEPARATOR}{self.threads}"
         return variant_name(self.tree, self.start) if self.kind is Kind.TR else self.kind.value
 
 
@@ -72,9 +77,22 @@ def parse_method(entry: str, k: int, template: Template, start: Start) -> BenchM
         return BenchMethod(Kind.TR, template.tree(k), start)
     if entry in KIND_NAMES:
         return BenchMethod(Kind(entry))
-    if entry.partition(VARIANT_SEPARATOR)[0] == Kind.TR:  # only tr takes a variant
+    kind, _, variant = entry.partition(VARIANT_SEPARATOR)
+    if kind == Kind.TR:
         return BenchMethod(Kind.TR, *parse_variant(entry, k, tree=template.text, start=start))
+    if kind == Kind.LLAMA:
+        return BenchMethod(Kind.LLAMA, threads=parse_threads(variant) if variant else None)
     raise ValueError(f"unknown method {entry!r}: use {METHODS_HELP}")
+
+
+MAX_THREADS = 1024
+
+
+def parse_threads(text: str) -> int:
+    """llama:N's thread count."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_THREADS:
+        raise ValueError(f"llama:N takes a thread count from 1 to {MAX_THREADS}, got {text!r}")
+    return int(text)
 
 
 def parse_methods(text: str, k: int, template: Template = Template(), start: Start = Start.HOT

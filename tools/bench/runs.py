@@ -3,7 +3,7 @@
 `ar` and `tr` run through the library (`tr.generate.decode_steps`); `hf` and `pld` through transformers'
 `model.generate`, with the same LM head and EOS ids, so the comparison is of decoding loops alone; `stock`
 through `model.generate` on the model as transformers ships it (`tools.bench.stock`), the baseline a
-user without this project has.
+user without this project has; `llama` through llama.cpp on the model's GGUF (`tools.bench.llama`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tr.specs import Method, check_prompt_tokens
 from .options import BenchMethod, Kind, check_numbers
 from .prompts import Question
 from .rows import PromptRow
+from .llama import LlamaWorker
 from .stock import StockWorker
 
 
@@ -138,15 +139,27 @@ def tr_runner(lm: LoadedModel, method: BenchMethod, max_new_tokens: int, k: int,
     return run
 
 
+def worker_runner(worker: StockWorker, max_new_tokens: int, eos_ids: list[int]) -> Runner:
+    """A runner that asks a worker process for each generation."""
+    def run(ids: list[int], scratch: bool) -> Run:
+        output_ids, seconds = worker.generate(ids, max_new_tokens, eos_ids)
+        return Run(cut_at_eos(output_ids, eos_ids), seconds)
+    return run
+
+
 def stock_runner(lm: LoadedModel, max_new_tokens: int, stack: ExitStack) -> Runner:
     """A runner that asks a `StockWorker` (closed with `stack`) for each generation."""
     dtype = next(name for name, value in DTYPES.items() if value == lm.dtype)
-    worker = stack.enter_context(closing(StockWorker(lm.source, str(lm.device), dtype)))
+    return worker_runner(stack.enter_context(closing(StockWorker(lm.source, str(lm.device), dtype))),
+                         max_new_tokens, lm.eos_ids)
 
-    def run(ids: list[int], scratch: bool) -> Run:
-        output_ids, seconds = worker.generate(ids, max_new_tokens, lm.eos_ids)
-        return Run(cut_at_eos(output_ids, lm.eos_ids), seconds)
-    return run
+
+def llama_runner(lm: LoadedModel, method: BenchMethod, max_new_tokens: int, stack: ExitStack) -> Runner:
+    """A runner that asks a `LlamaWorker` (llama.cpp on the model's GGUF, closed with `stack`) for each generation,
+    on the method's threads or torch's."""
+    worker = stack.enter_context(closing(LlamaWorker(lm.name, method.threads or torch.get_num_threads())))
+    print(f"tools.bench: {method.name} is {worker.info.label}", file=sys.stderr)
+    return worker_runner(worker, max_new_tokens, lm.eos_ids)
 
 
 def make_runners(lm: LoadedModel, methods: Sequence[BenchMethod], max_new_tokens: int, pld_tokens: int, k: int,
@@ -162,6 +175,8 @@ def make_runners(lm: LoadedModel, methods: Sequence[BenchMethod], max_new_tokens
             runners[method.name] = tr_runner(lm, method, max_new_tokens, k, curve)
         elif method.kind is Kind.STOCK:
             runners[method.name] = stock_runner(lm, max_new_tokens, stack)
+        elif method.kind is Kind.LLAMA:
+            runners[method.name] = llama_runner(lm, method, max_new_tokens, stack)
         else:
             config = generation_config(lm, max_new_tokens, pld_tokens if method.kind is Kind.PLD else None)
             runners[method.name] = lambda ids, scratch, config=config: run_hf(lm, ids, config)
