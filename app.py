@@ -24,6 +24,7 @@ from tr.device.model import BUNDLED, DTYPE_CHOICES, ModelLoadError, load_model
 from tr.device.primed import describe_primed
 from webapp.downloads import Downloads
 from webapp.layout import build_demo
+from webapp.log import configure_logging
 from webapp.runner import prepare_zero_gpu, race_runner
 from webapp.session import STATE_SESSIONS
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     zero_gpu = prepare_zero_gpu()  # before anything touches CUDA, as ZeroGPU requires
     args = parse_args(argv)
     host, port = binding(args)
+    configure_logging()
     note = " (the first load converts the bundled GGUF: about 30 s)" if args.model == BUNDLED else ""
     print(f"Loading model {args.model!r} on {args.device}{note}...", flush=True)
     try:

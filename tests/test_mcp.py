@@ -1,6 +1,7 @@
 """The race as an MCP tool, through the `mcp` client library over streamable HTTP, on the app launched with
-its MCP server (tiny model): the only tool listed, its typed schema, a race whose outputs match, and a bad
-value answered with one line that names the field (one log line, no traceback)."""
+its MCP server (tiny model): the only tool listed and the only one callable, its typed schema, a race
+whose outputs match, callers who never see each other's runs, and a bad value answered with one line
+that names the field (one log line, no traceback)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def test_a_race_through_mcp_matches_plain_decoding(mcp_url):
     tr, ar = race["token_recycling"], race["plain_decoding"]
     assert tr["text"].strip() and tr["text"] == ar["text"] and tr["tokens"] == ar["tokens"] == 16
     assert 0 < tr["steps"] <= ar["steps"] and race["mat"] >= 1 and race["speedup"] > 0
-    assert race["message"].startswith("Done")
+    assert "Done" in race["message"]
 
 
 def test_a_bad_value_gets_one_line_naming_the_field(mcp_url, caplog):
@@ -88,3 +89,38 @@ def test_a_bad_value_gets_one_line_naming_the_field(mcp_url, caplog):
     assert "k must be a whole number from 1 to 32, got 999" in message and "\n" not in message, message
     records = [r for r in caplog.records if r.name == "token-recycling-app"]
     assert len(records) == 1 and records[0].exc_info is None
+
+
+@pytest.mark.parametrize("name", [
+    "call", "call_1", "call_6", "call_7",  # how Gradio names the page's handlers (each one a function `call`)
+    "run", "step", "replay", "lookup", "show_step", "reset_matrix", "stop", TOOL_NAME + "_1", "", "../run",
+])
+def test_nothing_but_the_race_tool_is_callable(mcp_url, name):
+    result = session_call(mcp_url, lambda s: s.call_tool(name, {}))
+    assert result.isError and f"Unknown tool for this Gradio app: {name}" in result.content[0].text
+
+
+def test_the_schema_lists_the_race_tool_alone(mcp_url):
+    import httpx
+
+    schema = httpx.get(mcp_url.removesuffix("/") + "/schema", timeout=30).json()
+    assert [tool["name"] for tool in schema] == [TOOL_NAME]
+
+
+def test_callers_see_only_their_own_runs(mcp_url):
+    """Two callers race with their own secrets: each result holds its caller's run only, no run, record or
+    replay outlives a call, and an API client's replay is its own session's (none)."""
+    from gradio_client import Client
+
+    def race(secret: str) -> dict:
+        arguments = dict(prompt=f"Repeat after me: {secret}", max_new_tokens=8)
+        result = session_call(mcp_url, lambda s: s.call_tool(TOOL_NAME, arguments))
+        assert not result.isError, result.content
+        return json.loads(result.content[0].text)
+
+    first, second = race("zebra-7731"), race("walrus-0042")
+    assert "walrus" not in json.dumps(first) and "zebra" not in json.dumps(second)
+    app_url = mcp_url.split("gradio_api")[0]
+    assert APP_DOWNLOADS[app_url].files() == []  # no record of either run is left to fetch
+    api = Client(app_url, verbose=False, analytics_enabled=False)
+    assert api.predict(api_name="/replay")[0].startswith("Nothing to replay yet")

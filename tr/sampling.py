@@ -11,6 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
+# The lowest sampling temperature. The distribution is computed from logits minus their maximum, so any
+# positive temperature stays finite; below this one it is greedy decoding in all but name, and a number
+# such as 5e-324 is zero once it reaches float32.
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 100.0
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -22,8 +28,9 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.temperature <= 100.0:
-            raise ValueError(f"temperature must be between 0 and 100, got {self.temperature}")
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise ValueError(f"temperature must be 0 (greedy) or from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g}, "
+                             f"got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
@@ -46,7 +53,10 @@ GREEDY = Sampling()
 
 def next_token_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """Probabilities over the vocabulary (last dim) after temperature, top-k and top-p."""
-    logits = logits.float() / sampling.temperature
+    logits = logits.float()
+    # Shifted so that the largest logit is 0: divided by a small temperature, the rest only head for -inf
+    # (probability 0), never to +inf, whose softmax would be NaN.
+    logits = (logits - logits.amax(-1, keepdim=True)) / sampling.temperature
     if sampling.top_k and sampling.top_k < logits.shape[-1]:
         kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

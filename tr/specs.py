@@ -21,6 +21,9 @@ MAX_NEW_TOKENS = 1024  # new tokens per request, everywhere (library, app, bench
 MAX_PROMPT_TOKENS = 2048
 MAX_TREE_NODES = 256  # draft nodes of any tree: one verification pass stays a bounded amount of work
 MAX_TREE_JSON_CHARS = 20_000
+# A template is a list of paths, each a list of ranks: nested two deep. Deeper text is refused before the
+# JSON parser runs, whose recursion would otherwise end in a RecursionError about a thousand levels down.
+MAX_TREE_JSON_NESTING = 2
 CUSTOM_EXAMPLE = "[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 0, 0]]"
 
 
@@ -97,6 +100,9 @@ def parse_tree(text: str, k: int, label: str = "custom") -> TreeSpec:
                         f"to {MAX_TREE_NODES}) or a JSON list of paths such as {CUSTOM_EXAMPLE}")
     if len(text) > MAX_TREE_JSON_CHARS:
         raise TreeError(f"the tree JSON is too long ({len(text):,} characters, at most {MAX_TREE_JSON_CHARS:,})")
+    if (nesting := json_nesting(text)) > MAX_TREE_JSON_NESTING:
+        raise TreeError(f"the tree JSON is nested {nesting} deep; a tree is a list of paths of ranks, nested "
+                        f"{MAX_TREE_JSON_NESTING} deep, such as {CUSTOM_EXAMPLE}")
     try:
         paths = json.loads(text)
     except json.JSONDecodeError as err:
@@ -104,9 +110,22 @@ def parse_tree(text: str, k: int, label: str = "custom") -> TreeSpec:
     return _template(label, paths, k)
 
 
+def json_nesting(text: str) -> int:
+    """How deep brackets nest in `text` (brackets inside JSON strings count too: only ever stricter)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _size(text: str, prefix: str) -> int:
     size = text.removeprefix(prefix)
-    if not size.isdigit() or not 1 <= int(size) <= MAX_TREE_NODES:
+    # ASCII digits only (str.isdigit() also accepts digits such as "²" that int() refuses), and few of them.
+    if not (size.isascii() and size.isdigit() and len(size) <= 4) or not 1 <= int(size) <= MAX_TREE_NODES:
         raise TreeError(f"{text!r}: use {prefix}N with N from 1 to {MAX_TREE_NODES}, e.g. {prefix}16")
     return int(size)
 

@@ -2,12 +2,17 @@
 
 The tool is a `gr.api` endpoint in the Run button's queue group (one race on the model at a time, across
 browser sessions and MCP calls) and takes the Run button's path, `Handlers.run`: the same checks, the
-same limits, the same one-line messages. Every MCP call shares one session, so its matrix stays hot from
-call to call as a visitor's does from run to run (one matrix: a few MB).
+same limits, the same one-line messages.
 
-Gradio's MCP server makes a tool of every public endpoint. The page's own endpoints (run, stop, lookup…)
-take the browser's session state and answer with HTML, so they are marked as no MCP tool: they stay in
-the API for its clients, and MCP clients see the race tool alone.
+Callers are strangers to each other. Each call races in a session of its own, which ends with the call
+(no run, history or download outlives it); all that calls share is one matrix, bounded like a visitor's,
+so Token Recycling stays hot from call to call. A matrix only proposes drafts, and verification decides
+every token, so it never brings one caller's text into another's result.
+
+Gradio's MCP server makes a tool of every public endpoint, and calls any of them by name, listed or not.
+The page's own endpoints (run, stop, replay, lookup…) act on a browser session's state: they stay in the
+API for Gradio's client libraries, each client a session of its own, and `OneTool` takes them out of the
+MCP server as it is built, before it serves, so MCP reaches the race tool alone.
 """
 
 # No `from __future__ import annotations`: gradio reads the tool's return type from the signature as is.
@@ -19,27 +24,25 @@ from typing import Any
 import gradio as gr
 
 from tr.device.primed import find_primed
-from tr.matrix import MAX_K
+from tr.matrix import MAX_K, AdjacencyMatrix
 from tr.records import speedup, summarize, token_ids
+from tr.sampling import MIN_TEMPERATURE
 from tr.specs import MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, Start
 
 from .handlers import Handlers
 from .session import Run, Session
-from .settings import DECODING, TEMPLATES
+from .settings import DECODING, TOP_TEMPERATURE, TEMPLATES
 
 TOOL_NAME = "token_recycling_race"
-# Gradio's MCP server lists an endpoint as a tool unless its function carries another `_mcp_type` (the
-# attribute its gr.mcp.resource and gr.mcp.prompt decorators set); this value is neither, so it is nothing.
-NOT_A_TOOL = "none"
 LANES = {"ar": "plain_decoding", "tr": "token_recycling", "pld": "prompt_lookup_decoding"}  # names in the result
-FAILED = ("⚠️ **", "**")  # how `views.failure` decorates a message for the page
 
 DOC = f"""Race plain decoding against Token Recycling on the app's language model, on the same prompt.
 
 Token Recycling (Luo et al., ACL 2025) is lossless speculative decoding: it drafts a tree of likely next
 tokens from an adjacency matrix of the model's own recent top-k predictions and verifies the whole tree in
 one forward pass, so it needs fewer passes for exactly the same output. Every decoder continues the prompt
-(in the model's chat template). Races run one at a time on the model; the matrix stays hot across calls.
+(in the model's chat template, as plain text: control tokens typed in it are not obeyed). Races run one
+at a time on the model; the matrix stays hot across calls, and nothing else of a call outlives it.
 A bad value is answered with one line that names the field and what is allowed.
 The result is JSON: identical (whether the outputs match), first_difference (the index of the first token
 where they differ, or null), speedup (plain decoding's compute time over Token Recycling's), mat (tokens
@@ -54,7 +57,7 @@ Args:
     custom_json: only with the template "{TEMPLATES[-1]}": a JSON list of rank paths such as [[0], [0, 0], [1]].
     k: candidates per matrix row, a whole number from 1 to {MAX_K}.
     decoding: {" or ".join(DECODING)}; greedy ignores temperature, top_p and seed.
-    temperature: the sampling temperature, a number in (0, 2].
+    temperature: the sampling temperature, a number in [{MIN_TEMPERATURE}, {TOP_TEMPERATURE}].
     top_p: the nucleus sampling threshold, a number in (0, 1].
     seed: the sampling seed, a whole number from 0 to {2**31 - 1}.
     start: what the matrix holds as the race begins, one of {", ".join(s.value for s in Start)}.
@@ -84,20 +87,36 @@ def result(handlers: Handlers, run: Run, message: str) -> dict[str, Any]:
 
 def race(handlers: Handlers, session: Session, values: dict[str, Any]) -> str:
     """Run the race through the Run button's handler; its JSON result, or gr.Error with its one line."""
-    runs_before, message = session.runs, ""
+    error = message = ""
     for views_by_name in handlers.run(session, values, ""):
         message = views_by_name.get("message", message)
+        error = views_by_name.get("error", error)
     handlers.forget(session)  # no download for an MCP call: remove the record Handlers.run wrote
     run = session.run
-    if session.runs == runs_before or run is None or not run.finished:
+    if error or run is None or not run.finished:
         # Already logged in one line (rejected) or with its traceback and id (unexpected).
-        raise gr.Error(message.removeprefix(FAILED[0]).removesuffix(FAILED[1]), print_exception=False)
+        raise gr.Error(error or "the race did not finish", print_exception=False)
     return json.dumps(result(handlers, run, message), ensure_ascii=False)
+
+
+class SharedMatrix:
+    """The one matrix every call races with (a new one when a call asks for another k)."""
+
+    def __init__(self) -> None:
+        self.matrix: AdjacencyMatrix | None = None
+
+    def session(self) -> Session:
+        """A new session for one call, holding the shared matrix."""
+        return Session(matrix=self.matrix)
+
+    def keep(self, session: Session) -> None:
+        """Take back the call's matrix; nothing else of its session is kept."""
+        self.matrix = session.matrix
 
 
 def race_tool(handlers: Handlers, default_start: str) -> Callable[..., str]:
     """The tool's function: typed, with the page's defaults (gradio builds the tool's schema from them)."""
-    session = Session()
+    shared = SharedMatrix()
 
     def token_recycling_race(prompt: str, max_new_tokens: int = 128, template: str = TEMPLATES[0],
                              custom_json: str = "", k: int = 8, decoding: str = DECODING[0],
@@ -106,21 +125,43 @@ def race_tool(handlers: Handlers, default_start: str) -> Callable[..., str]:
         values = dict(prompt=prompt, max_new_tokens=max_new_tokens, template=template, custom_json=custom_json,
                       k=k, decoding=decoding, temperature=temperature, top_p=top_p, seed=seed, start=start,
                       prompt_lookup=prompt_lookup)
-        return race(handlers, session, values)
+        session = shared.session()
+        try:
+            return race(handlers, session, values)
+        finally:
+            shared.keep(session)
 
     token_recycling_race.__doc__ = DOC
     return token_recycling_race
 
 
 def add_mcp_tool(demo: gr.Blocks, handlers: Handlers) -> None:
-    """Register the race tool on `demo` and mark every other endpoint as no MCP tool. Call it after every
-    event is wired (an endpoint added later would be listed as a tool)."""
+    """Register the race tool on `demo` (a `OneTool` page, whose MCP server serves nothing else)."""
     start = (Start.PRIMED if find_primed(handlers.lm) is not None else Start.HOT).value  # as the page's default
     with demo:
         # The Run button's queue group: one race on the model at a time.
         gr.api(race_tool(handlers, start), api_name=TOOL_NAME, concurrency_limit=1, concurrency_id="model")
-    for block_fn in demo.fns.values():
-        if block_fn.fn is not None and block_fn.api_name != TOOL_NAME:
-            block_fn.fn._mcp_type = NOT_A_TOOL
-    # Gradio warns at launch about every public endpoint with a gr.State input, tool or not: here none is one.
+    # Gradio warns at launch about every public endpoint with a gr.State input, before `OneTool` leaves the
+    # page's own endpoints out of the MCP server: none of them is a tool.
     warnings.filterwarnings("ignore", "This MCP server includes a tool that has a gr.State input", UserWarning)
+
+
+class OneTool:
+    """A mixin for gr.Blocks: its MCP server lists and calls the race tool and nothing else.
+
+    Gradio builds the server at launch and assigns it to `mcp_server_obj` before it serves a request; the
+    server maps tool names to endpoints once (`tool_to_endpoint`), and answers a name it does not map with
+    "Unknown tool". So the map is cut down to the race tool as the server is assigned."""
+
+    _mcp_server = None
+
+    @property
+    def mcp_server_obj(self) -> Any:
+        return self._mcp_server
+
+    @mcp_server_obj.setter
+    def mcp_server_obj(self, server: Any) -> None:
+        if server is not None:
+            server.tool_to_endpoint = {tool: endpoint for tool, endpoint in server.tool_to_endpoint.items()
+                                       if endpoint.lstrip("/") == TOOL_NAME}
+        self._mcp_server = server

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from tr.matrix import MAX_K
-from tr.sampling import Sampling
+from tr.sampling import MIN_TEMPERATURE, Sampling
 from tr.specs import (
-    MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TREE_NAMES, Method, Start, TreeSpec, parse_start, parse_tree,
+    CUSTOM_EXAMPLE, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, TREE_NAMES, Method, Start, TreeSpec, parse_start, parse_tree,
 )
+from tr.trees import TreeError
 
 CUSTOM = "custom JSON"
 TEMPLATES = (*TREE_NAMES, CUSTOM)  # the first, auto, is the default
@@ -25,6 +26,7 @@ DECODING = ("greedy", "sampling")
 # text a visitor types, so a longer text cannot be under the token limit.
 MAX_PROMPT_CHARS = 32 * MAX_PROMPT_TOKENS
 MAX_LOOKUP_CHARS = 200
+TOP_TEMPERATURE = 2.0  # the highest the page and its API take (the library takes more)
 # The race's fields, in the order the API lists them.
 FIELDS = ("prompt", "max_new_tokens", "template", "custom_json", "k", "decoding", "temperature", "top_p", "seed",
           "start", "prompt_lookup")
@@ -65,27 +67,28 @@ class Settings:
 def _whole(name: str, value: Any, low: int, high: int) -> int:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value != int(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {_shown(value)}")
     return int(value)
 
 
-def _number(name: str, value: Any, low: float, high: float) -> float:
-    """A number in (low, high]."""
+def _number(name: str, value: Any, low: float, high: float, low_included: bool = False) -> float:
+    """A number in (low, high], or [low, high] when `low_included`."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not low < value <= high:
-        raise ValueError(f"{name} must be a number in ({low}, {high}], got {value!r}")
+    if not ok or not (low <= value if low_included else low < value) or not value <= high:
+        interval = f"{'[' if low_included else '('}{low}, {high}]"
+        raise ValueError(f"{name} must be a number in {interval}, got {_shown(value)}")
     return float(value)
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {_shown(value)}")
     return value
 
 
 def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise ValueError(f"{name} must be true or false, got {_shown(value)}")
     return value
 
 
@@ -93,9 +96,21 @@ def _sampling(values: Mapping[str, Any]) -> Sampling:
     """Sampling parameters only matter (and are only checked) when sampling."""
     if _choice("Decoding", values["decoding"], DECODING) == "greedy":
         return Sampling()
-    return Sampling(temperature=_number("Temperature", values["temperature"], 0.0, 2.0),
+    return Sampling(temperature=_number("Temperature", values["temperature"], MIN_TEMPERATURE, TOP_TEMPERATURE,
+                                        low_included=True),
                     top_p=_number("Top-p", values["top_p"], 0.0, 1.0),
                     seed=_whole("Seed", values["seed"], 0, 2**31 - 1))
+
+
+def _custom_tree(value: Any, k: int) -> TreeSpec:
+    """The custom tree box: a JSON list of rank paths (or a tree's name); the message names the field."""
+    if not isinstance(value, str):
+        raise ValueError(f"Custom tree must be text, a JSON list of paths such as {CUSTOM_EXAMPLE}, got "
+                         f"{_shown(value)}")
+    try:
+        return parse_tree(value, k)
+    except TreeError as err:
+        raise ValueError(f"Custom tree: {err}") from None
 
 
 def parse_settings(values: Mapping[str, Any]) -> Settings:
@@ -111,11 +126,10 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
                          f"{MAX_PROMPT_TOKENS:,} tokens accepted.")
     k = _whole("k", values["k"], 1, MAX_K)
     template = _choice("Draft tree", values["template"], TEMPLATES)
-    custom = values["custom_json"] if isinstance(values["custom_json"], str) else ""
     return Settings(
         prompt=prompt,
         max_new_tokens=_whole("Max new tokens", values["max_new_tokens"], 1, MAX_NEW_TOKENS),
-        tree=parse_tree(custom, k) if template == CUSTOM else parse_tree(template, k),
+        tree=_custom_tree(values["custom_json"], k) if template == CUSTOM else parse_tree(template, k),
         k=k,
         sampling=_sampling(values),
         start=parse_start(_choice("Start", values["start"], tuple(s.value for s in Start))),
@@ -123,13 +137,33 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
     )
 
 
-def parse_lookup(text: Any) -> str:
-    """The token lookup box: text, of which only the start matters."""
+Lookup = int | str  # what the token lookup box asks for: a token id, or text whose first token it means
+
+
+def parse_lookup(text: Any, vocab_size: int) -> Lookup:
+    """The token lookup box: `#id` (a whole number, read whole) or text, of which only the start matters."""
     if text is None:
         return ""
     if not isinstance(text, str):
         raise ValueError(f"Look up must be text (a word or #id), got {type(text).__name__}")
-    return text[:MAX_LOOKUP_CHARS]
+    text = text.strip()
+    if not text.startswith("#"):
+        return text[:MAX_LOOKUP_CHARS]
+    # ASCII digits only (int() takes other digits and underscores too); leading zeros do not count, so a
+    # long id is refused by its length before it is converted.
+    digits = text[1:]
+    significant = digits.lstrip("0") or "0"
+    if not (digits.isascii() and digits.isdigit()) or len(significant) > len(str(vocab_size)) or \
+            int(significant) >= vocab_size:
+        raise ValueError(f"Look up: a token id is # followed by a whole number from 0 to {vocab_size - 1}, "
+                         f"got {_shown(text)}")
+    return int(significant)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as a message quotes it: its repr, cut after `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def parse_step(value: Any) -> int:

