@@ -74,6 +74,29 @@ def test_a_token_id_out_of_range_is_one_line_naming_the_field(text):
         parse_lookup(text, 49152)
 
 
+def test_half_a_surrogate_pair_is_refused_where_it_enters():
+    """JSON can carry a lone surrogate ("\\ud800"), which no tokenizer can read."""
+    with pytest.raises(ValueError, match=r"^The prompt holds a character that is not valid Unicode .* at position 3"):
+        parse_settings(SETTINGS | dict(prompt="Hi \ud800"))
+    with pytest.raises(ValueError, match=r"^Look up holds a character that is not valid Unicode"):
+        parse_lookup("x\udfff", 49152)
+
+
+def test_a_number_too_long_for_python_in_tree_json_is_one_line_naming_the_field():
+    with pytest.raises(ValueError, match=r"^Custom tree: the tree JSON holds a number too long to read"):
+        parse_settings(SETTINGS | dict(template="custom JSON", custom_json="[[" + "9" * 5000 + "]]"))
+
+
+def test_a_long_message_is_cut_to_one_short_line():
+    from webapp.log import MAX_MESSAGE_CHARS, rejected
+
+    long_path = "[[" + ", ".join(["0"] * 3000) + "]]"
+    with pytest.raises(ValueError) as caught:
+        parse_settings(SETTINGS | dict(template="custom JSON", custom_json=long_path))
+    message = rejected(caught.value)
+    assert len(message) == MAX_MESSAGE_CHARS and message.endswith("…") and "\n" not in message
+
+
 def special_ids(tokenizer) -> set[int]:
     return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
 
@@ -129,6 +152,38 @@ def test_the_log_has_one_timestamped_line_per_rejection_in_its_own_format(app_ur
     assert len(rejections) == 4, lines
     errors = [line for line in lines if re.match(stamp + r"ERROR error [0-9a-f]{8} in a test$", line)]
     assert len(errors) == 1 and lines[-1] == "RuntimeError: a bug" and "Traceback (most recent call last):" in lines
+
+
+@pytest.mark.slow
+def test_a_bad_lookup_value_never_turns_a_run_or_a_reset_into_an_error(app_url):
+    c, bad = client(app_url), "#000000000001" + "0" * 151
+    assert "Done" in run(c, lookup=bad, max_new_tokens=4)["message"]
+    message, _, lookup = c.predict(bad, api_name="/reset_matrix")
+    assert message.startswith("Matrix reset") and "Type a word" in lookup
+
+
+def raw_call(app_url: str, endpoint: str, body: str) -> str:
+    """One call through Gradio's REST API, as any HTTP client can send it: the event stream's text."""
+    import httpx
+
+    base = f"{app_url}gradio_api/call/{endpoint}"
+    posted = httpx.post(base, content=body, headers={"content-type": "application/json"}, timeout=30)
+    return httpx.get(f"{base}/{posted.json()['event_id']}", timeout=120).text
+
+
+@pytest.mark.slow
+def test_raw_requests_with_missing_values_or_broken_text_get_one_line(app_url, caplog, capfd):
+    """The first value is the page's session state, which the server keeps: any value stands in for it."""
+    with caplog.at_level(logging.INFO, logger="token-recycling-app"):
+        short_run = raw_call(app_url, "run", '{"data": [null, "Hi.", 4]}')
+        short_tool = raw_call(app_url, "token_recycling_race", '{"data": ["Hi.", 4, "custom JSON", "[[["]}')
+        surrogate = raw_call(app_url, "run", '{"data": [null, "Hi \\ud800", 4, "small-16", "", 8, "greedy", 0.7, '
+                                            '0.9, 0, "hot", false, "\\udfff"]}')
+    assert "Done" in short_run and "event: complete" in short_run  # the settings left out take their defaults
+    assert "Custom tree: the tree JSON is nested 3 deep" in short_tool
+    assert "not valid Unicode" in surrogate
+    assert len([r for r in caplog.records if r.name == "token-recycling-app"]) == 2
+    assert "Traceback" not in capfd.readouterr().err
 
 
 # Arbitrary JSON (no NaN or infinity: JSON has none), small enough to send quickly.

@@ -107,6 +107,8 @@ def parse_tree(text: str, k: int, label: str = "custom") -> TreeSpec:
         paths = json.loads(text)
     except json.JSONDecodeError as err:
         raise TreeError(f"the tree is not valid JSON: {err}") from None
+    except ValueError:  # e.g. a number of thousands of digits, which Python refuses to convert
+        raise TreeError("the tree JSON holds a number too long to read: ranks are from 0 to k - 1") from None
     return _template(label, paths, k)
 
 

@@ -27,10 +27,15 @@ def configure_logging(stream: TextIO | None = None) -> logging.Handler:
     return handler
 
 
+MAX_MESSAGE_CHARS = 400  # a message may quote a value (a tree's paths, say): the visitor reads its start
+
+
 def rejected(err: ValueError) -> str:
-    """The visitor's message for rejected input, logged in one line."""
-    message = str(err)
-    log.info("rejected: %s", message.splitlines()[0][:300] if message else type(err).__name__)
+    """The visitor's message for rejected input, one line, logged as one line."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 1] + "…"
+    log.info("rejected: %s", message[:300])
     return message
 
 

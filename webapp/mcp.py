@@ -11,8 +11,8 @@ every token, so it never brings one caller's text into another's result.
 
 Gradio's MCP server makes a tool of every public endpoint, and calls any of them by name, listed or not.
 The page's own endpoints (run, stop, replay, lookup…) act on a browser session's state: they stay in the
-API for Gradio's client libraries, each client a session of its own, and `OneTool` takes them out of the
-MCP server as it is built, before it serves, so MCP reaches the race tool alone.
+API for Gradio's client libraries, each client a session of its own, and `webapp.edge.OneTool` takes them
+out of the MCP server as it is built, before it serves, so MCP reaches the race tool alone.
 """
 
 # No `from __future__ import annotations`: gradio reads the tool's return type from the signature as is.
@@ -136,7 +136,7 @@ def race_tool(handlers: Handlers, default_start: str) -> Callable[..., str]:
 
 
 def add_mcp_tool(demo: gr.Blocks, handlers: Handlers) -> None:
-    """Register the race tool on `demo` (a `OneTool` page, whose MCP server serves nothing else)."""
+    """Register the race tool on `demo` (a `webapp.edge.OneTool` page, whose MCP server serves nothing else)."""
     start = (Start.PRIMED if find_primed(handlers.lm) is not None else Start.HOT).value  # as the page's default
     with demo:
         # The Run button's queue group: one race on the model at a time.
@@ -144,24 +144,3 @@ def add_mcp_tool(demo: gr.Blocks, handlers: Handlers) -> None:
     # Gradio warns at launch about every public endpoint with a gr.State input, before `OneTool` leaves the
     # page's own endpoints out of the MCP server: none of them is a tool.
     warnings.filterwarnings("ignore", "This MCP server includes a tool that has a gr.State input", UserWarning)
-
-
-class OneTool:
-    """A mixin for gr.Blocks: its MCP server lists and calls the race tool and nothing else.
-
-    Gradio builds the server at launch and assigns it to `mcp_server_obj` before it serves a request; the
-    server maps tool names to endpoints once (`tool_to_endpoint`), and answers a name it does not map with
-    "Unknown tool". So the map is cut down to the race tool as the server is assigned."""
-
-    _mcp_server = None
-
-    @property
-    def mcp_server_obj(self) -> Any:
-        return self._mcp_server
-
-    @mcp_server_obj.setter
-    def mcp_server_obj(self, server: Any) -> None:
-        if server is not None:
-            server.tool_to_endpoint = {tool: endpoint for tool, endpoint in server.tool_to_endpoint.items()
-                                       if endpoint.lstrip("/") == TOOL_NAME}
-        self._mcp_server = server

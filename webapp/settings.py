@@ -86,6 +86,16 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _unicode(name: str, text: str) -> None:
+    """Text that is Unicode through and through: JSON can carry half of a surrogate pair, which no
+    tokenizer can read."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{name} holds a character that is not valid Unicode (a lone surrogate, "
+                         f"{text[err.start]!r}) at position {err.start:,}") from None
+
+
 def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be true or false, got {_shown(value)}")
@@ -121,6 +131,7 @@ def parse_settings(values: Mapping[str, Any]) -> Settings:
     prompt = values["prompt"]
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("The prompt is empty: type some text or pick one of the examples.")
+    _unicode("The prompt", prompt)
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"The prompt is too long: {len(prompt):,} characters is far more than the "
                          f"{MAX_PROMPT_TOKENS:,} tokens accepted.")
@@ -147,6 +158,7 @@ def parse_lookup(text: Any, vocab_size: int) -> Lookup:
     if not isinstance(text, str):
         raise ValueError(f"Look up must be text (a word or #id), got {type(text).__name__}")
     text = text.strip()
+    _unicode("Look up", text)
     if not text.startswith("#"):
         return text[:MAX_LOOKUP_CHARS]
     # ASCII digits only (int() takes other digits and underscores too); leading zeros do not count, so a
