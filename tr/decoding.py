@@ -22,6 +22,7 @@ import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -183,6 +184,15 @@ class Verdict:
     bonus: int  # the model's token after the last accepted node: the next root
 
 
+class Picker(Protocol):
+    """Another rule for the model's token than a `Sampling`: one that reads the text before it, such as
+    transformers' logits processors (`tr.hf`). Verification then walks the tree node by node, as sampling does."""
+
+    def __call__(self, logits: torch.Tensor, before: list[int]) -> int:
+        """The token after `before` (the prompt, the tokens emitted, the drafted path) from its logits (vocab,)."""
+        ...
+
+
 @dataclass
 class Request:
     """What every step of one request shares."""
@@ -195,11 +205,24 @@ class Request:
     eos: set[int]
     max_new_tokens: int
     totals: _Totals = field(default_factory=_Totals)
+    picker: Picker | None = None  # when set, it picks every token instead of `sampling`
+    text: list[int] = field(default_factory=list)  # the prompt and the tokens emitted so far, for `picker`
 
     @property
     def room(self) -> int:
         """Tokens this request may still emit."""
         return self.max_new_tokens - self.totals.tokens
+
+    @property
+    def greedy(self) -> bool:
+        """Whether every token is the argmax of the raw logits: passes may then be exact only there."""
+        return self.picker is None and self.sampling.greedy
+
+    def pick(self, logits: torch.Tensor, drafted: Sequence[int] = ()) -> int:
+        """The model's token from one row of logits, `drafted` being the tree's tokens between the text and it."""
+        if self.picker is not None:
+            return self.picker(logits, [*self.text, *drafted])
+        return int(choose(logits, self.sampling, self.generator))
 
 
 def _greedy_path(tokens: torch.Tensor, tree: TreeBuffers, logits: torch.Tensor) -> Verdict:
@@ -214,16 +237,14 @@ def _greedy_path(tokens: torch.Tensor, tree: TreeBuffers, logits: torch.Tensor) 
     return Verdict(path.tolist(), choice_list, choice_list[best])
 
 
-def _sampled_path(
-    parents: list[int], tokens: list[int], logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None,
-) -> Verdict:
+def _sampled_path(request: Request, parents: list[int], tokens: list[int], logits: torch.Tensor) -> Verdict:
     """Walk down the tree drawing from the model at each node; stop at the first draw no child carries."""
     children: list[list[int]] = [[] for _ in parents]
     for node, parent in enumerate(parents[1:], start=1):
         children[parent].append(node)
     node, path, choices = 0, [0], [-1] * len(parents)
     while True:
-        drawn = int(choose(logits[node], sampling, generator))
+        drawn = request.pick(logits[node], [tokens[i] for i in path[1:]])
         choices[node] = drawn
         child = next((c for c in children[node] if tokens[c] == drawn), None)
         if child is None:
@@ -238,9 +259,9 @@ def prefill(request: Request, prompt: list[int], ids: torch.Tensor, matrix: Adja
     (computed anyway) also write the rows of the prompt tokens."""
     positions = torch.arange(len(ids), device=request.device)
     logits = request.clock.timed(request.passes, ids, positions, last_only=not seed_from_prompt,
-                                 greedy=request.sampling.greedy)
+                                 greedy=request.greedy)
     rows = matrix.write(prompt, logits, [-1, *prompt[:-1]]) if seed_from_prompt else []
-    root = int(choose(logits[-1], request.sampling, request.generator))
+    root = request.pick(logits[-1])
     emitted, finished = clip([root], request.max_new_tokens, request.eos)
     return Step(0, emitted, rows_written=rows, finished=finished)
 
@@ -250,16 +271,16 @@ def verify(request: Request, draft: Draft, tree: TreeBuffers) -> torch.Tensor:
     device, start = request.device, request.passes.length
     positions = (tree.depths + start).to(device)
     tokens = torch.tensor(draft.tokens).to(device)
-    return request.clock.timed(request.passes, tokens, positions, tree.ancestors, greedy=request.sampling.greedy)
+    return request.clock.timed(request.passes, tokens, positions, tree.ancestors, greedy=request.greedy)
 
 
 def accept(request: Request, draft: Draft, tree: TreeBuffers, logits: torch.Tensor, start: int) -> Verdict:
     """The longest root path the model agrees with (greedy) or draws (sampling), plus the model's token
     after it; the cache keeps that path's entries from `start` and drops the rest of the tree."""
-    if request.sampling.greedy:
+    if request.greedy:
         verdict = _greedy_path(torch.tensor(draft.tokens), tree, logits)
     else:
-        verdict = _sampled_path(draft.parents, draft.tokens, logits, request.sampling, request.generator)
+        verdict = _sampled_path(request, draft.parents, draft.tokens, logits)
     request.passes.keep(start, verdict.path)
     return verdict
 
@@ -282,17 +303,20 @@ def token_recycling(
     eos_ids: Sequence[int] = (),
     seed_from_prompt: bool = False,
     passes: PassesFactory = EagerPasses,
+    picker: Picker | None = None,
 ) -> Iterator[Step]:
     """Token Recycling. `matrix` is read and updated in place (keep it for a hot start); `drafter` is
     one of `tr.drafts`, made for this request. With `seed_from_prompt`, the prefill also writes the rows
     of the prompt tokens before the first draft. With `matrix` None, nothing is recycled: for a drafter
-    that reads no matrix (prompt lookup decoding). `passes` runs the forward passes."""
+    that reads no matrix (prompt lookup decoding). `passes` runs the forward passes; `picker`, when given,
+    picks every token in place of `sampling`."""
     if matrix is None and seed_from_prompt:
         raise ValueError("seed_from_prompt writes the prompt's rows: it needs a matrix")
     ids = checked_ids(model, prompt_ids, max_new_tokens, matrix)
     device = ids.device
     request = Request(device, passes(model, len(ids) + max_new_tokens + drafter.max_size), Clock(device),
-                      sampling, sampling.generator(device), set(eos_ids), max_new_tokens)
+                      sampling, sampling.generator(device), set(eos_ids), max_new_tokens, picker=picker,
+                      text=list(prompt_ids))
     try:
         yield from _recycling_steps(request, list(prompt_ids), ids, matrix, drafter, seed_from_prompt)
     finally:
@@ -303,6 +327,7 @@ def _recycling_steps(request: Request, prompt: list[int], ids: torch.Tensor, mat
                      drafter: Drafter, seed_from_prompt: bool) -> Iterator[Step]:
     learn = getattr(drafter, "observe", None)  # the drafter's optional feedback hook
     step = prefill(request, prompt, ids, matrix, seed_from_prompt)
+    request.text += step.tokens
     root, before_root = step.tokens[-1], int(prompt[-1])
     while True:
         if learn:
@@ -320,5 +345,6 @@ def _recycling_steps(request: Request, prompt: list[int], ids: torch.Tensor, mat
         emitted, finished = clip([draft.tokens[i] for i in verdict.path[1:]] + [root], request.room, request.eos)
         step = Step(step.index + 1, emitted, draft, verdict.choices, verdict.path, rows,
                     forward_s=request.clock.forward_s, finished=finished)
+        request.text += emitted
         if matrix is not None:
             matrix.stats.observe(step)

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .costs import CostCurve, LearnedCost
-from .decoding import autoregressive, token_recycling
+from .decoding import Picker, autoregressive, token_recycling
 from .device.calibrate import device_curve
 from .device.model import LoadedModel
 from .device.fixed import FIXED_ROWS
@@ -99,6 +99,7 @@ def decode_steps(
     tree: TreeSpec | None = None,
     start: Start = Start.HOT,
     costs: CostCurve | LearnedCost | None = None,
+    picker: Picker | None = None,
 ) -> Iterator[Step]:
     """Step records of one method on one prompt; `matrix` persists across calls unless `start` is cold.
     `tree` is the draft tree (by default the paper's template); `costs` the device's cost curve for trees
@@ -106,9 +107,12 @@ def decode_steps(
     it ignores `matrix`, `tree` and `start`, and takes `costs` only to report each draft's predicted cost.
     Where `lm.resident`, greedy plain decoding and greedy Token Recycling over a template of at most
     `FIXED_ROWS` nodes (not seeded) run each step wholly on the device (`tr.device.resident`): the same
-    tokens and records. There trees sized by cost become the chosen trees of `device_tree`."""
+    tokens and records. There trees sized by cost become the chosen trees of `device_tree`. A `picker`
+    (Token Recycling and prompt lookup only) picks every token in place of `sampling` (`tr.decoding.Picker`)."""
     method, start = Method(method), Start(start)  # the enums, or their values
     check_request(lm, prompt_ids, max_new_tokens)
+    if picker is not None and method is Method.AR:
+        raise ValueError("a picker serves Token Recycling and prompt lookup; plain decoding takes a Sampling")
     if method is Method.AR and lm.resident and sampling.greedy:
         return resident_autoregressive(lm.model, prompt_ids, max_new_tokens, lm.eos_ids, fixed=lm.fixed)
     if method is Method.AR:
@@ -116,13 +120,14 @@ def decode_steps(
     if method is Method.PLD:
         drafter = PromptLookupDrafter(prompt_ids, curve=_snapshot(costs))
         return token_recycling(lm.model, prompt_ids, max_new_tokens, None, drafter, sampling, lm.eos_ids,
-                               passes=lm.passes)
+                               passes=lm.passes, picker=picker)
     matrix = matrix or AdjacencyMatrix(lm.vocab_size)
     tree = tree or default_tree(matrix.k)
     if tree.k > matrix.k:
         raise ValueError(f"the tree {tree.label!r} uses candidate ranks up to k={tree.k}, but the matrix keeps "
                          f"k={matrix.k} per row: parse the tree with k={matrix.k}")
-    on_device = lm.resident and sampling.greedy and start is not Start.SEEDED  # the prefill writes rows on the host
+    # The prefill of a seeded start writes rows on the host; a picker reads the text there.
+    on_device = lm.resident and sampling.greedy and picker is None and start is not Start.SEEDED
     if on_device and tree.sized_by_cost:
         costs = costs or device_curve(lm)
         tree = device_tree(_snapshot(costs), matrix.k, lm.fixed)
@@ -135,7 +140,7 @@ def decode_steps(
         return resident_token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, lm.eos_ids,
                                         fixed=lm.fixed)
     return token_recycling(lm.model, prompt_ids, max_new_tokens, matrix, drafter, sampling, lm.eos_ids,
-                           seed_from_prompt=start is Start.SEEDED, passes=lm.passes)
+                           seed_from_prompt=start is Start.SEEDED, passes=lm.passes, picker=picker)
 
 
 def generate(lm: LoadedModel, prompt: str, method: Method = Method.TR, **options) -> Generation:
