@@ -19,9 +19,10 @@ from plotly.subplots import make_subplots
 from tr.costs import CostCurve
 from tr.records import Draft, Step
 
-from .style import base_layout, empty_figure
+from .style import Meaning, base_layout, empty_figure
 
-COST_COLOR, EXPECTED_COLOR, RATIO_COLOR = "#dc2626", "#2563eb", "#16a34a"
+# Cost is neutral (black); what Token Recycling expects to gain is in its lane colour.
+COST_COLOR, EXPECTED_COLOR, RATIO_COLOR = "#111827", Meaning.TR.strong, Meaning.TR.strong
 MIN_SIZES = 16  # drafts shown without weighed drafts to show, so the curve's shape is seen
 
 
@@ -66,7 +67,7 @@ def tree_size_figure(curve: CostCurve | None, step: Step | None = None) -> go.Fi
         expected = [1.0, *(1.0 + s for s in accumulate(weighed))]
         ratio = [e / c for e, c in zip(expected, cost)]
         fig.add_scatter(x=sizes, y=expected, mode="lines", name="expected tokens per call", row=1, col=1,
-                        line=dict(color=EXPECTED_COLOR, width=2),
+                        line=dict(color=EXPECTED_COLOR, width=2, dash="dash"),
                         hovertemplate="best %{x} drafts: %{y:.2f} tokens expected<extra></extra>")
         fig.add_scatter(x=sizes, y=ratio, mode="lines", name="expected speed-up = tokens ÷ cost", row=2, col=1,
                         line=dict(color=RATIO_COLOR, width=3),

@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # only for the annotation: race.py imports this module
     from .race import Comparison
 
+INTRO = """\
+**Speculative decoding: guess, then check.** Token Recycling guesses the next few tokens from what the model \
+ranked highly before (its *adjacency matrix*), checks all the guesses in one model call, and keeps those the \
+model agrees with: same text, fewer calls. Press **Run race**, then read the tree on the right.
+"""
+
 ABOUT = """\
 **Token Recycling** (Luo et al., *Turning Trash into Treasure: Accelerating Inference of Large Language Models \
 with Token Recycling*, ACL 2025, [arXiv 2408.08696](https://arxiv.org/abs/2408.08696)) is a kind of \
@@ -25,8 +31,7 @@ from the last committed token by following those rows, checks the whole tree in 
 tree attention, keeps the longest branch the model agrees with plus one token of the model's own (the bonus \
 token), and overwrites the rows of every token in the pass with fresh candidates. The matrix outlives the \
 request (a *hot start*), so it keeps learning what this model tends to say. Below, plain decoding and Token \
-Recycling (and prompt lookup decoding, when chosen) race on the same model, one step at a time. New to the \
-words? See the glossary at the bottom of the page.
+Recycling (and prompt lookup decoding, when chosen) race on the same model, one step at a time.
 """
 
 HOWTO_RACE = """\
@@ -39,20 +44,20 @@ speculative decoding is lossless.
 """
 
 HOWTO_TREE = """\
-**Root** (dark square, node 0): the last token already committed; the tree guesses what follows it. \
+**Root** (black square, node 0): the last token already committed; the tree guesses what follows it. \
 Every other node is a candidate taken from a matrix row (hover it to see which row and which rank), rank 0 \
 (the best) at the top of each group; depth grows to the right. The model checks all nodes in one pass; the \
 **green path** is the longest branch where every token is what the model itself picked after its parent. The \
-**gold star** is the bonus token: the model's own pick after the last accepted node, computed in that same \
-pass, so it is always correct and every step writes at least one token. **Grey** nodes are drafts that were \
-rejected, or that sat on a branch the model left earlier. A `·` in a token stands for a space. Move the \
+**amber star** is the bonus token: the model's own pick after the last accepted node, computed in that same \
+pass, so it is always correct and every step writes at least one token. Faded **red** nodes are drafts that \
+were rejected, or that sat on a branch the model left earlier. A `·` in a token stands for a space. Move the \
 slider to replay any step; its labels point at steps worth a look.
 """
 
 HOWTO_SIZE = """\
-**Why this size**: the top panel prices a tree. Checking more drafts in one call costs more (red, in \
+**Why this size**: the top panel prices a tree. Checking more drafts in one call costs more (black, in \
 one-token passes: *measured cost*, timed on this device and corrected by every step since), while each extra \
-draft only adds its chance of being right to the tokens the call can expect (blue, *expected tokens per \
+draft only adds its chance of being right to the tokens the call can expect (dashed, *expected tokens per \
 call*). The bottom panel divides the two: *expected speed-up = tokens ÷ cost* over plain decoding, before \
 drafting's own overheads. The *auto* tree stops where that curve peaks.
 """
@@ -62,8 +67,8 @@ A **row** belongs to one token and holds the k tokens the model most recently ra
 best first (**rank** 0 to k−1). After each pass, the row of every token in the tree is overwritten with the \
 model's new top-k at that position: candidates plain decoding would discard, recycled as the next drafts. \
 Below, each row the step rewrote is shown twice: **before** the overwrite (grey; candidates that were dropped \
-are struck through) and **after** it (**highlighted** cells are candidates the row did not hold before). The \
-**root's row** (green) is the one that drafted the tree's first layer. Rows are never averaged, only \
+are struck through) and **after** it (**blue** cells are candidates the row did not hold before). The \
+**root's row** (black border) is the one that drafted the tree's first layer. Rows are never averaged, only \
 overwritten. A `·` in a token stands for a space. Look up any token to see its current row.
 """
 
@@ -112,24 +117,28 @@ def howto_charts(device: str, mean_drafts: float | None = None, cost_per_call: f
 
 def run_summary(title: str, c: Comparison, finished: bool) -> str:
     """One run's speed-up in its own numbers, as one HTML sentence whose arithmetic gives the speed-up:
-    tokens per call gained, divided by what each call cost more than a plain one."""
-    per_call = f"each call cost {c.cost_ratio:.2f}× a plain one on its own clock"
+    model calls saved (the prefill counted as one call on both sides, as in the table), divided by what
+    each call cost more than a plain one. MAT, tokens after the prefill over calls after it, is spelled
+    out as that fraction so every shown number reproduces the others."""
+    verb = "wrote" if finished else "has written"
+    mat = (f"MAT {c.tokens - 1:,} / {c.calls - 1:,} = {(c.tokens - 1) / (c.calls - 1):.2f}" if c.calls > 1
+           else "no call after the prefill yet")
+    gained = (f"{verb} {c.tokens:,} tokens in {c.calls:,} model calls (the prefill wrote 1, then {mat}), "
+              f"plain decoding {c.base_tokens:,} in {c.base_calls:,}")
+    per_call = f"each call cost {c.cost_ratio:.2f}× a plain one"
     if c.mean_drafts:
-        per_call += f" (it checked {c.mean_drafts:.1f} drafted tokens on average)"
+        per_call += f" (checking {c.mean_drafts:.1f} drafts on average)"
+    if c.cost_ratio < 1:  # a bigger pass cannot really be cheaper: the clocks caught other work
+        per_call += (" — cheaper than a plain call, which only timing noise on a shared machine can explain: "
+                     "read this speed-up as rough")
     if c.tokens == c.base_tokens:
-        verb = "wrote" if finished else "has written"
-        gained = (f"{verb} {c.tokens:,} tokens, as many as plain decoding, in {c.calls:,} model calls instead "
-                  f"of {c.base_calls:,}")
         expression, shown = f"{c.base_calls:,} / {c.calls:,} / {c.cost_ratio:.2f}", c.base_calls / c.calls
     else:
-        gained = (f"has written {c.tokens:,} tokens in {c.calls:,} model calls ({c.tokens_per_call:.2f} per call), "
-                  f"plain decoding {c.base_tokens:,} in {c.base_calls:,} ({c.base_tokens_per_call:.2f} per call)")
         expression = f"{c.tokens_per_call:.2f} / {c.base_tokens_per_call:.2f} / {c.cost_ratio:.2f}"
         shown = round(c.tokens_per_call, 2) / round(c.base_tokens_per_call, 2)
     # The shown numbers are rounded: say "≈" where they do not give the speed-up to the last digit.
     sign = "=" if f"{shown / round(c.cost_ratio, 2):.2f}" == f"{c.speedup:.2f}" else "≈"
-    return (f"<b>{title}</b> {gained}; {per_call}; so {expression} {sign} <b>{c.speedup:.2f}×</b> plain "
-            "decoding's speed.")
+    return f"<b>{title}</b> {gained}; {per_call}; so {expression} {sign} <b>{c.speedup:.2f}×</b> plain decoding's speed."
 
 
 HOWTO_CONTROLS = """\

@@ -3,8 +3,9 @@
 Every row a step writes replaces the token's k candidates with the model's latest top-k at that
 token. The table shows each such row twice, before and after the overwrite: dropped candidates struck
 through, new ones highlighted, which is how much the matrix "learned" in that step. Columns share the
-table's width, so k = 8 fits a 600 px panel; a long token is cut with an ellipsis (its cell's tooltip
-holds it whole). All token text goes through `html.escape`.
+table's width, so k = 8 fits a 600 px panel; a long token wraps inside its cell, never cut. Drafts read from
+pair rows (keyed by two tokens in a row) are explained in the note above the table. All token text
+goes through `html.escape`.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 
-from tr.records import RowWrite, Step
+from tr.records import OriginKind, RowWrite, Step
+
+from .style import Meaning
 
 TABLE_STYLE = ("border-collapse:collapse;font-size:12px;font-family:ui-monospace,Menlo,Consolas,monospace;"
                "table-layout:fixed;width:100%;min-width:{width}px")
 COLUMN_PX = 44  # narrowest readable candidate column: wider tables scroll rather than squeeze
-CELL_STYLE = ("border:1px solid #e5e7eb;padding:1px 3px;white-space:pre;overflow:hidden;text-overflow:ellipsis;"
+CELL_STYLE = ("border:1px solid #e5e7eb;padding:1px 3px;white-space:pre-wrap;overflow-wrap:anywhere;"
               "color:#111827")
 HEAD_STYLE = CELL_STYLE + ";background:#f3f4f6;font-weight:600"
-CHANGED_STYLE = CELL_STYLE + ";background:#fde68a;font-weight:600"
-ROOT_STYLE = CELL_STYLE + ";background:#bbf7d0;font-weight:600"
+CHANGED_STYLE = CELL_STYLE + f";background:{Meaning.NEW.tint};font-weight:600"
+ROOT_STYLE = CELL_STYLE + ";background:#f3f4f6;font-weight:700;border:2px solid #111827"
 BEFORE_STYLE = CELL_STYLE + ";color:#6b7280;background:#fafafa"
 DROPPED_STYLE = BEFORE_STYLE + ";text-decoration:line-through"
 WHEN_STYLE = CELL_STYLE + ";color:#6b7280;font-family:Inter,Segoe UI,Helvetica,Arial,sans-serif"
@@ -85,6 +88,17 @@ def _row(write: RowWrite, token_text: Callable[[int], str], is_root: bool) -> st
             f'<tr class="after">{_cell("after", WHEN_STYLE)}{_after(write, token_text)}</tr>')
 
 
+def pair_note(step: Step) -> str:
+    """Where the step drafted from pair rows, what they are (the table lists one-token rows only)."""
+    origins = step.draft.origins[1:] if step.draft else []
+    pairs = sum(1 for origin in origins if origin.kind is OriginKind.PAIR)
+    if not pairs:
+        return ""
+    return (f". {pairs} of its {len(origins)} drafts came from <b>pair rows</b>: rows keyed by the two tokens "
+            "before the draft, not one, which the matrix keeps beside the one-token rows (hover a tree node for "
+            "its row); the table lists the one-token rows")
+
+
 def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int = 40) -> str:
     """An HTML table of the rows `step` overwrote: each token's row before the overwrite (dropped
     candidates struck through) and after it (new candidates highlighted), the root's row first."""
@@ -100,6 +114,7 @@ def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int 
             f"dropped ones <span style=\"{DROPPED_STYLE}\">struck through</span>; · is a space)")
     if len(writes) > max_rows:
         note += f"; showing the first {max_rows:,}"
+    note += pair_note(step)
     body = "".join(_row(w, token_text, w.token == root) for w in shown)
     return (f'<div class="tr-rows"><p style="{NOTE_STYLE}">{note}.</p>'
             f'<table style="{_table_style(k + 2)}">{_header(k, when=True)}<tbody>{body}</tbody></table></div>')

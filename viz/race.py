@@ -18,8 +18,14 @@ from .explain import run_summary
 from .style import BASELINE, drafting_lanes, lane_name
 
 MAT_TIP = "mean accepted tokens: tokens written per model call after the prefill, bonus token included"
+# A speed-up over fewer decoding calls than this is mostly the prefill and timing noise: the page says
+# "too early to tell" instead of a figure (step mode shows the first steps one by one).
+MIN_STEPS = 8
 PROMPT_CHARS = 300  # a history row shows this much of its prompt
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~#])")
+# The characters that give text a meaning in Markdown mid-line (CommonMark, GitHub's tables and strikes,
+# Gradio's $ for formulas); "." or "-" only mean something at the start of a line, which escaped text never
+# has here, and escaping them would garble numbers for whoever reads the text raw (an API client).
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~#<>$])")
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,24 @@ def compare(base: list[Step], lane: list[Step]) -> Comparison | None:
     return Comparison(b.tokens, len(lane), b.seconds, a.tokens, len(base), a.seconds, drafts)
 
 
+def too_early(steps: list[Step]) -> bool:
+    """Whether a lane has made fewer than `MIN_STEPS` calls after the prefill: no speed-up worth reading yet."""
+    return len(steps) - 1 < MIN_STEPS
+
+
+def mat_text(steps: list[Step]) -> str:
+    """MAT to two places, or "–" before any call after the prefill (plain decoding's is 1 by definition)."""
+    return f"{summarize(steps).mat:.2f}" if len(steps) > 1 else "–"
+
+
+def speedup_text(c: Comparison | None, steps: list[Step]) -> str:
+    if c is None:
+        return "–"
+    if too_early(steps):
+        return f"too early to tell ({len(steps) - 1} of {MIN_STEPS} calls)"
+    return f"{c.speedup:.2f}×"
+
+
 def heading(lane: str, titles: Mapping[str, str]) -> str:
     """The lane's column and sentence heading: the caller's title, else its usual name."""
     return titles.get(lane) or lane_name(lane)
@@ -102,41 +126,40 @@ def _table(lanes: Mapping[str, list[Step]], titles: Mapping[str, str],
         return f"<tr><td>{label}</td>{cells}</tr>"
 
     def speed(lane: str, s: Stats) -> str:
-        c = comparisons.get(lane)
-        return "1.00× (baseline)" if lane == BASELINE else (f"{c.speedup:.2f}×" if c else "–")
+        return "1.00× (baseline)" if lane == BASELINE else speedup_text(comparisons.get(lane), lanes[lane])
 
     body = "".join((
         row("tokens written", lambda lane, s: f"{s.tokens:,}"),
-        row("model calls (the prefill counts as one)", lambda lane, s: f"{s.steps + 1:,}"),
-        row("MAT (mean accepted tokens): tokens per call after the prefill, bonus included",
-            lambda lane, s: f"{s.mat:.2f}"),
+        row("model calls (1 prefill + the rest)", lambda lane, s: f"{s.steps + 1:,}"),
+        row("MAT: tokens after the prefill ÷ calls after it", lambda lane, s: mat_text(lanes[lane])),
         row("compute time (its own clock)", lambda lane, s: f"{s.seconds:.2f} s"),
         row("time per model call", lambda lane, s: f"{1000 * s.seconds / (s.steps + 1):.1f} ms"),
         row("tokens / s", lambda lane, s: f"{s.tokens_per_s:.1f}"),
         row("speed-up over plain decoding", speed),
     ))
     heads = "".join(f"<th>{html.escape(heading(lane, titles))}</th>" for lane in order)
-    return f"<table><thead><tr><th></th>{heads}</tr></thead><tbody>{body}</tbody></table>"
+    return (f'<div class="wide"><table><thead><tr><th></th>{heads}</tr></thead><tbody>{body}</tbody>'
+            "</table></div>")
 
 
 def stats_html(lanes: Mapping[str, list[Step]], titles: Mapping[str, str], finished: bool, stopped: bool,
                sampling: bool) -> str:
-    """Headline (speed-up and MAT per drafting lane, identical?), a table with one column per lane
-    ("ar" first), and one sentence per drafting lane saying where its speed-up came from."""
+    """Headline (speed-up and MAT per drafting lane, identical?), one sentence per drafting lane saying
+    where its speed-up came from (once it means something: `MIN_STEPS`), and the table with one column
+    per lane ("ar" first), folded."""
     base = lanes.get(BASELINE, [])
     comparisons = {lane: compare(base, lanes[lane]) for lane in drafting_lanes(lanes)}
     state = "" if finished else (" (stopped)" if stopped else " so far")
     metrics = []
     for lane, c in comparisons.items():
-        ratio = f"{c.speedup:.2f}×" if c else "–"
-        mat = f"{summarize(lanes[lane]).mat:.2f}" if lanes[lane] else "–"
-        metrics.append(f'<span class="metric">{html.escape(heading(lane, titles))}: speed-up{state} <b>{ratio}</b> · '
-                       f'<abbr title="{MAT_TIP}">MAT</abbr> <b>{mat}</b></span>')
+        metrics.append(f'<span class="metric lane-{lane}">{html.escape(heading(lane, titles))}: '
+                       f"speed-up{state} <b>{speedup_text(c, lanes[lane])}</b> · "
+                       f'<abbr title="{MAT_TIP}">MAT</abbr> <b>{mat_text(lanes[lane])}</b></span>')
     metrics.append(f'<span class="metric">Outputs: {verdict_html(lanes, titles, finished, sampling)}</span>')
     sentences = "".join(f'<p class="note">{run_summary(heading(lane, titles), c, finished)}</p>'
-                        for lane, c in comparisons.items() if c)
-    return (f'<div class="stats"><p class="headline">{"".join(metrics)}</p>{_table(lanes, titles, comparisons)}'
-            f"{sentences}</div>")
+                        for lane, c in comparisons.items() if c and not too_early(lanes[lane]))
+    return (f'<div class="stats"><p class="headline">{"".join(metrics)}</p>{sentences}'
+            f"<details><summary>Every number</summary>{_table(lanes, titles, comparisons)}</details></div>")
 
 
 def prompt_cell(prompt: str, limit: int = PROMPT_CHARS) -> str:
@@ -145,6 +168,12 @@ def prompt_cell(prompt: str, limit: int = PROMPT_CHARS) -> str:
     text = " ".join(prompt.split())
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
+    return markdown_text(text)
+
+
+def markdown_text(text: str) -> str:
+    """`text` for a Markdown view, shown as it is (it may come from a stranger): no markup, link, formula or
+    HTML element."""
     return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
 
 

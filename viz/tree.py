@@ -18,11 +18,13 @@ import plotly.graph_objects as go
 
 from tr.records import OriginKind, Step
 
-from .style import base_layout, empty_figure
+from .style import Meaning, base_layout, empty_figure
 
 BONUS = "bonus"  # graph key of the bonus node; draft nodes are keyed by their index
 ROW_GAP = 1.0  # vertical distance between neighbouring nodes of one layer, in y units
 ROW_PX = 26  # pixels per y unit: room for one line of label text
+MIN_ROW_PX = 13  # squeezed this far to keep a wide tree within MAX_HEIGHT (hover still shows each label)
+MAX_HEIGHT = 400  # the tree shares the first screen with the text panes and the numbers
 LABEL_CHARS = 12  # longer token texts are cut in labels (hover shows them whole)
 
 
@@ -38,13 +40,15 @@ class Kind:
     opacity: float = 1.0
 
 
-ROOT = Kind("root (last committed token)", "#1f6f3f", "square", 13, "#14532d")
-ACCEPTED = Kind("accepted draft", "#22a050", "circle", 12, "#14532d")
-REJECTED = Kind("rejected draft (or on a branch the model left)", "#9ca3af", "circle", 9, "#6b7280", 0.9)
-BONUS_KIND = Kind("bonus token (model's own choice)", "#e6a800", "star", 18, "#92400e")
+# Colours from the page's palette (`viz.style.Meaning`); the root is black: it is committed, not a guess.
+ROOT = Kind("root (last committed token)", "#111827", "square", 13, "#111827")
+ACCEPTED = Kind("accepted draft", Meaning.ACCEPTED.strong, "circle", 12, "#14532d")
+REJECTED = Kind("rejected draft (or on a branch the model left)", Meaning.REJECTED.strong, "circle", 9, "#991b1b",
+                0.55)
+BONUS_KIND = Kind("bonus token (model's own choice)", Meaning.BONUS.strong, "star", 18, "#92400e")
 KINDS = (ROOT, ACCEPTED, REJECTED, BONUS_KIND)
-PATH_EDGE = dict(color="#22a050", width=3.5)
-BONUS_EDGE = dict(color="#e6a800", width=2.5, dash="dot")
+PATH_EDGE = dict(color=Meaning.ACCEPTED.strong, width=3.5)
+BONUS_EDGE = dict(color=Meaning.BONUS.strong, width=2.5, dash="dot")
 OTHER_EDGE = dict(color="#d4d4d8", width=1)
 
 
@@ -66,14 +70,21 @@ def interesting_step(steps: list[Step]) -> int:
     return max(mixed, key=lambda i: (steps[i].accepted_drafts, -i)) if mixed else most_accepted_step(steps)
 
 
+def failed_step(steps: list[Step]) -> int | None:
+    """The first step whose whole tree was rejected (it wrote only the model's own token)."""
+    return next((i for i, s in enumerate(steps) if i and has_tree(s) and not s.accepted_drafts), None)
+
+
 def marks_for(steps: list[Step]) -> dict[int, str]:
-    """Steps worth a look, by index, in words for slider labels: the most accepted, the first with a
-    rejected draft, the largest tree. One step can earn several names."""
+    """Steps worth a look, by index, in words for slider labels: the most accepted (a good step), the
+    first with a rejected draft, the first rejected outright (a failed step), the largest tree. One step
+    can earn several names."""
     trees = [i for i, s in enumerate(steps) if i and has_tree(s)]
     if not trees:
         return {}
     picks = {
-        "most accepted": most_accepted_step(steps),
+        "good: most accepted": most_accepted_step(steps),
+        "failed: all rejected": failed_step(steps),
         "first rejection": next((i for i in trees if steps[i].accepted_drafts < steps[i].drafted), None),
         "largest tree": max(trees, key=lambda i: (steps[i].drafted, -i)),
     }
@@ -224,7 +235,8 @@ def title_of(step: Step) -> str:
 
 
 def tree_figure(step: Step, token_text: Callable[[int], str]) -> go.Figure:
-    """The step's draft tree: accepted path in green, bonus token as a gold star, the rest grey."""
+    """The step's draft tree: accepted path, bonus token as a star, rejected drafts faded, in the page's
+    palette."""
     if not has_tree(step):
         if step.index == 0:
             what = "the prefill over the prompt"
@@ -249,14 +261,13 @@ def tree_figure(step: Step, token_text: Callable[[int], str]) -> go.Figure:
     # One row of text per gap over the whole y extent: at least the widest layer, more where the
     # sweep pushed a layer beyond its node count.
     rows = (max(ys) - min(ys)) / ROW_GAP + 1
-    fig = base_layout(go.Figure(traces), title_of(step), height=int(max(320, rows * ROW_PX + 130)))
+    row_px = max(MIN_ROW_PX, min(ROW_PX, (MAX_HEIGHT - 90) / rows))
+    fig = base_layout(go.Figure(traces), title_of(step), height=int(min(MAX_HEIGHT, max(260, rows * row_px + 90))))
     max_depth = max(x for x, _ in pos.values())
-    fig.update_layout(annotations=_labels(graph, pos, token_text), hovermode="closest",
-                      margin=dict(t=100),
-                      # Labels are annotations, not part of the traces: hiding a trace would orphan them.
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0, itemclick=False,
-                                  itemdoubleclick=False))
-    fig.update_xaxes(title="depth in the draft tree (tokens after the root)", range=[-0.3, max_depth + 0.9],
+    # The page's legend (`viz.style.legend_html`) explains the colours: no plotly legend to crowd the title.
+    fig.update_layout(annotations=_labels(graph, pos, token_text), hovermode="closest", showlegend=False,
+                      margin=dict(l=20, r=20, t=40, b=40))
+    fig.update_xaxes(title="depth (tokens after the root)", range=[-0.3, max_depth + 0.9],
                      tickmode="linear", dtick=1, showgrid=False, zeroline=False)
     fig.update_yaxes(visible=False, autorange="reversed")
     return fig

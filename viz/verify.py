@@ -16,11 +16,11 @@ import plotly.graph_objects as go
 
 from tr.records import Step
 
-from .style import base_layout, empty_figure
-from .tree import ACCEPTED, bonus_token, cell_text, has_tree, short
+from .style import Meaning, base_layout, empty_figure
+from .tree import bonus_token, cell_text, has_tree, short
 
 HIDDEN_COLOR = "#eef0f3"
-SEEN_COLOR = "#93c5fd"
+SEEN_COLOR = "#94a3b8"  # neutral: blue means a new matrix candidate
 MASK_LEGEND = ("hidden", "may see", "may see (a row on the accepted path)")
 TABLE_CHARS = 14  # token text longer than this is cut in table cells (the cell's tooltip shows it whole)
 
@@ -144,6 +144,12 @@ def verification_summary(step: Step, token_text: Callable[[int], str], sampling:
     return f"{shape}; {verdict}; {committed})"
 
 
+def caption_html(step: Step, token_text: Callable[[int], str], sampling: bool | None = None) -> str:
+    """The step's verdict in one sentence, as the tree's caption (escaped: token text is anyone's)."""
+    summary = verification_summary(step, token_text, sampling)
+    return f'<p class="caption"><b>Step {step.index}:</b> {html.escape(summary)}.</p>'
+
+
 # --- the attention mask ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -175,7 +181,7 @@ def _mask_hover(step: Step, mask: list[list[bool]], token_text: Callable[[int], 
             for i, row in enumerate(mask)]
 
 
-MASK_COLORS = (HIDDEN_COLOR, SEEN_COLOR, ACCEPTED.color)  # z = 0, 1, 2, named by MASK_LEGEND
+MASK_COLORS = (HIDDEN_COLOR, SEEN_COLOR, Meaning.ACCEPTED.strong)  # z = 0, 1, 2, named by MASK_LEGEND
 
 
 def _mask_colorscale() -> list[list]:

@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from tr.costs import LearnedCost
@@ -28,7 +29,7 @@ from tr.device.primed import find_primed
 from tr.generate import check_request
 from tr.specs import check_prompt_tokens
 
-from . import views
+from . import lessons, views
 from .downloads import Downloads
 from .runner import CHUNK_S, Chunk, Runner
 from .session import Run, Session
@@ -111,6 +112,9 @@ class Handlers:
     def run(self, session: Session | None, values: dict[str, Any], lookup_text: Any) -> Iterator[dict]:
         """The Run button: race both decoders, streaming throttled updates, then render everything."""
         session = session or Session()
+        live = partial(self.begin, lookup_text=lookup_text, budget_s=CHUNK_S)
+        if not (yield from lessons.earlier_runs(session, live, self.stream, lookup_text)):
+            return
         begun = self.begin(session, values, lookup_text, CHUNK_S)
         if isinstance(begun, dict):
             yield begun
@@ -154,16 +158,19 @@ class Handlers:
         run.finished = True
         session.remember(run)
         session.download_path = self.downloads.write(run.record(self.lm), replaces=session.download_path)
-        message = (f"Done{run.note}{run.tree_note()}: run {run.number}, {run.wall_s:.1f} s of wall time for all "
-                   "decoders together, taking turns, with the page drawn in between (each one's own compute clock, "
-                   "in the table, counts only its model calls, drafting and bookkeeping).")
-        return views.final_views(self.lm, session, parse_lookup_or_none(lookup_text), message) | {"session": session}
+        facts = (f"**Done**: run {run.number}", f"{run.wall_s:.1f} s wall time{run.note}", run.tree_note())
+        message = " · ".join(fact for fact in facts if fact)
+        return (views.final_views(self.lm, session, parse_lookup_or_none(lookup_text), message)
+                | lessons.answer_views(session, run) | {"session": session})
 
     def step(self, session: Session | None, values: dict[str, Any], lookup_text: Any) -> Iterator[dict]:
         """The Next step button: one more verification step of the session's paused race, or a new race
         paused after its first step."""
         session = session or Session()
         if session.stepper is None:
+            live = partial(self.begin, lookup_text=lookup_text, budget_s=CHUNK_S)  # a lesson's earlier runs go live
+            if not (yield from lessons.earlier_runs(session, live, self.stream, lookup_text)):
+                return
             begun = self.begin(session, values, lookup_text, budget_s=0.0)
             if isinstance(begun, dict):
                 yield begun

@@ -22,12 +22,15 @@ from tr.device.primed import describe_primed, find_primed
 from tr.matrix import MAX_K
 from tr.specs import CUSTOM_EXAMPLE, MAX_NEW_TOKENS, Start
 from viz.explain import (
-    ABOUT, GLOSSARY, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, HOWTO_VERIFY, howto_charts,
+    ABOUT, GLOSSARY, HOWTO_CONTROLS, HOWTO_MATRIX, HOWTO_RACE, HOWTO_SIZE, HOWTO_TREE, HOWTO_VERIFY, INTRO,
+    howto_charts,
 )
 
-from . import views
+from . import lessons, views
 from .downloads import Downloads
-from .handlers import Handlers, unexpected
+from .handlers import Handlers
+from .log import unexpected
+from .edge import OneTool, ShortRequests
 from .mcp import add_mcp_tool
 from .runner import Runner
 from .session import NAMES, Session
@@ -36,10 +39,21 @@ from .settings import CUSTOM, DECODING, FIELDS, TEMPLATES
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 QUEUE_SIZE = 16
 OUTPUTS = (
-    "message", "ar_pane", "tr_pane", "pld_pane", "stats", "slider", "tree", "why", "rows", "verify", "mask",
-    "matrix_info", "lookup", "charts_howto", "chart_time", "chart_speedup", "chart_hist", "chart_mat", "download",
-    "replay", "history", "session",
+    "message", "ar_pane", "tr_pane", "pld_pane", "stats", "slider", "tree", "caption", "why", "why_note", "rows",
+    "rows_note", "verify", "verify_note", "mask", "matrix_info", "lookup", "charts_howto", "chart_time",
+    "chart_speedup", "chart_hist", "chart_mat", "download", "replay", "history", "runs_note", "lesson", "session",
 )
+NO_LESSON = "Free play (no lesson)"
+# Clicking a band of generated text opens its step: the slider's number box takes the step, as if typed.
+SELECT_STEP_JS = """() => {
+  document.addEventListener("click", (event) => {
+    const band = event.target.closest("#tr-pane [data-step]");
+    const box = document.querySelector("#step-slider input[type=number]");
+    if (!band || !box) return;
+    box.value = band.dataset.step;
+    box.dispatchEvent(new Event("input", {bubbles: true}));
+  });
+}"""
 
 
 def load_examples(path: Path = ASSETS / "prompts.jsonl") -> tuple[list[list[str]], list[str]]:
@@ -102,16 +116,17 @@ def api(fn: Callable, names: tuple[str, ...], configs: SessionConfigs) -> Callab
     return call
 
 
-class App(gr.Blocks):
+class App(OneTool, ShortRequests, gr.Blocks):
     """gr.Blocks whose launch() brings the app's theme and CSS (Gradio 6 takes them in launch, and the
-    tests launch the demo themselves)."""
+    tests launch the demo themselves), and whose requests all reach the app's own checks (`webapp.edge`)."""
 
     def launch(self, *args: Any, **kwargs: Any):
         # Fonts the browser already has: the default theme would fetch Google Fonts, which fails offline.
         kwargs.setdefault("theme", gr.themes.Default(
             font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
             font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"]))
-        kwargs.setdefault("css", (ASSETS / "app.css").read_text())
+        kwargs.setdefault("css", viz.palette_css() + (ASSETS / "app.css").read_text())
+        kwargs.setdefault("js", SELECT_STEP_JS)
         return super().launch(*args, **kwargs)
 
 
@@ -145,77 +160,97 @@ def settings_panel(lm: LoadedModel) -> dict[str, gr.components.Component]:
     return w
 
 
-def race_panel(examples: tuple[list, list], v: dict[str, Any], w: dict[str, Any]) -> dict[str, Any]:
-    """Prompt, buttons, examples, both panes and the numbers; returns the buttons by name."""
-    with gr.Row(equal_height=True):
-        w["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=10, value=examples[0][1][0], scale=5,
-                                 placeholder="Ask the model something, or pick an example below")
-        with gr.Column(scale=1, min_width=120):
-            buttons = {"run": gr.Button("Run race", variant="primary"),
-                       "step": gr.Button("Next step", elem_id="step-button"),
-                       "resume": gr.Button("Continue", elem_id="continue-button"),
-                       "stop": gr.Button("Stop", variant="stop")}
-    gr.Examples(examples[0], inputs=[w["prompt"]], example_labels=examples[1], examples_per_page=12,
-                label="Example prompts (chat, code, translation, summarization, maths, retrieval)",
-                elem_id="examples")
-    v["message"] = gr.Markdown("Pick an example or type a prompt, then press **Run race**.",
-                               elem_classes="message", elem_id="message")
-    with gr.Row(equal_height=False):
-        for lane in NAMES:  # the third lane shows once a race has it
-            v[f"{lane}_pane"] = gr.HTML(f'<p class="pane-title">{NAMES[lane]}</p>', elem_classes="pane",
-                                        elem_id=f"{lane}-pane", visible=lane != "pld")
-    v["stats"] = gr.HTML(elem_classes="stats", elem_id="stats")
-    gr.Markdown(HOWTO_RACE, elem_classes="howto")
-    return buttons
+def race_panel(w: dict[str, Any]) -> tuple[dict[str, Any], gr.Dropdown]:
+    """Prompt, buttons, an example to pick and a lesson to pick, in one row; returns the buttons by name and
+    the lesson's dropdown."""
+    examples = load_examples()
+    with gr.Row(equal_height=False, elem_id="prompt-row"):
+        w["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=6, value=examples[0][0][0], scale=5,
+                                 min_width=240, placeholder="Ask the model something, or pick an example")
+        with gr.Column(scale=4, min_width=240):
+            with gr.Row(elem_id="buttons"):
+                buttons = {"run": gr.Button("Run race", variant="primary", min_width=70),
+                           "step": gr.Button("Next step", elem_id="step-button", min_width=70),
+                           "resume": gr.Button("Continue", elem_id="continue-button", min_width=70),
+                           "stop": gr.Button("Stop", variant="stop", min_width=50)}
+            with gr.Row(elem_id="picks"):
+                example = gr.Dropdown(list(zip(examples[1], (e[0] for e in examples[0]))), value=None,
+                                      label="Example prompt", min_width=120, elem_id="example-pick")
+                lesson = gr.Dropdown([NO_LESSON, *viz.lessons.BY_TITLE], value=NO_LESSON, label="Lesson",
+                                     min_width=120, elem_id="lesson-pick")
+    example.input(lambda text: text, example, w["prompt"], api_visibility="private", preprocess=False)
+    return buttons, lesson
 
 
-def step_panel(costs: LearnedCost | None, v: dict[str, Any]) -> gr.Textbox:
-    """One step's tree, why it has its size and the rows it rewrote; returns the lookup box."""
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=5, min_width=500):
-            gr.Markdown("### Draft tree of one step")
-            gr.Markdown(HOWTO_TREE, elem_classes="howto")
+def first_screen(costs: LearnedCost | None, v: dict[str, Any]) -> None:
+    """The race at a glance: the panes and the result (left), the chosen step's tree and its verdict
+    (right), and the palette's legend."""
+    with gr.Row(equal_height=False, elem_id="race"):
+        with gr.Column(scale=5, min_width=300):
+            for lane in NAMES:  # the third lane shows once a race has it
+                v[f"{lane}_pane"] = gr.HTML(f'<p class="pane-title">{NAMES[lane]}</p>', elem_classes="pane",
+                                            elem_id=f"{lane}-pane", visible=lane != "pld")
+            v["stats"] = gr.HTML(elem_classes="stats", elem_id="stats")
+        with gr.Column(scale=6, min_width=300):
             v["slider"] = gr.Slider(0, 1, value=0, step=1, precision=0, interactive=False,
                                     label="Token Recycling step (after a run)", elem_id="step-slider")
             v["tree"] = gr.Plot(viz.empty_figure("Draft tree", "No steps yet: start a run."), show_label=False,
                                 elem_id="tree-plot")
-            gr.Markdown(HOWTO_SIZE, elem_classes="howto")
-            why = viz.tree_size_figure(costs.curve) if costs else viz.empty_figure(
-                "Verification cost", "Measured on the device during the first run.")
-            v["why"] = gr.Plot(why, show_label=False, elem_id="why-plot")
-        with gr.Column(scale=6, min_width=420):
-            gr.Markdown("### Adjacency matrix rows written at that step")
-            gr.Markdown(HOWTO_MATRIX, elem_classes="howto")
-            v["rows"] = gr.HTML('<p class="howto">No steps yet: start a run.</p>', elem_classes="rows-box",
-                                elem_id="rows-table")
+            v["caption"] = gr.HTML('<p class="caption">Which branch will the model keep? Run, then check here.</p>',
+                                   elem_id="tree-caption")
+            gr.HTML(viz.legend_html(), elem_id="legend")
+
+
+def detail_tabs(lm: LoadedModel, costs: LearnedCost | None, v: dict[str, Any]) -> gr.Textbox:
+    """Everything else, one click away; each tab opens with its one-line takeaway. Returns the lookup box."""
+    with gr.Tabs(elem_id="details"):
+        with gr.Tab("Verification", elem_id="tab-verify"):
+            v["verify_note"] = gr.Markdown(views.NO_RUN, elem_classes="takeaway")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=6, min_width=300):
+                    v["verify"] = gr.HTML(views.note_html(views.NO_RUN), elem_id="verify-table")
+                with gr.Column(scale=5, min_width=300):
+                    v["mask"] = gr.Plot(viz.empty_figure("Tree attention mask", views.NO_RUN), show_label=False,
+                                        elem_id="mask-plot")
+            with gr.Accordion("How to read it", open=False):
+                gr.Markdown(HOWTO_TREE + "\n\n" + HOWTO_VERIFY, elem_classes="howto")
+        with gr.Tab("Matrix rows", elem_id="tab-rows"):
+            v["rows_note"] = gr.Markdown(views.NO_RUN, elem_classes="takeaway")
+            v["rows"] = gr.HTML(views.note_html(views.NO_RUN), elem_classes="rows-box", elem_id="rows-table")
             v["matrix_info"] = gr.Markdown(views.NO_MATRIX)
             lookup_text = gr.Textbox(label="Look up a token's row", submit_btn="Look up", elem_id="lookup-text",
                                      placeholder="a word, e.g. the, Python, or #42 for a token id")
             v["lookup"] = gr.HTML('<p class="howto">Type a word (or <code>#id</code>) to see its row.</p>')
-    gr.Markdown("### The verification of that step")
-    gr.Markdown(HOWTO_VERIFY, elem_classes="howto")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=6, min_width=420):
-            v["verify"] = gr.HTML('<p class="howto">No steps yet: start a run.</p>', elem_id="verify-table")
-        with gr.Column(scale=5, min_width=420):
-            v["mask"] = gr.Plot(viz.empty_figure("Tree attention mask", "No steps yet: start a run."),
-                                show_label=False, elem_id="mask-plot")
+            with gr.Accordion("How to read it", open=False):
+                gr.Markdown(HOWTO_MATRIX, elem_classes="howto")
+        with gr.Tab("Tree size", elem_id="tab-why"):
+            v["why_note"] = gr.Markdown(views.NO_RUN, elem_classes="takeaway")
+            why = viz.tree_size_figure(costs.curve) if costs else viz.empty_figure(
+                "Verification cost", "Measured on the device during the first run.")
+            v["why"] = gr.Plot(why, show_label=False, elem_id="why-plot")
+            with gr.Accordion("How to read it", open=False):
+                gr.Markdown(HOWTO_SIZE, elem_classes="howto")
+        with gr.Tab("Charts", elem_id="tab-charts"):
+            v["charts_howto"] = gr.Markdown(views.NO_RUN, elem_classes="takeaway")
+            with gr.Row():
+                v["chart_time"] = gr.Plot(viz.tokens_vs_time({}), show_label=False, elem_id="chart-time")
+                v["chart_speedup"] = gr.Plot(viz.speedup_over_steps({}), show_label=False, elem_id="chart-speedup")
+            with gr.Row():
+                v["chart_hist"] = gr.Plot(viz.accepted_histogram({}), show_label=False, elem_id="chart-hist")
+                v["chart_mat"] = gr.Plot(viz.mat_over_steps({}), show_label=False, elem_id="chart-mat")
+            with gr.Accordion("MAT against speed-up", open=False):
+                gr.Markdown(howto_charts(lm.device.type), elem_classes="howto")
+        with gr.Tab("Runs", elem_id="tab-runs"):
+            v["runs_note"] = gr.Markdown(views.NO_RUN, elem_classes="takeaway")
+            v["history"] = gr.Markdown(viz.history_markdown([]), elem_classes="history", elem_id="history")
+            with gr.Row():
+                v["download"] = gr.DownloadButton("Download run (JSON)", size="sm", interactive=False)
+                v["replay_button"] = gr.Button("Make replay (HTML)", size="sm", elem_id="make-replay")
+                v["replay"] = gr.DownloadButton("Download replay", size="sm", interactive=False,
+                                                elem_id="replay-download")
+        with gr.Tab("Glossary", elem_id="tab-about"):
+            gr.Markdown(ABOUT + "\n\n" + HOWTO_RACE + "\n\n" + GLOSSARY, elem_classes="howto", elem_id="glossary")
     return lookup_text
-
-
-def charts_panel(lm: LoadedModel, v: dict[str, Any]) -> None:
-    gr.Markdown("### The whole run")
-    v["charts_howto"] = gr.Markdown(howto_charts(lm.device.type), elem_classes="howto")
-    with gr.Row():
-        v["chart_time"] = gr.Plot(viz.tokens_vs_time({}), show_label=False, elem_id="chart-time")
-        v["chart_speedup"] = gr.Plot(viz.speedup_over_steps({}), show_label=False, elem_id="chart-speedup")
-    with gr.Row():
-        v["chart_hist"] = gr.Plot(viz.accepted_histogram({}), show_label=False, elem_id="chart-hist")
-        v["chart_mat"] = gr.Plot(viz.mat_over_steps({}), show_label=False, elem_id="chart-mat")
-    gr.Markdown("### This session's runs")
-    v["history"] = gr.Markdown(viz.history_markdown([]), elem_classes="history")
-    with gr.Accordion("Glossary: every word on this page", open=False, elem_id="glossary"):
-        gr.Markdown(GLOSSARY, elem_classes="howto")
 
 
 def guarded(fn: Callable[..., dict], what: str, names: tuple[str, ...], configs: SessionConfigs) -> Callable[..., Any]:
@@ -248,26 +283,24 @@ def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model
         # bound method would take its object (the model with it) along.
         v: dict[str, Any] = {"session": gr.State(None, delete_callback=lambda state: handlers.forget(state))}
         precision = lm.dtype_note or str(lm.dtype).removeprefix("torch.")
-        gr.Markdown(f"# Token Recycling, live\nModel `{lm.display_name}` on `{lm.device}` in {precision}{model_note}; "
-                    f"{describe_primed(lm)}.", elem_classes="title")
-        gr.Markdown(ABOUT, elem_classes="intro")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=300):
-                w = settings_panel(lm)
-                with gr.Row():
-                    reset_button = gr.Button("Reset matrix", size="sm")
-                    v["download"] = gr.DownloadButton("Download run (JSON)", size="sm", interactive=False)
-                with gr.Row():
-                    replay_button = gr.Button("Make replay (HTML)", size="sm", elem_id="make-replay")
-                    v["replay"] = gr.DownloadButton("Download replay", size="sm", interactive=False,
-                                                    elem_id="replay-download")
+        gr.Markdown("# Token Recycling, live\n" + INTRO, elem_classes="title", elem_id="intro")
+        with gr.Sidebar(open=False, label="Settings", elem_id="settings"):
+            gr.Markdown(f"Model `{lm.display_name}` on `{lm.device}` in {precision}{model_note}; "
+                        f"{describe_primed(lm)}.", elem_classes="howto")
+            w = settings_panel(lm)
+            reset_button = gr.Button("Reset matrix", size="sm")
+            with gr.Accordion("What these settings do", open=False):
                 gr.Markdown(HOWTO_CONTROLS, elem_classes="howto")
-            with gr.Column(scale=3):
-                buttons = race_panel(load_examples(), v, w)
-        lookup_text = step_panel(costs, v)
-        charts_panel(lm, v)
-        buttons |= {"reset": reset_button, "replay": replay_button}
-        wire(handlers, v, w, buttons, lookup_text, SessionConfigs(demo))
+        buttons, lesson_pick = race_panel(w)
+        v["lesson"] = gr.Markdown("", elem_id="lesson", elem_classes="lesson")
+        v["message"] = gr.Markdown("Pick an example or a lesson, or press **Run race**. Settings: the ☰ at the left.",
+                                   elem_classes="message", elem_id="message")
+        first_screen(costs, v)
+        lookup_text = detail_tabs(lm, costs, v)
+        buttons |= {"reset": reset_button, "replay": v.pop("replay_button")}
+        configs = SessionConfigs(demo)
+        wire(handlers, v, w, buttons, lookup_text, configs)
+        wire_lessons(v, w, lesson_pick, configs)
     add_mcp_tool(demo, handlers)  # last: every other endpoint is hidden from MCP
     demo.queue(max_size=QUEUE_SIZE)
     return demo
@@ -311,7 +344,16 @@ def wire(handlers: Handlers, v: dict[str, Any], w: dict[str, Any], buttons: dict
                        [v["lookup"]], api_name="lookup", preprocess=False)
     buttons["replay"].click(guarded(handlers.replay, "replay", ("message", "replay"), configs), [v["session"]],
                             [v["message"], v["replay"]], api_name="replay", concurrency_limit=2, preprocess=False)
-    step_outputs = ("tree", "why", "rows", "verify", "mask")
+    step_outputs = ("tree", "caption", "why", "rows", "verify", "mask")
     v["slider"].input(guarded(handlers.show_step, "show_step", step_outputs, configs), [v["session"], v["slider"]],
                       [v[n] for n in step_outputs], api_name="show_step", trigger_mode="always_last",
                       show_progress="hidden", preprocess=False)
+
+
+def wire_lessons(v: dict[str, Any], w: dict[str, Any], pick: gr.Dropdown, configs: SessionConfigs) -> None:
+    """Picking a lesson puts its question on the page and its (last) run's settings in the fields; Run or
+    Next step then runs it (`webapp.lessons`)."""
+    names = ("lesson", *FIELDS, "session")
+    outputs = [v["lesson"], *(w[n] for n in FIELDS), v["session"]]
+    pick.input(guarded(lessons.pick, "lesson", names, configs), [v["session"], pick], outputs, api_name="lesson",
+               preprocess=False)

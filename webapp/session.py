@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import viz
+from viz.lessons import Lesson
 from tr.costs import CostCurve
 from tr.device.model import LoadedModel
 from tr.matrix import AdjacencyMatrix
@@ -62,20 +63,14 @@ class Run:
         return min((d for d in found if d is not None), default=None)
 
     def tree_note(self) -> str:
-        """What the auto trees were like over the run, and why, against what the run measured: one
-        sentence for a message line."""
-        steps = self.steps["tr"][1:]
-        if not self.settings.tree.sized_by_cost or not steps:
+        """The tree sizes of the run, in a few words for the status line (the "why this size" tab says
+        what they were expected to bring)."""
+        sizes = [s.drafted for s in self.steps["tr"][1:]]
+        if not sizes:
             return ""
-        sizes = [s.drafted for s in steps]
-        expected = sum(s.expected_tokens for s in steps) / len(steps)
-        cost = sum(s.draft.predicted_cost for s in steps if s.draft) / len(steps)
-        measured = viz.compare(self.steps["ar"], self.steps["tr"])
-        measured_cost = (f" (measured: {measured.cost_ratio:.2f}× a plain call, drafting and recycling included)"
-                         if measured else "")
-        return (f" (auto tree: {sum(sizes) / len(sizes):.1f} draft nodes on average, from {min(sizes)} to "
-                f"{max(sizes)}; expected {expected:.2f} tokens per pass for {cost:.2f}× the cost of a one-token "
-                f"pass on this device{measured_cost}, got {summarize(self.steps['tr']).mat:.2f})")
+        label = self.settings.tree.label
+        return (f"{label} trees of {sizes[0]} drafts" if min(sizes) == max(sizes)
+                else f"{label} trees of {min(sizes)}–{max(sizes)} drafts")
 
     def record(self, lm: LoadedModel) -> dict[str, Any]:
         """Everything about the run, for a JSON download: settings, both outputs, every step record."""
@@ -118,6 +113,8 @@ class Session:
     download_path: str | None = None  # the latest run's record (`webapp.downloads`)
     replay_path: str | None = None  # the latest replay page made (`Handlers.replay`)
     stepper: Stepper | None = None  # the latest run, while it is paused in step mode
+    lesson: Lesson | None = None  # the lesson picked, run by Run or Next step (`webapp.lessons`)
+    lesson_runs: list[Run] = field(default_factory=list)  # the lesson's runs finished so far
 
     def matrix_for(self, vocab_size: int, k: int) -> tuple[AdjacencyMatrix, bool]:
         """The session's matrix for this k, and whether an older one (with another k) was replaced."""

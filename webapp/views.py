@@ -10,13 +10,14 @@ from typing import Any
 import gradio as gr
 
 import viz
-from viz.explain import howto_charts
+from viz import takeaways
 from tr.device.model import LoadedModel
 from tr.records import token_ids
 
 from .session import NAMES, Run, Session
 
 NO_MATRIX = "Adjacency matrix: not created yet (it is made on this session's first run)."
+NO_RUN = "No run yet: press **Run race** or **Next step**."
 
 
 def stats_html(run: Run) -> str:
@@ -26,7 +27,7 @@ def stats_html(run: Run) -> str:
 
 def pane_views(lm: LoadedModel, run: Run) -> dict[str, Any]:
     """One text pane per lane; the third lane's pane shows only when the run has that lane."""
-    panes = {f"{lane}_pane": viz.pane_html(NAMES[lane], steps, lm.decode, banded=lane != "ar")
+    panes = {f"{lane}_pane": viz.pane_html(NAMES[lane], steps, lm.decode, banded=lane != "ar", selectable=lane == "tr")
              for lane, steps in run.steps.items()}
     return panes | {"pld_pane": gr.update(value=panes.get("pld_pane"), visible="pld" in run.steps)}
 
@@ -59,11 +60,19 @@ def step_views(lm: LoadedModel, session: Session, index: Any) -> dict[str, Any]:
     sampled = session.run.settings.sampled
     return {
         "tree": viz.tree_figure(step, lm.token_text),
+        "caption": viz.caption_html(step, lm.token_text, sampled),
         "why": viz.tree_size_figure((step.draft and step.draft.curve) or session.run.curve, step),
         "rows": viz.rows_table_html(step, lm.token_text),
         "verify": viz.verification_html(step, lm.token_text, sampled),
         "mask": viz.attention_mask_figure(step, lm.token_text),
     }
+
+
+def run_takeaways(run: Run) -> dict[str, str]:
+    """Each tab's one-line takeaway, from the run's Token Recycling steps."""
+    steps = run.steps["tr"]
+    return {"why_note": takeaways.size_takeaway(steps), "verify_note": takeaways.verify_takeaway(steps),
+            "rows_note": takeaways.rows_takeaway(steps)}
 
 
 def slider_for(run: Run, value: int | None = None) -> Any:
@@ -78,10 +87,8 @@ def slider_for(run: Run, value: int | None = None) -> Any:
 
 def chart_views(run: Run, device: str) -> dict[str, Any]:
     """The whole run's charts, and the words under them in the run's own numbers."""
-    comparison = viz.compare(run.steps["ar"], run.steps["tr"])
-    words = howto_charts(device, comparison.mean_drafts, comparison.cost_ratio) if comparison else None
     return {
-        "charts_howto": words or howto_charts(device),
+        "charts_howto": takeaways.charts_takeaway(run.steps),
         "chart_time": viz.tokens_vs_time(run.steps),
         "chart_speedup": viz.speedup_over_steps(run.steps),
         "chart_hist": viz.accepted_histogram(run.steps),
@@ -99,7 +106,7 @@ def live_views(lm: LoadedModel, session: Session, run: Run, tree: bool, charts: 
         "matrix_info": matrix_info(session),
     } | pane_views(lm, run)
     if tree:
-        views |= step_views(lm, session, len(run.steps["tr"]) - 1) | {"slider": slider_for(run)}
+        views |= step_views(lm, session, len(run.steps["tr"]) - 1) | {"slider": slider_for(run)} | run_takeaways(run)
     return views | (chart_views(run, lm.device.type) if charts else {})
 
 
@@ -107,10 +114,9 @@ def step_mode_views(lm: LoadedModel, session: Session, run: Run) -> dict[str, An
     """A race paused after one of Token Recycling's steps: that step's tree, rows and verification, both
     panes, the numbers and the charts so far."""
     step, ar_n = run.steps["tr"][-1], len(token_ids(run.steps["ar"]))
-    message = (f"**Step mode, paused** after Token Recycling's step {step.index}: it checked {step.drafted} drafted "
-               f"tokens in one forward pass and committed {len(step.tokens)} "
-               f"({step.accepted_drafts} accepted + 1 of the model's own). Plain decoding has made {ar_n} tokens "
-               "on the same compute time. **Next step** goes on by one step, **Continue** runs to the end live.")
+    message = (f"**Step mode**, paused after Token Recycling's step {step.index}: checked {step.drafted} drafted, "
+               f"committed {len(step.tokens)} · plain decoding: {ar_n} tokens on the same compute time · "
+               "**Next step** or **Continue**")
     return live_views(lm, session, run, tree=True, charts=True) | {"message": message}
 
 
@@ -123,12 +129,13 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
         "matrix_info": matrix_info(session),
         "lookup": lookup_html(lm, session, lookup_text),
         "history": viz.history_markdown(session.history),
+        "runs_note": takeaways.runs_takeaway(session.history),
     }
     if run is None:
         return views
     # After the run, open on a step that shows both sides of verification: drafts accepted and rejected.
     shown = viz.interesting_step(run.steps["tr"])
-    views |= step_views(lm, session, shown) | {
+    views |= step_views(lm, session, shown) | run_takeaways(run) | {
         "stats": stats_html(run),
         "slider": slider_for(run, shown),
         "download": gr.update(value=session.download_path, interactive=session.download_path is not None),
