@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from gradio_client import Client
 
 from webapp.layout import OUTPUTS
@@ -19,3 +21,8 @@ def client(url: str) -> Client:
 def run(c: Client, **changes) -> dict:
     """Call /run with GOOD settings changed by `changes`, and name its outputs."""
     return dict(zip(FIELDS, c.predict(**(GOOD | changes), api_name="/run")))
+
+
+def plain(markdown: str) -> str:
+    """A Markdown message as a reader sees its text: backslash escapes removed."""
+    return re.sub(r"\\(.)", r"\1", markdown or "")

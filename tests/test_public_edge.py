@@ -15,7 +15,7 @@ import pytest
 import app
 from tr.specs import MAX_PROMPT_TOKENS
 from webapp.downloads import Downloads
-from app_client import FIELDS, GOOD, client, run
+from app_client import FIELDS, GOOD, client, plain, run
 
 
 
@@ -61,10 +61,10 @@ def test_wrong_values_of_any_type_get_one_line_and_one_log_line(app_url, changes
     c = client(app_url)
     with caplog.at_level(logging.INFO, logger="token-recycling-app"):
         result = run(c, **changes)
-    assert needle in result["message"], result["message"]
+    assert needle in plain(result["message"]), result["message"]
     records = [r for r in caplog.records if r.name == "token-recycling-app"]
     assert len(records) == 1 and records[0].exc_info is None and "\n" not in records[0].getMessage()
-    assert run(c, max_new_tokens=4)["message"].startswith("Done")
+    assert "Done" in run(c, max_new_tokens=4)["message"]
 
 
 def test_the_lookup_survives_any_text_and_the_app_keeps_serving(app_url):
@@ -74,7 +74,7 @@ def test_the_lookup_survives_any_text_and_the_app_keeps_serving(app_url):
         assert "Traceback" not in html and ("token id" in html or "row" in html or "Type a word" in html
                                             or "must be text" in html), html[:200]
     assert "not created yet" in c.predict("#" + "9" * 5000, api_name="/reset_matrix")[1]
-    assert run(c)["message"].startswith("Done")
+    assert "Done" in run(c)["message"]
 
 
 def test_an_unexpected_error_is_logged_once_with_the_id_the_visitor_sees(app_url, monkeypatch, caplog):
@@ -173,7 +173,7 @@ def test_a_sessions_copy_of_the_page_does_not_grow_with_its_updates(tiny_model_d
     try:
         c = client(f"http://127.0.0.1:{port}/")
         for n in range(3):
-            assert run(c, max_new_tokens=4, prompt=f"Count to {n + 3}.")["message"].startswith("Done")
+            assert "Done" in run(c, max_new_tokens=4, prompt=f"Count to {n + 3}.")["message"]
         assert c.predict("the", api_name="/stop")[0] == "Nothing is running."  # every other view skipped
         (session,) = demo.state_holder.session_data.values()
         assert set(session.blocks_config.blocks) == set(demo.default_config.blocks)

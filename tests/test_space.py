@@ -113,14 +113,14 @@ def test_a_cpu_space_binds_all_interfaces_loads_the_hub_model_and_keeps_visitors
     assert f"from the hub id {HUB_FALLBACK}" in text and "Primed start: primed matrix" in text, text
     a, b = (client(f"http://127.0.0.1:{port}/") for _ in range(2))
     result = run(a, **SPACE_RUN)
-    assert result["message"].startswith("Done"), result["message"]
+    assert "Done" in result["message"], result["message"]
     assert "identical" in result["stats"] and "not identical" not in result["stats"]
     record = json.loads(Path(result["download"]["value"]).read_text())
     token = record["steps"]["tr"][1]["rows_written"][0]["token"]
     assert "Candidates after" in a.predict(f"#{token}", api_name="/lookup")
     assert "has not been written yet" in b.predict(f"#{token}", api_name="/lookup")  # B has no matrix yet
     assert "not created yet" in b.predict("the", api_name="/reset_matrix")[1]
-    assert run(b, **SPACE_RUN | {"prompt": "Name three colours."})["message"].startswith("Done")
+    assert "Done" in run(b, **SPACE_RUN | {"prompt": "Name three colours."})["message"]
 
 
 def test_on_zero_gpu_races_run_in_the_decorated_call_and_the_matrix_comes_back(tmp_path, monkeypatch, tiny_model_dir):
@@ -141,7 +141,7 @@ def test_on_zero_gpu_races_run_in_the_decorated_call_and_the_matrix_comes_back(t
     try:
         visitor = client(f"http://127.0.0.1:{port}/")
         first = run(visitor, **SPACE_RUN | {"start": "cold", "max_new_tokens": 12})
-        assert first["message"].startswith("Done"), first["message"]
+        assert "Done" in first["message"], first["message"]
         assert spaces.calls == [GPU_DURATION_S]
         filled = int(first["matrix_info"].split(" of ")[0].split()[-1].replace(",", ""))
         assert filled > 0, "the matrix came back to the main process"
