@@ -68,8 +68,8 @@ def test_run_returns_identical_outputs_steps_figures_and_download(app_url):
     assert "| 1 |" in result["history"]
 
     # Scrubbing: the first decoding step's tree and rows.
-    tree, why, rows, verify, mask = c.predict(index=1, api_name="/show_step")
-    assert "Step 1:" in json.loads(tree["plot"])["layout"]["title"]["text"]
+    tree, caption, why, rows, verify, mask = c.predict(index=1, api_name="/show_step")
+    assert "Step 1:" in json.loads(tree["plot"])["layout"]["title"]["text"] and "<b>Step 1:</b> drafted" in caption
     # The device's cost curve and the timings it is fitted to come first.
     assert [trace["mode"] for trace in plotly_traces(why)][:2] == ["lines", "markers"]
     assert "Step 1 " in rows
@@ -120,15 +120,15 @@ def test_auto_tree_run_says_what_it_chose_and_why(app_url):
     c = client(app_url)
     run(c, template="paper-80", max_new_tokens=30)  # a hot matrix: the same text again has rows to draft from
     result = run(c, template="auto", max_new_tokens=30)
-    assert re.search(r"auto tree: [\d.]+ draft nodes on average, from \d+ to \d+; expected [\d.]+ tokens per pass "
-                     r"for [\d.]+× the cost of a one-token pass", result["message"]), result["message"]
+    assert re.search(r"auto trees of \d+(–\d+)? drafts$", result["message"]), result["message"]
+    assert re.search(r"expected [\d.]+ tokens per call, the run got MAT [\d.]+", result["why_note"]), result["why_note"]
     record = download(result)
     assert record["identical"]
     steps = record["steps"]["tr"][1:]
     assert all(s["draft"]["predicted_cost"] > 0 and len(s["draft"]["considered"]) >= len(s["draft"]["tokens"]) - 1
                for s in steps)
     weighed = next(i for i, s in enumerate(steps, start=1) if s["draft"]["considered"])
-    why = plotly_traces(c.predict(index=weighed, api_name="/show_step")[1])
+    why = plotly_traces(c.predict(index=weighed, api_name="/show_step")[2])
     assert [t["name"] for t in why] == ["measured cost (one-token passes)", "timings the cost is fitted to",
                                         "expected tokens per call", "expected speed-up = tokens ÷ cost"]
 

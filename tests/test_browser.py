@@ -6,6 +6,7 @@ Skipped only where Chromium is missing outside CI; in CI (CI=true) a missing bro
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -253,6 +254,96 @@ def test_three_lanes_and_a_replay_that_works_from_disk(page, tmp_path):
     replay.locator("#step").evaluate("(s) => { s.value = 1; s.dispatchEvent(new Event('input')); }")
     expect(replay.locator("#tree .gtitle")).to_have_text(re.compile(r"^Step 1(:.*)?$"))
     offline.close()
+    assert page.errors == [], page.errors
+
+
+def pick_lesson(page, title: str) -> None:
+    page.locator("#lesson-pick input").click()
+    page.get_by_role("option", name=title).click()
+    expect(page.locator("#lesson")).to_contain_text(f"Lesson: {title}")
+
+
+def history_rows(page) -> dict[int, dict[str, str]]:
+    """The Runs tab's table (made from each run's records) by run number."""
+    open_tab(page, "Runs")
+    heads = [h.strip() for h in page.locator("#history table thead th").all_inner_texts()]
+    rows = {}
+    for row in page.locator("#history table tbody tr").all():
+        cells = dict(zip(heads, (c.strip() for c in row.locator("td").all_inner_texts())))
+        rows[int(cells["run"])] = cells
+    return rows
+
+
+def last_record(page, tmp_path) -> dict:
+    """The latest run's JSON record, downloaded as a visitor would."""
+    open_tab(page, "Runs")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download run (JSON)").click()
+    saved = tmp_path / "run.json"
+    download.value.save_as(saved)
+    return json.loads(saved.read_text())
+
+
+def mat_of(steps: list[dict]) -> float:
+    decoding = steps[1:]
+    return sum(len(s["tokens"]) for s in decoding) / len(decoding)
+
+
+def check_answer(answer: str, history: dict[int, dict[str, str]], record: dict) -> int:
+    """Every figure the answer cites, against the runs' records; returns how many it checked."""
+    checked = 0
+    for run, mat, speed in re.findall(r"run (\d+): MAT ([\d.]+), (?:([\d.]+)×|speed-up too early to tell)", answer):
+        row = history[int(run)]
+        assert row["TR MAT"] == mat, (run, mat, row)
+        if speed:
+            assert row["speed-up"] == f"{speed}×", (run, speed, row)
+        checked += 1
+    steps = record["steps"]
+    for run, lookup, recycling in re.findall(
+            r"run (\d+): prompt lookup MAT ([\d.]+), Token Recycling MAT ([\d.]+)", answer):
+        assert history[int(run)]["TR MAT"] == recycling
+        if int(run) == record["run"]:
+            assert f"{mat_of(steps['pld']):.2f}" == lookup
+        checked += 1
+    for kind, step, count in re.findall(r"(Good|Failed) step (\d+)[^:]*: (?:all )?(\d+)", answer):
+        node = steps["tr"][int(step)]
+        accepted = len(node["accepted"]) - 1
+        assert int(count) == (accepted if kind == "Good" else len(node["draft"]["tokens"]) - 1), (kind, step, count)
+        checked += 1
+    if "identical (" in answer or "first differ at token" in answer:
+        at = re.search(r"first differ at token #(\d+)", answer)
+        assert record["first_difference"] == (int(at.group(1)) if at else None)
+        checked += 1
+    return checked
+
+
+def test_every_lesson_answers_from_its_own_runs(page, tmp_path):
+    from viz.lessons import LESSONS
+
+    for lesson in LESSONS:
+        pick_lesson(page, lesson.title)
+        page.get_by_role("button", name="Run race").click()
+        expect(page.locator("#lesson")).to_contain_text("Answer, from these runs", timeout=2 * RUN_TIMEOUT_MS)
+        answer = page.locator("#lesson").inner_text()
+        history, record = history_rows(page), last_record(page, tmp_path)
+        checked = check_answer(answer, history, record)
+        print(f"\nlesson {lesson.key.value}: {checked} figures checked: {answer.split('Answer, from these runs:')[1]}")
+        assert checked >= 1, answer
+        assert record["run"] == max(history) and len(lesson.presets) <= len(history)
+    assert page.errors == [], page.errors
+
+
+def test_a_lesson_in_step_mode(page, tmp_path):
+    pick_lesson(page, "A good step and a failed step")
+    for number in (1, 2):
+        page.get_by_role("button", name="Next step").click()
+        expect(page.locator("#message")).to_contain_text(f"paused after Token Recycling's step {number}:",
+                                                         timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#lesson")).not_to_contain_text("Answer")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#lesson")).to_contain_text("Answer, from these runs", timeout=RUN_TIMEOUT_MS)
+    answer = page.locator("#lesson").inner_text()
+    assert check_answer(answer, history_rows(page), last_record(page, tmp_path)) >= 1, answer
     assert page.errors == [], page.errors
 
 

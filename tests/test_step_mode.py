@@ -3,6 +3,8 @@ races wait at once; and a paused race that goes on live gives the same race as o
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tr.costs import CostCurve, LearnedCost
@@ -98,11 +100,16 @@ def last(views):
 def test_next_step_advances_one_verification_step_per_click_then_continue_runs_live(handlers):
     session = Session()
     shown = last(handlers.step(session, SETTINGS, ""))
-    assert session.stepper is not None and "Step mode, paused" in shown["message"]
+    assert session.stepper is not None and "paused after Token Recycling's step 1:" in shown["message"]
     for expected in (2, 3):
         views = last(handlers.step(session, SETTINGS | {"prompt": "ignored while paused"}, ""))
         assert session.run.steps["tr"][-1].index == expected
         assert views["tree"].layout.title.text.startswith(f"Step {expected}")
+        assert f"<b>Step {expected}:</b>" in views["caption"]
+        # A few steps are no race yet: no speed-up figure, and no sentence built on one.
+        headline = views["stats"].split('class="headline">')[1].split("</p>")[0]
+        assert "too early to tell" in headline and not re.search(r"<b>[\d.]+×</b>", headline)
+        assert 'class="note"' not in views["stats"]
     assert session.run.settings.prompt == "Count to five."
     final = last(handlers.resume(session, ""))
     assert final["message"].startswith("Done") and session.stepper is None and session.run.finished

@@ -69,9 +69,15 @@ def _mat(run: LessonRun, lane: str = "tr") -> float:
 
 
 def _compare(first: LessonRun, second: LessonRun, a: str, b: str, why: str) -> str:
+    """"A (run 1: ...) against B (run 2: ...): B wrote 0.40 more tokens per call and ran faster." plus `why`."""
     gain = _mat(second) - _mat(first)
     trend = "more" if gain > 0 else ("fewer" if gain < 0 else "as many")
-    return f"{a} ({figures(first)}) against {b} ({figures(second)}): {abs(gain):.2f} {trend} tokens per call. {why}"
+    speeds = [compare(r.lanes["ar"], r.lanes["tr"]) for r in (first, second)]
+    pace = ""
+    if all(speeds) and not any(too_early(r.lanes["tr"]) for r in (first, second)):
+        pace = " and ran faster" if speeds[1].speedup > speeds[0].speedup else " but ran slower"
+    amount = f"{abs(gain):.2f} {trend} tokens" if gain else "as many tokens"
+    return f"{a} ({figures(first)}) against {b} ({figures(second)}): {b} wrote {amount} per call{pace}. {why}"
 
 
 def answer_cold_primed(runs: list[LessonRun]) -> str:
@@ -88,15 +94,16 @@ def answer_paper_auto(runs: list[LessonRun]) -> str:
     costs = (f" Each call cost {cost[0].cost_ratio:.2f}× a plain one with the paper's tree and "
              f"{cost[1].cost_ratio:.2f}× with auto's." if all(cost) else "")
     return _compare(paper, auto, "The paper's 80-node tree", "auto",
-                    "auto sizes each tree to this device's cost curve (tab Why this size)." + costs)
+                    "auto sizes each tree to this device's cost curve (tab Tree size)." + costs)
 
 
 def answer_lookup_vs_tr(runs: list[LessonRun]) -> str:
     parts = []
     for run, what in zip(runs, ("the repeating prompt", "the open question")):
         lookup, recycling = _mat(run, "pld"), _mat(run, "tr")
-        winner = "prompt lookup" if lookup > recycling else "Token Recycling"
-        parts.append(f"On {what}, {winner} wrote more per call (run {run.number}: prompt lookup MAT {lookup:.2f}, "
+        winner = ("both wrote as much" if f"{lookup:.2f}" == f"{recycling:.2f}" else
+                  f"{'prompt lookup' if lookup > recycling else 'Token Recycling'} wrote more")
+        parts.append(f"On {what}, {winner} per call (run {run.number}: prompt lookup MAT {lookup:.2f}, "
                      f"Token Recycling MAT {recycling:.2f})")
     return "; ".join(parts) + ". Prompt lookup can only copy text that is already there; the matrix guesses anywhere."
 
@@ -121,7 +128,7 @@ def answer_sampling(runs: list[LessonRun]) -> str:
     at = difference(ar, tr, True)
     same = (f"the two texts are identical ({len(token_ids(tr))} tokens)" if at is None
             else f"the two texts first differ at token #{at}")
-    return (f"In run {run.number} ({figures(run)}), {same}. Lossless under sampling means every token is a "
+    return (f"In {figures(run)}, {same}. Lossless under sampling means every token is a "
             "draw from the model's own distribution, the same distribution plain decoding draws from; the draws "
             "themselves may differ, so the texts need not match.")
 
@@ -144,7 +151,7 @@ LESSONS = (
            (dict(prompt=REPEAT, prompt_lookup=True), dict(prompt_lookup=True)), answer_lookup_vs_tr),
     Lesson(LessonKey.GOOD_FAILED, "A good step and a failed step",
            "Which step accepted the most, and which had every guess rejected? (Both get marked on the slider.)",
-           (dict(),), answer_good_failed),
+           (dict(template="small-16", start="primed"),), answer_good_failed),
     Lesson(LessonKey.SAMPLING, "Sampling: what does lossless mean?",
            "With sampling on, must the two texts be identical?",
            (dict(decoding="sampling"),), answer_sampling),
