@@ -3,6 +3,7 @@ of a tiny random model (no download, a few seconds)."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -22,10 +23,12 @@ from viz import (
 )
 import viz
 from viz.explain import GLOSSARY, howto_charts, run_summary
-from viz.race import compare, history_markdown, stats_html, verdict_html
-from viz.style import LANE_COLORS, lane_name, note_of
+from viz.race import MIN_STEPS, compare, history_markdown, stats_html, verdict_html
+from viz.style import LANE_COLORS, Meaning, lane_name, note_of
 from viz.text import step_pieces
-from viz.tree import ACCEPTED, BONUS_KIND, REJECTED, ROOT, ROW_GAP, ROW_PX, interesting_step, marks_for
+from viz.tree import (
+    ACCEPTED, BONUS_KIND, MAX_HEIGHT, MIN_ROW_PX, REJECTED, ROOT, ROW_GAP, ROW_PX, interesting_step, marks_for,
+)
 
 PROMPT = [1, 2, 3, 4, 5]
 
@@ -175,7 +178,8 @@ def test_tree_layout_is_layered_legible_and_uncrossed(best_step):
         assert all(b - a >= ROW_GAP - 1e-9 for a, b in zip(ys, ys[1:])), "labels of one layer overlap"
         parent_ys = [position[best_step.draft.parents[n]][1] for n in nodes if n]
         assert parent_ys == sorted(parent_ys), "edges cross"
-    assert fig.layout.height >= 22 * ROW_PX
+    # The widest layer (22) keeps a row of text per node, squeezed at most to MIN_ROW_PX to share one screen.
+    assert 22 * MIN_ROW_PX <= fig.layout.height <= MAX_HEIGHT
     assert len(fig.layout.annotations) == 82  # one label per draft node plus the bonus
     data = json.loads(fig.to_json())
     coordinates = [v for t in data["data"] for v in t["x"] + t["y"] if v is not None]
@@ -311,7 +315,8 @@ def test_interesting_step_shows_accepted_and_rejected_drafts(runs):
              Step(3, [7], chain, choices=[7, 4, 5], accepted=[0])]  # all rejected
     assert viz.most_accepted_step(steps) == 1 and interesting_step(steps) == 2
     assert interesting_step(steps[:2]) == 1  # nothing mixed: the most accepted
-    assert marks_for(steps) == {1: "most accepted, largest tree", 2: "first rejection"}
+    assert marks_for(steps) == {1: "good: most accepted, largest tree", 2: "first rejection",
+                                3: "failed: all rejected"}
     assert marks_for([Step(0, [1])]) == {}
     real = runs["tr"][interesting_step(runs["tr"])]
     assert 0 < real.accepted_drafts < real.drafted
@@ -416,7 +421,8 @@ def test_run_summary_of_unequal_token_counts_divides_tokens_per_call():
     c = compare(ar, tr)
     assert c.speedup == pytest.approx(speedup(ar, tr)) == pytest.approx((6 / 0.3) / (4 / 0.4))
     text = run_summary("TR", c, finished=False)
-    assert "has written 6 tokens in 2 model calls (3.00 per call), plain decoding 4 in 4 (1.00 per call)" in text
+    # MAT counts after the prefill, spelled out; the speed-up's arithmetic counts the prefill as a call.
+    assert "has written 6 tokens in 2 model calls (the prefill wrote 1, then MAT 5 / 1 = 5.00), plain decoding 4 in 4" in text
     assert "so 3.00 / 1.00 / 1.50 = <b>2.00×</b>" in text
 
 
@@ -425,10 +431,16 @@ def test_stats_has_a_column_per_lane_baseline_first(runs):
     page = stats_html({"tr": runs["tr"], "ar": runs["ar"], "pld": runs["pld"]}, titles, True, False, False)
     assert re.findall(r"<th>(.*?)</th>", page) == ["", "Plain", "TR", "PLD"]
     speedups = re.findall(r"<tr><td>speed-up over plain decoding</td>(.*?)</tr>", page)[0]
-    assert re.findall(r"<td>(.*?)</td>", speedups) == [
-        "1.00× (baseline)", f"{speedup(runs['ar'], runs['tr']):.2f}×", f"{speedup(runs['ar'], runs['pld']):.2f}×"]
-    assert page.count('class="note"') == 2 and "<b>TR</b>" in page and "<b>PLD</b>" in page
-    assert "MAT" in page and page.count('class="metric"') == 3  # one per drafting lane, and the verdict
+    def shown(lane: str) -> str:  # a speed-up over too few calls is not shown as a figure
+        steps = runs[lane]
+        return (f"too early to tell ({len(steps) - 1} of {MIN_STEPS} calls)" if len(steps) - 1 < MIN_STEPS
+                else f"{speedup(runs['ar'], steps):.2f}×")
+
+    assert re.findall(r"<td>(.*?)</td>", speedups) == ["1.00× (baseline)", shown("tr"), shown("pld")]
+    sentences = [lane for lane in ("tr", "pld") if "too early" not in shown(lane)]
+    assert page.count('class="note"') == len(sentences) >= 1
+    assert all(f"<b>{titles[lane]}</b>" in page for lane in sentences)
+    assert "MAT" in page and page.count('class="metric') == 3  # one per drafting lane, and the verdict
     alone = stats_html({"ar": runs["ar"]}, {}, False, True, False)
     assert "<th>plain decoding</th>" in alone and 'class="note"' not in alone
 
@@ -492,22 +504,25 @@ def test_banded_html_has_one_escaped_band_per_step():
     steps = [Step(0, data[:2]), Step(1, data[2:cut]), Step(2, data[cut:cut + 3]), Step(3, data[cut + 3:])]
     pieces = step_pieces(steps, byte_decode)
     assert "".join(pieces) == text and pieces[1] == "" and not any("\ufffd" in p for p in pieces)
-    page = banded_html(steps, byte_decode)
-    bands = re.findall(r'<span class="tr-band" style="([^"]*)" title="([^"]*)">(.*?)</span>', page, re.S)
+    page = banded_html(steps, byte_decode, selectable=True)
+    bands = re.findall(r'<span class="tr-band" data-step="(\d+)" title="([^"]*)">(.*?)</span></span>', page, re.S)
     assert [title for _, title, _ in bands] == ["step 0: 2 tokens", "step 2: 3 tokens", "step 3: 8 tokens"]
-    styles = [style for style, _, _ in bands]
-    assert all(a != b for a, b in zip(styles, styles[1:])) and len(set(styles)) == 2  # two tints, alternating
-    assert "<b>" not in page and "&lt;b&gt; &amp; é\nn" in "".join(body for _, _, body in bands)
-    assert "white-space:pre-wrap" in page and "only alternate" in page.split("<div style")[0]
+    assert [step for step, _, _ in bands] == ["0", "2", "3"]  # a click opens the band's step
+    assert "<b>" not in page and "&lt;b&gt; &amp; é\nn" in re.sub(r"<[^>]+>", "", "".join(b for _, _, b in bands))
+    assert "white-space:pre-wrap" in page and "show rejected guesses" in page
 
 
-def test_one_token_calls_are_not_tinted():
-    steps = [Step(0, list(b"a")), Step(1, list(b"bc")), Step(2, list(b"d")), Step(3, list(b"ef"))]
-    page = banded_html(steps, byte_decode)
-    spans = re.findall(r'<span class="tr-band"( style="[^"]*")? title="([^"]*)">', page)
-    assert [bool(style) for style, _ in spans] == [False, True, False, True]
-    assert spans[1][0] != spans[3][0]  # tinted bands alternate even with untinted text between them
-    assert "Untinted text came one token per call" in page
+def test_bands_tint_accepted_drafts_and_the_models_own_token_and_keep_the_rejected_guess():
+    chain = draft([10, 11, 12], [-1, 0, 1])
+    steps = [Step(0, [65]), Step(1, [11, 66], chain, choices=[11, 66, 5], accepted=[0, 1])]
+    page = banded_html(steps, lambda ids: "".join(chr(i) if i > 20 else f"<{i}>" for i in ids))
+    accepted, bonus = Meaning.ACCEPTED.tint, Meaning.BONUS.tint
+    assert re.search(rf'background:{accepted}[^"]*">&lt;11&gt;</span>', page)  # the accepted draft
+    assert re.search(rf'background:{bonus}[^"]*">B</span>', page)  # the model's own token
+    assert re.search(rf'background:{bonus}[^"]*">A</span>', page)  # the prefill's token is the model's own too
+    # The guess the model turned down after the accepted path, struck through and hidden until asked for.
+    assert re.search(r'<del class="rej" style="display:none;[^"]*line-through">&lt;12&gt;</del>', page)
+    assert html.escape("rejected guess: '<12>'") in page and "data-step" not in page
 
 
 def test_step_pieces_keep_context_dependent_spaces(runs):
@@ -525,7 +540,7 @@ def test_step_pieces_keep_context_dependent_spaces(runs):
 def test_plain_html_shares_the_container():
     steps = [Step(0, list(b"x<y")), Step(1, list(b"\n"))]
     page = plain_html(steps, byte_decode)
-    assert "x&lt;y\n" in page and "white-space:pre-wrap" in page and "tr-band" not in page
+    assert "x&lt;y\n" in page and "white-space:pre-wrap" in page and "tr-band" not in page and "rej" not in page
     for empty in (banded_html([], byte_decode), plain_html([], byte_decode)):
         assert "white-space:pre-wrap" in empty
 

@@ -158,7 +158,7 @@ class Handlers:
         run.finished = True
         session.remember(run)
         session.download_path = self.downloads.write(run.record(self.lm), replaces=session.download_path)
-        facts = (f"**Done**: run {run.number}", f"{run.wall_s:.1f} s wall time{run.note}", run.tree_note())
+        facts = (f"Done: run {run.number}", f"{run.wall_s:.1f} s wall time{run.note}", run.tree_note())
         message = " · ".join(fact for fact in facts if fact)
         return (views.final_views(self.lm, session, parse_lookup_or_none(lookup_text), message)
                 | lessons.answer_views(session, run) | {"session": session})
