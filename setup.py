@@ -34,5 +34,6 @@ def extras(found: dict[str, list[str]]) -> dict[str, list[str]]:
     return extra
 
 
-found = sections("requirements.txt", "requirements-dev.txt")
-setup(install_requires=found[LIBRARY], extras_require=extras(found))
+if __name__ == "__main__":  # as the build backend runs it; tests import the functions above
+    found = sections("requirements.txt", "requirements-dev.txt")
+    setup(install_requires=found[LIBRARY], extras_require=extras(found))

@@ -31,7 +31,7 @@ from transformers.generation import (GenerateDecoderOnlyOutput, LogitsProcessorL
                                      StopStringCriteria)
 from transformers.generation.configuration_utils import GenerationMode
 
-from .costs import LearnedCost
+from .costs import CostCurve, LearnedCost
 from .device import invariant, kernels
 from .device.calibrate import device_curve
 from .device.model import LoadedModel
@@ -170,13 +170,16 @@ class TokenRecycling:
     The object keeps one matrix per model and tokenizer across calls. `tokenizer`: the model's, for the
     primed matrix (found beside the weights when not given). `kernels`: on the first call with a CPU model
     in float32 or bf16, install the project's batch-invariant kernels (`tr.device.kernels`) on it, which
-    makes greedy output equal plain `generate`'s on that model; False leaves the model as it is.
+    makes greedy output equal plain `generate`'s on that model; False leaves the model as it is. `costs`:
+    the device's pass costs for trees sized by cost, measured on first use when not given (and cached on disk
+    for a model with a name, `tr.device.calibrate`).
     """
 
-    def __init__(self, k: int = 8, tree: str = "auto", start: str = "primed", *, tokenizer=None,
-                 kernels: bool = True):
+    def __init__(self, k: int = 8, tree: str | TreeSpec = "auto", start: str | Start = "primed", *, tokenizer=None,
+                 kernels: bool = True, costs: CostCurve | None = None):
         self.k = k
-        self.tree: TreeSpec = parse_tree(tree, k)
+        self.costs = costs
+        self.tree: TreeSpec = tree if isinstance(tree, TreeSpec) else parse_tree(tree, k)
         self.start: Start = parse_start(start)
         self.tokenizer = tokenizer
         self.kernels = kernels
@@ -230,6 +233,15 @@ class TokenRecycling:
         state = self._states.get(model)
         return self._matrix(state) if state is not None else None
 
+    def fork(self) -> TokenRecycling:
+        """A copy whose matrices and learned costs start as this object's and then go their own way (the
+        models are shared, not copied): a call through it leaves this object's state as it was."""
+        twin = TokenRecycling(self.k, self.tree, self.start, tokenizer=self.tokenizer, kernels=self.kernels,
+                              costs=self.costs)
+        for model, state in self._states.items():
+            twin._states[model] = _ModelState(state.target, copy.deepcopy(state.costs), copy.deepcopy(state.matrices))
+        return twin
+
     def _state(self, model: PreTrainedModel, tokenizer) -> _ModelState:
         state = self._states.get(model)
         if state is None:
@@ -247,7 +259,7 @@ class TokenRecycling:
         if tokenizer is not None and tokenizer is not state.target.tokenizer:
             state.target = replace(state.target, tokenizer=tokenizer)
         if self.tree.sized_by_cost and state.costs is None:
-            state.costs = LearnedCost(device_curve(state.target))
+            state.costs = LearnedCost(self.costs or device_curve(state.target))
         return state
 
     def _matrix(self, state: _ModelState) -> AdjacencyMatrix:

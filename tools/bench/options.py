@@ -24,6 +24,8 @@ from tr.specs import (
 )
 from tr.trees import DEFAULT_TEMPLATE
 
+from .custom import parse_custom
+
 
 class Kind(str, Enum):
     AR = "ar"  # this project's autoregressive loop
@@ -32,12 +34,15 @@ class Kind(str, Enum):
     PLD = "pld"  # transformers' prompt lookup decoding
     TR = "tr"  # Token Recycling, one variant per tree and start
     LLAMA = "llama"  # llama.cpp on the bundled GGUF (tools.bench.llama), an optional extra; llama:N on N threads
+    HF_TR = "hf-tr"  # Token Recycling through `model.generate(custom_generate=...)` (tools.bench.custom)
 
 
 BASELINES = (Kind.AR, Kind.HF, Kind.STOCK)  # speed-up is over the fastest of these that ran, per category
-KIND_NAMES = tuple(kind.value for kind in Kind if kind is not Kind.LLAMA)  # the default list: no optional extra
+# The default list: no optional extra, and Token Recycling once (through the library)
+KIND_NAMES = tuple(kind.value for kind in Kind if kind not in (Kind.LLAMA, Kind.HF_TR))
 VARIANT_SEPARATOR = ":"  # tr:TREE:START; what follows the method is `tr.specs.parse_variant`'s grammar
-METHODS_HELP = (f"a comma list of {', '.join(KIND_NAMES)} or llama (llama.cpp, optional; llama:N on N threads); "
+METHODS_HELP = (f"a comma list of {', '.join(KIND_NAMES)} or llama (llama.cpp, optional; llama:N on N threads) or "
+                f"{Kind.HF_TR.value} (Token Recycling through model.generate, {Kind.HF_TR.value}:TREE:START as tr); "
                 f"tr also as tr:TREE or tr:TREE:START with "
                 f"TREE one of {', '.join(TREE_NAMES)}, {DYNAMIC_PREFIX}N or {CHOSEN_PREFIX}N (N from 1 to "
                 f"{MAX_TREE_NODES}) or a JSON list of paths, and START one of {', '.join(s.value for s in Start)}")
@@ -55,6 +60,8 @@ class BenchMethod:
     @property
     def name(self) -> str:
         """How the method is written in the JSON, the table and the progress bar."""
+        if self.kind is Kind.HF_TR:
+            return f"hf-{variant_name(self.tree, self.start)}"
         if self.kind is Kind.LLAMA and self.threads is not None:
             return f"{self.kind.value}{VARIANT_SEPARATOR}{self.threads}"
         return variant_name(self.tree, self.start) if self.kind is Kind.TR else self.kind.value
@@ -82,6 +89,8 @@ def parse_method(entry: str, k: int, template: Template, start: Start) -> BenchM
         return BenchMethod(Kind.TR, *parse_variant(entry, k, tree=template.text, start=start))
     if kind == Kind.LLAMA:
         return BenchMethod(Kind.LLAMA, threads=parse_threads(variant) if variant else None)
+    if kind == Kind.HF_TR:
+        return BenchMethod(Kind.HF_TR, *parse_custom(variant, k))
     raise ValueError(f"unknown method {entry!r}: use {METHODS_HELP}")
 
 

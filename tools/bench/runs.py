@@ -3,12 +3,14 @@
 `ar` and `tr` run through the library (`tr.generate.decode_steps`); `hf` and `pld` through transformers'
 `model.generate`, with the same LM head and EOS ids, so the comparison is of decoding loops alone; `stock`
 through `model.generate` on the model as transformers ships it (`tools.bench.stock`), the baseline a
-user without this project has; `llama` through llama.cpp on the model's GGUF (`tools.bench.llama`).
+user without this project has; `llama` through llama.cpp on the model's GGUF (`tools.bench.llama`); `hf-tr`
+through `model.generate` with Token Recycling as its `custom_generate` (`tools.bench.custom`).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +33,7 @@ from tr.specs import Method, check_prompt_tokens
 from .options import BenchMethod, Kind, check_numbers
 from .prompts import Question
 from .rows import PromptRow
+from .custom import custom_runner
 from .llama import LlamaWorker
 from .stock import StockWorker
 
@@ -88,14 +91,21 @@ def generation_config(lm: LoadedModel, max_new_tokens: int, pld_tokens: int | No
 
 
 def run_hf(lm: LoadedModel, prompt_ids: list[int], config: GenerationConfig) -> Run:
-    """One `model.generate` call: output ids and wall seconds; steps are not known. Greedy, so with the same
-    LM head as `ar` (`tr.passes.argmax_only`): the comparison is of decoding loops, not of heads."""
+    """One `model.generate` call. Greedy, so with the same LM head as `ar` (`tr.passes.argmax_only`): the
+    comparison is of decoding loops, not of heads."""
     ids = torch.tensor([prompt_ids], device=lm.device)
-    with torch.inference_mode(), argmax_only(lm.model):
+    with argmax_only(lm.model):
+        return time_generate(lm, len(prompt_ids), lambda: lm.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config))
+
+
+def time_generate(lm: LoadedModel, prompt_length: int, call: Callable[[], torch.Tensor]) -> Run:
+    """One timed `model.generate` call (`call`): its new ids up to EOS and wall seconds; steps are not known."""
+    with torch.inference_mode():
         begin = now(lm.device)
-        out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        out = call()
         seconds = now(lm.device) - begin
-    return Run(cut_at_eos(out[0, len(prompt_ids):].tolist(), lm.eos_ids), seconds)
+    return Run(cut_at_eos(out[0, prompt_length:].tolist(), lm.eos_ids), seconds)
 
 
 def tree_figures(steps: list[Step]) -> TreeFigures:
@@ -167,7 +177,7 @@ def make_runners(lm: LoadedModel, methods: Sequence[BenchMethod], max_new_tokens
     """One runner per method, by name; what they hold open is closed with `stack`."""
     runners: dict[str, Runner] = {}
     # Calibrated once, and only when a tr variant runs: every variant reads the same device curve.
-    curve = device_curve(lm) if any(m.kind is Kind.TR for m in methods) else None
+    curve = device_curve(lm) if any(m.kind in (Kind.TR, Kind.HF_TR) for m in methods) else None
     for method in methods:
         if method.kind is Kind.AR:
             runners[method.name] = lambda ids, scratch: run_own(lm, ids, Method.AR, max_new_tokens)
@@ -177,6 +187,10 @@ def make_runners(lm: LoadedModel, methods: Sequence[BenchMethod], max_new_tokens
             runners[method.name] = stock_runner(lm, max_new_tokens, stack)
         elif method.kind is Kind.LLAMA:
             runners[method.name] = llama_runner(lm, method, max_new_tokens, stack)
+        elif method.kind is Kind.HF_TR:
+            runners[method.name] = custom_runner(lm, method.tree, method.start, k, curve,
+                                                 generation_config(lm, max_new_tokens, None),
+                                                 functools.partial(time_generate, lm))
         else:
             config = generation_config(lm, max_new_tokens, pld_tokens if method.kind is Kind.PLD else None)
             runners[method.name] = lambda ids, scratch, config=config: run_hf(lm, ids, config)
