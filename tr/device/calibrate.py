@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import invariant, kernels
+from . import fused, invariant, kernels
 from ..costs import CostCurve, monotone
 from ..decoding import Clock
 from ..passes import EagerPasses, PassesFactory, chain
@@ -57,7 +57,7 @@ def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repea
 @functools.cache
 def kernels_version() -> str:
     """A hash of the CPU kernels' source: a curve measured with other kernel code is not this code's."""
-    sources = (Path(invariant.__file__), Path(kernels.__file__))
+    sources = (Path(invariant.__file__), Path(kernels.__file__), Path(fused.__file__))
     return hashlib.sha1(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
 
 

@@ -8,7 +8,7 @@ BLAS libraries do neither in general (MKL's float32 product changes its order wi
 AMD processors its strict mode does not fix it); `tests/test_kernels.py` checks each property on the
 machine that runs it, and `python -m tools.invariance` the whole model.
 
-- Weight products (`InvariantLinear`): `product` for every row count.
+- Weight products (`InvariantLinear`): `product` for every row count (bf16 in blocks of `BF16_ROWS` rows).
 - Attention scores: q . k over the head dimension, `product` of the queries with the cached keys, in fp32
   (bf16 inputs widen exactly).
 - Softmax: one max over the visible scores (exact in any order), exp elementwise.
@@ -45,6 +45,10 @@ BUCKET = 32
 # Query rows per kv head up to which a pass multiplies all heads in one product (`_per_head`'s `together`):
 # the calls saved outweigh the wasted arithmetic up to about 20 tokens of a 3:1 grouped model (BENCHMARKS.md).
 TOGETHER_ROWS = 64
+# bf16 products are made in calls of at most this many rows: on a CPU with AMX (amx_bf16) oneDNN's bf16
+# kernel sums a row in another order once a call has more than 32 rows (more than 63 for some shapes), so
+# a tree of 33 or more tokens gave other bits than the same tokens alone (BENCHMARKS.md, 2026-12-07).
+BF16_ROWS = 32
 
 
 def padded_keys(count: int) -> int:
@@ -129,8 +133,11 @@ def product(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """rows @ weight.T ((m, k) and (n, k), fp32 or bf16; the weight as it is or `packed`), always by oneDNN's
     matrix kernel, which gives each output the same bits whatever the other rows and columns, and sums over
     k one term after another (so zeros anywhere in a row change nothing). One row or one column would take
-    its vector path, which sums in another order: a row or column of zeros is added (and dropped)."""
+    its vector path, which sums in another order: a row or column of zeros is added (and dropped). bf16 rows
+    go in blocks of `BF16_ROWS`, a count every such kernel keeps a row's bits at."""
     m, n = rows.shape[0], weight.shape[0]
+    if m > BF16_ROWS and rows.dtype == torch.bfloat16:
+        return torch.cat([product(rows[i:i + BF16_ROWS], weight) for i in range(0, m, BF16_ROWS)])
     if m < 2:
         rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
     if weight.layout == torch.strided:  # a packed weight is oneDNN's own (and has many rows)

@@ -3,7 +3,8 @@ makes), never on import.
 
 - Batch-invariant products and attention on the CPU (`tr.device.invariant`), in float32 and bf16: every
   token gets the same bits in a one-token pass as inside a verification pass, so greedy Token Recycling
-  equals plain decoding by construction; both decoders run them.
+  equals plain decoding by construction; both decoders run them. A Llama layer's q, k, v projections and
+  its MLP's gate and up projections each run as one product there (`tr.device.fused`), the same bits.
 - A screened LM head (`ScreenedHead`, `Fp16Screen`): greedy decoding reads only each row's argmax, so the
   head screens the vocabulary with a half-precision copy of its weight and recomputes in fp32 only the
   tokens a proven error bound cannot rule out; each row's argmax is the fp32 head's, and each recomputed
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import invariant
+from . import fused, invariant
 
 
 def read_cpuinfo() -> str:
@@ -128,6 +129,7 @@ def install_kernels(model: torch.nn.Module) -> None:
         head = model.get_output_embeddings()
         if type(head) is torch.nn.Linear and head.bias is None and head.weight.dtype == torch.float32:
             model.set_output_embeddings(ScreenedHead(head))  # before the others: its weight is packed once
+        fused.install_fused(model)  # before the products: its stacked linears become invariant with the rest
         invariant.install_linears(model)
         invariant.install_attention(model)
     elif parameter.device.type == "cuda":
