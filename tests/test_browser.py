@@ -71,8 +71,11 @@ def settings(page, max_tokens: int | None = None, prompt_lookup: bool = False) -
 
 
 def run_and_wait(page, button: str = "Run race") -> None:
+    """Start a race and wait until it is done: the message names the next run's number."""
+    done = re.search(r"Done: run (\d+)", page.locator("#message").inner_text())
     page.get_by_role("button", name=button).click()
-    expect(page.locator("#message")).to_contain_text("Done", timeout=RUN_TIMEOUT_MS)
+    number = int(done.group(1)) + 1 if done else 1
+    expect(page.locator("#message")).to_contain_text(f"Done: run {number} ", timeout=RUN_TIMEOUT_MS)
 
 
 def words(page) -> int:
@@ -91,19 +94,25 @@ def tree_title(page) -> str:
     return page.locator("#tree-plot .gtitle").first.text_content()
 
 
+def first_screen_figures(page, label: str) -> tuple[int, int, dict[str, dict]]:
+    """Words before and after a run of what the page holds, and where the first screen's views lie."""
+    before = words(page)
+    run_and_wait(page)
+    after, boxes = words(page), {selector: box(page, selector) for selector in FIRST_SCREEN}
+    print(f"\n{label}: words before the run {before}, after {after}")
+    for selector, b in boxes.items():
+        print(f"  {selector}: top {b['y']:.0f} px, bottom {b['y'] + b['height']:.0f} px")
+    return before, after, boxes
+
+
 def test_one_screen_after_a_run(page):
     """At 1366x900, after one run of the default example: panes, numbers and the step's tree on the first
     screen, and few words before and after."""
-    before = words(page)
     intro = page.locator("#intro").inner_text()
-    run_and_wait(page)
-    after = words(page)
-    boxes = {selector: box(page, selector) for selector in FIRST_SCREEN}
-    print(f"\n1366x900: words before the run {before}, after {after}; intro {len(intro.split())} words")
-    for selector, b in boxes.items():
-        print(f"  {selector}: top {b['y']:.0f} px, bottom {b['y'] + b['height']:.0f} px, left {b['x']:.0f} px")
+    before, after, boxes = first_screen_figures(page, "tiny model, default example, 1366x900")
+    print(f"  intro: {len(re.findall(r'[A-Za-z]+', intro.split(chr(10), 1)[1]))} words")
     assert before <= 300 and after <= 900
-    assert "guess, then check" in intro and len(re.findall(r"\w+", intro.split("\n", 1)[1])) <= 60
+    assert "guess, then check" in intro and len(re.findall(r"[A-Za-z]+", intro.split("\n", 1)[1])) <= 60
     for selector, b in boxes.items():
         assert b["y"] >= 0 and b["y"] + b["height"] <= 900, (selector, b)
 
@@ -349,28 +358,30 @@ def test_a_lesson_in_step_mode(page, tmp_path):
 
 @pytest.fixture(scope="module")
 def bundled_page(real_lm):
-    """A browser on the app serving the bundled model."""
+    """A browser at 1366x900 on the app serving the bundled model."""
     from conftest import launch_app
 
     demo, port = launch_app(real_lm)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.goto(f"http://127.0.0.1:{port}/")
-        yield page
+        yield open_page(browser, f"http://127.0.0.1:{port}/")
         browser.close()
     demo.close()
 
 
-def test_three_lanes_on_the_bundled_model_write_the_same_text(bundled_page):
+def test_the_bundled_model_on_one_screen_then_three_lanes_write_the_same_text(bundled_page):
     page = bundled_page
-    page.get_by_role("button", name="Run race").wait_for()
-    page.get_by_text("code: Write a Python function that").click()
-    page.get_by_label("number input for Max new tokens").fill("48")
-    page.get_by_label("number input for Max new tokens").press("Tab")
-    page.get_by_label("Third lane: prompt lookup decoding").check()
-    page.get_by_role("button", name="Run race").click()
-    expect(page.locator("#message")).to_contain_text("Done", timeout=RUN_TIMEOUT_MS)
+    before, after, boxes = first_screen_figures(page, "bundled model, default example, 1366x900")
+    assert before <= 300 and after <= 900
+    assert all(b["y"] >= 0 and b["y"] + b["height"] <= 900 for b in boxes.values()), boxes
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT.with_name("first-screen.png")))  # the README's screenshot, when renewed
+
+    page.locator("#example-pick input").click()
+    page.get_by_role("option", name=re.compile(r"^code: Write a Python function that")).click()
+    expect(page.get_by_label("Prompt", exact=True)).to_have_value(re.compile("Fibonacci"))
+    settings(page, max_tokens=48, prompt_lookup=True)
+    run_and_wait(page)
     texts = []
     for pane in ("#ar-pane", "#tr-pane", "#pld-pane"):
         expect(page.locator(pane)).to_contain_text("done")

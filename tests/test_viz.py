@@ -422,7 +422,8 @@ def test_run_summary_of_unequal_token_counts_divides_tokens_per_call():
     assert c.speedup == pytest.approx(speedup(ar, tr)) == pytest.approx((6 / 0.3) / (4 / 0.4))
     text = run_summary("TR", c, finished=False)
     # MAT counts after the prefill, spelled out; the speed-up's arithmetic counts the prefill as a call.
-    assert "has written 6 tokens in 2 model calls (the prefill wrote 1, then MAT 5 / 1 = 5.00), plain decoding 4 in 4" in text
+    assert ("has written 6 tokens in 2 model calls (the prefill wrote 1, then MAT 5 / 1 = 5.00), plain decoding 4 "
+            "in 4") in text
     assert "so 3.00 / 1.00 / 1.50 = <b>2.00×</b>" in text
 
 

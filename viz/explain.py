@@ -138,7 +138,8 @@ def run_summary(title: str, c: Comparison, finished: bool) -> str:
         shown = round(c.tokens_per_call, 2) / round(c.base_tokens_per_call, 2)
     # The shown numbers are rounded: say "≈" where they do not give the speed-up to the last digit.
     sign = "=" if f"{shown / round(c.cost_ratio, 2):.2f}" == f"{c.speedup:.2f}" else "≈"
-    return f"<b>{title}</b> {gained}; {per_call}; so {expression} {sign} <b>{c.speedup:.2f}×</b> plain decoding's speed."
+    return (f"<b>{title}</b> {gained}; {per_call}; so {expression} {sign} <b>{c.speedup:.2f}×</b> plain decoding's "
+            "speed.")
 
 
 HOWTO_CONTROLS = """\

@@ -28,7 +28,7 @@ from tr.records import Step, steps_from_dicts
 from .charts import accepted_histogram, mat_over_steps, speedup_over_steps, tokens_vs_time
 from .matrix import rows_table_html
 from .race import stats_html
-from .style import TEMPLATE, lane_name
+from .style import TEMPLATE, lane_name, legend_html, palette_css
 from .text import pane_html
 from .tree import most_accepted_step, tree_figure
 
@@ -160,7 +160,7 @@ def panes_section(lanes: dict[str, list[Step]], titles: dict[str, str], decode: 
     # Plain decoding emits one token per pass: bands would only say that; every other lane drafts.
     panes = "".join(f'<div class="pane">{pane_html(titles[lane], steps, decode, banded=lane != "ar")}</div>'
                     for lane, steps in lanes.items())
-    return f'<h2>The outputs</h2><div class="lanes">{panes}</div>'
+    return f'<h2>The outputs</h2><div class="lanes">{panes}</div>{legend_html()}'
 
 
 def step_label(step: Step, last: Step) -> str:
@@ -226,7 +226,8 @@ def replay_html(record: Mapping[str, Any], token_text: Callable[[int], str], dec
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{APP_CSS.read_text()}{PAGE_CSS}</style></head><body>"
+        f"<title>{html.escape(title)}</title>"
+        f"<style>{palette_css()}{APP_CSS.read_text()}{PAGE_CSS}</style></head><body>"
         f'{body}<noscript><p class="howto">The figures and the step slider need JavaScript.</p></noscript>'
         f'<script type="application/octet-stream" id="replay-data">{pack(data)}</script>'
         f"<script>{get_plotlyjs()}</script><script>{PAGE_JS}</script></body></html>"

@@ -62,8 +62,8 @@ def palette_css() -> str:
 
 def legend_html() -> str:
     """The palette as one line of swatches, for the page."""
-    items = "".join(f'<span class="swatch" style="background:{m.tint};border-color:{m.strong}"></span>'
-                    f"{html.escape(m.value.label)}" for m in Meaning)
+    items = "".join(f'<span class="item"><span class="swatch" style="background:{m.tint};border-color:{m.strong}">'
+                    f"</span>{html.escape(m.value.label)}</span>" for m in Meaning)
     return f'<p class="legend">{items}</p>'
 
 

@@ -35,8 +35,8 @@ def pick(session: Session | None, title: Any) -> dict[str, Any]:
 def earlier_runs(session: Session, begin: Callable[[Session, dict[str, Any]], Any],
                  stream: Callable[..., Iterator[dict]], lookup_text: Any) -> Generator[dict, None, bool]:
     """A lesson's runs before its last, each begun by `begin(session, settings by name)` and raced whole,
-    shown live (`Handlers.stream`); the last is the caller's. Returns (as a generator's value) whether the caller should go on: False when a
-    run was rejected or stopped."""
+    shown live (`Handlers.stream`); the last is the caller's. Returns (as the generator's value) whether
+    the caller should go on: False when a run was rejected or stopped."""
     session.lesson_runs = []
     lesson = session.lesson
     if lesson is None:

@@ -85,7 +85,7 @@ def slider_for(run: Run, value: int | None = None) -> Any:
                      info=f"Worth a look: {marks}." if marks else None)
 
 
-def chart_views(run: Run, device: str) -> dict[str, Any]:
+def chart_views(run: Run) -> dict[str, Any]:
     """The whole run's charts, and the words under them in the run's own numbers."""
     return {
         "charts_howto": takeaways.charts_takeaway(run.steps),
@@ -107,7 +107,7 @@ def live_views(lm: LoadedModel, session: Session, run: Run, tree: bool, charts: 
     } | pane_views(lm, run)
     if tree:
         views |= step_views(lm, session, len(run.steps["tr"]) - 1) | {"slider": slider_for(run)} | run_takeaways(run)
-    return views | (chart_views(run, lm.device.type) if charts else {})
+    return views | (chart_views(run) if charts else {})
 
 
 def step_mode_views(lm: LoadedModel, session: Session, run: Run) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, mess
         "download": gr.update(value=session.download_path, interactive=session.download_path is not None),
         "replay": gr.update(value=None, interactive=False),  # a new run needs its own replay made
     }
-    return views | pane_views(lm, run) | chart_views(run, lm.device.type)
+    return views | pane_views(lm, run) | chart_views(run)
 
 
 def replay_page(lm: LoadedModel, run: Run) -> str:
