@@ -1,8 +1,9 @@
 """The `hf-tr` method: Token Recycling through transformers' own entry point, `model.generate(custom_generate=
-tr.hf.TokenRecycling(...))`, on the same model as `hf` and `tr`, so that the price of going through
-`generate` (its preparation, the logits processors' float32 copy, the stopping criteria read per token) shows
-beside the library's own loop. ``hf-tr`` is Token Recycling's defaults (auto tree, primed start);
-``hf-tr:TREE:START`` takes a tree and a start as ``tr:TREE:START`` does.
+tr.hf.TokenRecycling(...))`, on the same model as `hf` and `tr` and, like them, with the greedy LM head
+(`tr.passes.argmax_only`, which a user's call does not set: the comparison is of decoding loops, not of
+heads), so that the price of going through `generate` (its preparation, a float32 copy of each judged row,
+the stopping criteria read per token) shows beside the library's own loop. ``hf-tr`` is Token Recycling's
+defaults (auto tree, primed start); ``hf-tr:TREE:START`` takes a tree and a start as ``tr:TREE:START`` does.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ def custom_runner(lm: LoadedModel, tree: TreeSpec, start: Start, k: int, curve: 
     import torch
 
     from tr.hf import TokenRecycling
+    from tr.passes import argmax_only
 
     recycler = TokenRecycling(k, tree, start, tokenizer=lm.tokenizer, costs=curve)
 
     def run(ids: list[int], scratch: bool):
         decoder = recycler.fork() if scratch else recycler
         tensor = torch.tensor([ids], device=lm.device)
-        return timed(len(ids), lambda: lm.model.generate(
-            input_ids=tensor, attention_mask=torch.ones_like(tensor), generation_config=config,
-            custom_generate=decoder))
+        with argmax_only(lm.model):  # the LM head `hf` and `tr` run greedy decoding with
+            return timed(len(ids), lambda: lm.model.generate(
+                input_ids=tensor, attention_mask=torch.ones_like(tensor), generation_config=config,
+                custom_generate=decoder))
     return run
