@@ -120,16 +120,18 @@ class Fp16Screen:
         return logits
 
 
-def install_kernels(model: torch.nn.Module) -> None:
+def install_kernels(model: torch.nn.Module, fuse: bool = True) -> None:
     """On the CPU, in a dtype oneDNN multiplies (float32, bf16): batch-invariant products (the LM head
-    screened, when bias-free and float32) and attention (see `tr.device.invariant`). On CUDA: no cuDNN
-    attention (process-wide, so every decoder in this process runs without it)."""
+    screened, when bias-free and float32) and attention (see `tr.device.invariant`), with a Llama layer's
+    projections fused unless `fuse` is False (`tr.device.fused`). On CUDA: no cuDNN attention (process-wide,
+    so every decoder in this process runs without it)."""
     parameter = next(model.parameters())
     if parameter.device.type == "cpu" and invariant.supported(parameter.dtype):
         head = model.get_output_embeddings()
         if type(head) is torch.nn.Linear and head.bias is None and head.weight.dtype == torch.float32:
             model.set_output_embeddings(ScreenedHead(head))  # before the others: its weight is packed once
-        fused.install_fused(model)  # before the products: its stacked linears become invariant with the rest
+        if fuse:  # before the products: its stacked linears become invariant with the rest
+            fused.install_fused(model)
         invariant.install_linears(model)
         invariant.install_attention(model)
     elif parameter.device.type == "cuda":

@@ -1,0 +1,300 @@
+"""Where one decoding step's time goes on this CPU, beside the limits it runs against.
+
+    python -m tools.profile                        # bundled model, bf16 where native, a 6-node tree step
+    python -m tools.profile --dtype float32 --tree 8 --context 300 --json /tmp/profile.json
+    python -m tools.profile --levers 1 2             # also each lever on and off, interleaved, on 1 and 2 threads
+
+For a plain step (one token) and a Token Recycling step (a verification pass over a `--tree`-token chain)
+behind `--context` cached tokens, it prints:
+
+- the host: CPU flags, threads, and its memory bandwidth measured in the same run (a large sum: reading;
+  a large copy: reading and writing), and the step time the weights' bytes would take at that bandwidth;
+- time per layer part (norms, q/k/v/o projections, attention proper, MLP products and the rest of the
+  MLP, LM head, and what lies between: rotary embedding, masks, residual adds, the cache, Python), from
+  forward hooks summed over the 30 layers (the hooks' own cost is measured and reported);
+- dispatch against kernel time, from torch.profiler: each operator's self time, the matrix kernel's apart,
+  the rest of the step (Python, transformers' glue, the operators' own dispatch) by subtraction;
+- the invariant kernels' overhead: each weight product timed as the model calls it against oneDNN's bare
+  kernel on a ready input (a one-row pass padded to two rows, the copies around it), and the invariant
+  attention against torch's fused attention on the same shapes.
+
+All figures are medians over `--steps` interleaved repeats (microseconds or milliseconds per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import AutoModelForCausalLM
+
+from tr.device import invariant
+from tr.device.kernels import cpu_flags, cpu_name, install_kernels
+from tr.device.model import BUNDLED, LoadedModel, load_model
+from tr.passes import EagerPasses, chain
+
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the flags that decide which kernels run
+PROJECTIONS = ("qkv", "q_proj", "k_proj", "v_proj", "o_proj")  # qkv, gate_up: fused (tr.device.fused)
+MLP_PRODUCTS = ("gate_up", "gate_proj", "up_proj", "down_proj")
+NORMS = ("input_layernorm", "post_attention_layernorm")
+MATRIX_KERNEL = "mkldnn::_linear_pointwise"  # oneDNN's product: every weight product and attention's
+
+
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def bandwidth(megabytes: int = 512, repeats: int = 5) -> dict[str, float]:
+    """The host's memory bandwidth in GB/s: a sum over a buffer far larger than the caches (read), and a
+    copy of it (read plus write, counted both ways)."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    size = source.numel() * 4
+    read = median_seconds(lambda: source.sum(), repeats)
+    copy = median_seconds(lambda: target.copy_(source), repeats)
+    return {"read_gb_s": size / read / 1e9, "copy_gb_s": 2 * size / copy / 1e9}
+
+
+class Step:
+    """One kind of step, repeatable: `n` new tokens (a chain; one: a plain decoding step) behind `context`
+    cached tokens of random ids, the cache cut back after each call."""
+
+    def __init__(self, lm: LoadedModel, context: int, n: int):
+        self.n, self.context = n, context
+        ids = torch.randint(0, lm.vocab_size, (context + n,), generator=torch.Generator().manual_seed(0))
+        self.ids, self.positions = ids[context:], torch.arange(context, context + n)
+        self.ancestors = chain(n) if n > 1 else None
+        self.passes = EagerPasses(lm.model, context + n)
+        with torch.inference_mode():
+            self.passes(ids[:context], torch.arange(context), last_only=True)
+
+    def __call__(self) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = self.passes(self.ids, self.positions, self.ancestors, greedy=True)
+        self.passes.truncate(self.context)
+        return logits
+
+
+@contextmanager
+def part_timer(model: torch.nn.Module) -> Iterator[dict[str, float]]:
+    """Seconds spent inside each named module kind (summed over layers), collected by forward hooks."""
+    totals: dict[str, float] = defaultdict(float)
+    started: dict[int, float] = {}
+    handles = []
+    for name, module in model.named_modules():
+        kind = name.rsplit(".", 1)[-1]
+        if kind in (*PROJECTIONS, *MLP_PRODUCTS, *NORMS, "self_attn", "mlp", "lm_head", "embed_tokens", "norm"):
+            def before(module, args, key=id(module)):
+                started[key] = time.perf_counter()
+
+            def after(module, args, output, key=id(module), kind=kind):
+                totals[kind] += time.perf_counter() - started[key]
+            handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        yield totals
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def parts(step: Step, model: torch.nn.Module, repeats: int) -> dict[str, float]:
+    """Milliseconds per step in each layer part (medians over `repeats`), exclusive of the parts inside it."""
+    runs: list[dict[str, float]] = []
+    walls = []
+    for _ in range(repeats):
+        with part_timer(model) as totals:
+            begin = time.perf_counter()
+            step()
+            walls.append(time.perf_counter() - begin)
+        runs.append(dict(totals))
+    med = {kind: statistics.median(run.get(kind, 0.0) for run in runs) * 1e3 for kind in runs[0]}
+    out = {kind: med[kind] for kind in (*NORMS, "norm", *PROJECTIONS) if kind in med}
+    out["attention (rope, cache, attend)"] = med["self_attn"] - sum(med.get(k, 0.0) for k in PROJECTIONS)
+    out.update({kind: med[kind] for kind in MLP_PRODUCTS if kind in med})
+    out["mlp rest (silu, mul)"] = med["mlp"] - sum(med.get(k, 0.0) for k in MLP_PRODUCTS)
+    out["lm_head"], out["embed_tokens"] = med["lm_head"], med["embed_tokens"]
+    out["between (residuals, masks, glue)"] = statistics.median(walls) * 1e3 - sum(out.values())
+    out["step with hooks"] = statistics.median(walls) * 1e3
+    return out
+
+
+def dispatch(step: Step, repeats: int) -> dict[str, object]:
+    """torch.profiler's operator self times per step: the matrix kernel, the other operators, and what is
+    left of the wall time outside any operator (Python and transformers' glue)."""
+    step()
+    begin = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    wall = (time.perf_counter() - begin) / repeats * 1e3
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    per_step = {e.key: (e.self_cpu_time_total / repeats / 1e3, e.count // repeats) for e in events}
+    kernel = per_step.get(MATRIX_KERNEL, (0.0, 0))
+    others = sum(ms for key, (ms, _) in per_step.items() if key != MATRIX_KERNEL)
+    top = sorted(per_step.items(), key=lambda item: -item[1][0])[:12]
+    return {"wall_ms (profiled)": wall, "matrix kernel ms": kernel[0], "matrix kernel calls": kernel[1],
+            "other operators ms": others, "operator calls": sum(count for _, count in per_step.values()),
+            "outside operators ms (Python, glue)": wall - kernel[0] - others,
+            "top operators (self ms, calls)": {key: [round(ms, 3), count] for key, (ms, count) in top}}
+
+
+def products(model: torch.nn.Module, rows: int, repeats: int) -> dict[str, float]:
+    """Milliseconds per step of every weight product, each called once per round as in a step (so that the
+    weights stream from memory, not from a cache): as the model calls it (`InvariantLinear`), and as
+    oneDNN's bare kernel on an input already padded and contiguous; and the weights' bytes."""
+    linears = [m for m in model.modules() if isinstance(m, invariant.InvariantLinear)]
+    dtype = linears[0].weight.dtype
+    inputs = [torch.randn(1, rows, m.weight.shape[1]).to(dtype) for m in linears]
+    ready = [torch.randn(max(rows, 2), m.weight.shape[1]).to(dtype) for m in linears]
+    bare = torch.ops.mkldnn._linear_pointwise
+
+    def as_called() -> None:
+        for linear, x in zip(linears, inputs):
+            linear(x)
+
+    def kernels_only() -> None:
+        for linear, x in zip(linears, ready):
+            bare(x, linear.packed, None, "none", [], "")
+    with torch.inference_mode():
+        called, kernel = median_seconds(as_called, repeats), median_seconds(kernels_only, repeats)
+    weights = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+    return {"as called ms": called * 1e3, "bare kernel ms": kernel * 1e3, "calls": len(linears),
+            "weight MB": weights / 1e6}
+
+
+def attention(model: torch.nn.Module, context: int, n: int, repeats: int) -> dict[str, float]:
+    """Milliseconds per step (all layers) of the invariant attention and of torch's fused attention on the
+    same shapes (not batch-invariant: the reference for its cost)."""
+    config, dtype = model.config, next(model.parameters()).dtype
+    heads, kv, dim = config.num_attention_heads, config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    generator = torch.Generator().manual_seed(n)
+    query = torch.randn(1, heads, n, dim, generator=generator).to(dtype)
+    key, value = (torch.randn(1, kv, context + n, dim, generator=generator).to(dtype) for _ in range(2))
+    plan = invariant.plan_for(None if n == 1 else tree_mask_for(n, context, dtype), context + n, n)
+    causal = torch.ones(n, context + n, dtype=torch.bool).tril(context)
+    fused = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
+        query, key, value, attn_mask=causal, enable_gqa=True)
+    ours = lambda: invariant.attend(query, key, value, plan, dim**-0.5)  # noqa: E731
+    layers = config.num_hidden_layers
+    with torch.inference_mode():
+        return {"invariant ms": median_seconds(ours, repeats) * layers * 1e3,
+                "torch fused ms": median_seconds(fused, repeats) * layers * 1e3}
+
+
+def tree_mask_for(n: int, context: int, dtype: torch.dtype) -> torch.Tensor:
+    from tr.passes import pass_mask
+    return pass_mask(chain(n), context, dtype, torch.device("cpu"))
+
+
+def hook_cost(repeats: int = 2000) -> float:
+    """Microseconds one pre and post hook pair adds to a module call (an empty module's call with and
+    without them)."""
+    module = torch.nn.Identity()
+    x = torch.zeros(1)
+    bare = median_seconds(lambda: [module(x) for _ in range(100)], repeats // 100)
+    with part_timer(torch.nn.ModuleDict({"norm": module})):
+        hooked = median_seconds(lambda: [module(x) for _ in range(100)], repeats // 100)
+    return (hooked - bare) / 100 * 1e6
+
+
+def levers(lm: LoadedModel, context: int, n: int, threads: list[int], repeats: int) -> dict[str, dict[str, float]]:
+    """Each lever on and off, interleaved step by step so that the host's drift hits all alike: the fused
+    projections (`tr.device.fused`) against separate ones, and each thread count. Milliseconds per step,
+    the minimum and the median over `repeats` rounds."""
+    separate = AutoModelForCausalLM.from_pretrained(lm.source, dtype=lm.dtype).eval()
+    install_kernels(separate, fuse=False)
+    models = {"fused": lm, "separate": LoadedModel(separate, lm.tokenizer, lm.name, lm.device, lm.dtype, lm.source)}
+    steps = {(form, size): Step(models[form], context, size) for form in models for size in (1, n)}
+    times: dict[str, list[float]] = defaultdict(list)
+    before = torch.get_num_threads()
+    try:
+        for round_ in range(repeats + 1):  # the first round warms up each shape and thread count
+            for count in threads:
+                torch.set_num_threads(count)
+                for (form, size), step in steps.items():
+                    begin = time.perf_counter()
+                    step()
+                    if round_:
+                        times[f"{size} token(s), {form}, {count} thread(s)"].append(time.perf_counter() - begin)
+    finally:
+        torch.set_num_threads(before)
+    return {key: {"min ms": min(t) * 1e3, "median ms": statistics.median(t) * 1e3} for key, t in times.items()}
+
+
+def profile_step(lm: LoadedModel, context: int, n: int, repeats: int) -> dict[str, object]:
+    step = Step(lm, context, n)
+    step()  # oneDNN compiles its kernels for these shapes on first use
+    wall = median_seconds(step, repeats) * 1e3
+    weights = products(lm.model, n, repeats)
+    return {"tokens": n, "context": context, "step ms": wall, "parts ms": parts(step, lm.model, repeats),
+            "dispatch": dispatch(step, max(repeats // 2, 3)), "products": weights,
+            "attention": attention(lm.model, context, n, repeats)}
+
+
+def report(result: dict) -> str:
+    host = result["host"]
+    lines = [f"host: {host['cpu']}, flags {' '.join(host['flags'])}, {host['threads']} threads; bandwidth "
+             f"{host['read_gb_s']:.1f} GB/s read, {host['copy_gb_s']:.1f} GB/s copy; dtype {host['dtype']}; "
+             f"hooks cost {host['hook_us']:.1f} us per module call"]
+    for step in result["steps"]:
+        weights = step["products"]
+        floor = weights["weight MB"] / 1e3 / host["read_gb_s"] * 1e3
+        lines += ["", f"{'plain' if step['tokens'] == 1 else 'tree'} step, {step['tokens']} token(s) behind "
+                  f"{step['context']}: {step['step ms']:.2f} ms ({step['tokens'] / step['step ms'] * 1e3:.1f} passes "
+                  f"of this size/s); weights {weights['weight MB']:.0f} MB, {floor:.2f} ms at the read bandwidth"]
+        lines += [f"  {name:34s} {ms:8.2f} ms" for name, ms in step["parts ms"].items()]
+        lines += [f"  products: {weights['as called ms']:.2f} ms as called, {weights['bare kernel ms']:.2f} ms bare "
+                  f"kernel (overhead {weights['as called ms'] - weights['bare kernel ms']:.2f} ms)",
+                  f"  attention: {step['attention']['invariant ms']:.2f} ms invariant, "
+                  f"{step['attention']['torch fused ms']:.2f} ms torch fused (not invariant)"]
+        lines += [f"  {name}: {value}" for name, value in step["dispatch"].items()
+                  if not isinstance(value, dict)]
+        lines += [f"    {name:40s} {ms:8.3f} ms {calls:5d} calls"
+                  for name, (ms, calls) in step["dispatch"]["top operators (self ms, calls)"].items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.profile", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=BUNDLED)
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 where native), float32 or bfloat16")
+    parser.add_argument("--context", type=int, default=256, help="cached tokens before the step")
+    parser.add_argument("--tree", type=int, default=6, help="tokens of the Token Recycling step's pass")
+    parser.add_argument("--steps", type=int, default=20, help="repeats per figure (medians)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--levers", type=int, nargs="*", default=None, metavar="THREADS",
+                        help="also time each lever on and off, interleaved: fused projections against separate, on "
+                             "each of these thread counts (default 1 and torch's)")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model, "cpu", args.dtype)
+    host = {"cpu": cpu_name(), "flags": sorted(set(FLAGS) & cpu_flags()), "threads": torch.get_num_threads(),
+            "dtype": str(lm.dtype).removeprefix("torch."), "hook_us": hook_cost(), **bandwidth()}
+    result = {"host": host, "steps": [profile_step(lm, args.context, n, args.steps) for n in (1, args.tree)]}
+    print(report(result))
+    if args.levers is not None:
+        threads = args.levers or sorted({1, torch.get_num_threads()})
+        result["levers"] = levers(lm, args.context, args.tree, threads, args.steps)
+        print("\nlevers, interleaved (min / median ms per step):")
+        print("\n".join(f"  {key:40s} {t['min ms']:7.2f} / {t['median ms']:7.2f}" for key, t in result["levers"].items()))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(result, file, indent=1)
+
+
+if __name__ == "__main__":
+    main()
