@@ -68,6 +68,8 @@ def test_the_sum_reproduces_mat_and_the_speed_up_and_explains_a_cheaper_call():
     tokens, calls = summarize(lanes["tr"]).tokens, len(lanes["tr"])
     assert f"MAT {tokens - 1} / {calls - 1} = {summarize(lanes['tr']).mat:.2f}" in text
     assert "only timing noise" in text and c.cost_ratio < 1
+    assert 'class="note noise"' in stats_html(lanes, {}, True, False, False)  # and under the table's timings
+    assert 'class="note noise"' not in stats_html(race(12, 2), {}, True, False, False)
     a, b, cost, shown = re.search(r"so ([\d,]+) / ([\d,]+) / ([\d.]+) [=≈] <b>([\d.]+)×", text).groups()
     assert (int(a), int(b), shown) == (tokens, calls, f"{c.speedup:.2f}")
 

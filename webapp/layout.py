@@ -122,7 +122,9 @@ class App(OneTool, ShortRequests, gr.Blocks):
 
     def launch(self, *args: Any, **kwargs: Any):
         # Fonts the browser already has: the default theme would fetch Google Fonts, which fails offline.
+        # A neutral primary hue: every colour on the page means something (`viz.style.Meaning`), buttons none.
         kwargs.setdefault("theme", gr.themes.Default(
+            primary_hue=gr.themes.colors.slate,
             font=["ui-sans-serif", "system-ui", "Segoe UI", "Helvetica", "Arial", "sans-serif"],
             font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"]))
         kwargs.setdefault("css", viz.palette_css() + (ASSETS / "app.css").read_text())
@@ -172,7 +174,7 @@ def race_panel(w: dict[str, Any]) -> tuple[dict[str, Any], gr.Dropdown]:
                 buttons = {"run": gr.Button("Run race", variant="primary", min_width=70),
                            "step": gr.Button("Next step", elem_id="step-button", min_width=70),
                            "resume": gr.Button("Continue", elem_id="continue-button", min_width=70),
-                           "stop": gr.Button("Stop", variant="stop", min_width=50)}
+                           "stop": gr.Button("Stop", min_width=50)}  # red means a rejected draft
             with gr.Row(elem_id="picks"):
                 example = gr.Dropdown(list(zip(examples[1], (e[0] for e in examples[0]))), value=None,
                                       label="Example prompt", min_width=120, elem_id="example-pick")
