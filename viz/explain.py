@@ -191,4 +191,6 @@ per call ÷ plain decoding's) ÷ (time per call ÷ plain decoding's).
 also counts drawing the page and the other decoder's turns, so it is longer than either clock.
 - **Lossless**: the output is exactly plain decoding's (greedy), or drawn from exactly the same distribution \
 (sampling).
+- **Prompt**: read as plain text inside the model's chat template. Control tokens typed into it (such as \
+`<|im_end|>`) are spelled out as ordinary characters, never obeyed, and the token limit counts what the model sees.
 """
