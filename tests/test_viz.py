@@ -265,10 +265,12 @@ def test_rows_table_marks_exactly_the_new_candidates():
 
 def test_rows_table_truncates_escapes_and_handles_no_rows(runs, best_step):
     page = rows_table_html(best_step, nasty_text, max_rows=5)
-    assert f"overwrote {len(best_step.rows_written):,} rows" in page and "showing the first 5" in page
-    assert page.count("<tr") == 11  # the header, then before and after for each of 5 rows
+    read, written = page.split('<div class="tr-rows">')  # the rows it drafted from, then the rows it wrote
+    assert f"Step {best_step.index} drafted from " in read
+    assert f"overwrote {len(best_step.rows_written):,} rows" in written and "showing the first 5" in written
+    assert written.count("<tr") == 11  # the header, then before and after for each of 5 rows
     assert "<b>" not in page and "&lt;b&gt;" in page
-    first = page.split("<tbody>")[1].split("</tr>")[0]  # the root's row, before
+    first = written.split("<tbody>")[1].split("</tr>")[0]  # the root's row, before
     assert 'class="root"' in first and re.search(r"<th[^>]*>" + re.escape(nasty_text(best_step.draft.tokens[0])
                                                                            .replace("&", "&amp;").replace("<", "&lt;")
                                                                            .replace(">", "&gt;")), first)

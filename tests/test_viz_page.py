@@ -11,6 +11,7 @@ from pathlib import Path
 from tr.records import ROOT_ORIGIN, Draft, Origin, OriginKind, Step, speedup, summarize
 from viz.explain import run_summary
 from viz.lessons import LESSONS, LessonRun, figures
+from viz.matrix import rows_read, rows_read_html
 from viz.race import MIN_STEPS, compare, stats_html
 from viz.style import Meaning, legend_html, legend_markdown, palette_css
 from viz.takeaways import rows_takeaway, runs_takeaway, size_takeaway, verify_takeaway
@@ -102,3 +103,14 @@ def test_every_lesson_answers_in_its_own_runs_figures():
             if f"run {run.number}: MAT" in answer:
                 assert figures(run) in answer
     assert len(LESSONS) >= 6
+
+
+def test_the_rows_a_step_read_include_pair_rows_explained_where_they_appear():
+    draft = chain([5, 6, 7])
+    draft.origins[2] = Origin(OriginKind.PAIR, 3)  # node 2 read from the row of (5, 6)
+    step = Step(1, [6, 7], draft, choices=[6, 7, 9], accepted=[0, 1, 2])
+    assert rows_read(step, lambda t: f"t{t}") == [("'t5'", "row", ["#0 't6'"]), ("'t5', 't6'", "pair", ["#0 't7'"])]
+    page = rows_read_html(step, lambda t: "<b>" if t == 6 else f"t{t}")
+    assert "1 of them <b>pair rows</b>: keyed by the two tokens before the draft" in page
+    assert "&#x27;t5&#x27;, &#x27;&lt;b&gt;&#x27;" in page and "'<b>'" not in page
+    assert rows_read_html(Step(0, [1]), str) == ""

@@ -88,35 +88,59 @@ def _row(write: RowWrite, token_text: Callable[[int], str], is_root: bool) -> st
             f'<tr class="after">{_cell("after", WHEN_STYLE)}{_after(write, token_text)}</tr>')
 
 
-def pair_note(step: Step) -> str:
-    """Where the step drafted from pair rows, what they are (the table lists one-token rows only)."""
-    origins = step.draft.origins[1:] if step.draft else []
-    pairs = sum(1 for origin in origins if origin.kind is OriginKind.PAIR)
-    if not pairs:
+def rows_read(step: Step, token_text: Callable[[int], str]) -> list[tuple[str, str, list[str]]]:
+    """The rows the step's drafts were read from, in draft order: (key, kind, ["#rank token", ...]). A pair
+    row's key is the two tokens before the draft (for the root's children, the committed token before the
+    root, which the step does not hold)."""
+    draft = step.draft
+    rows: dict[tuple, tuple[str, str, list[str]]] = {}
+    for node in range(1, draft.size if draft else 0):
+        origin, parent = draft.origins[node], draft.parents[node]
+        if origin.kind not in (OriginKind.ROW, OriginKind.PAIR):
+            continue
+        key = repr(token_text(draft.tokens[parent]))
+        if origin.kind is OriginKind.PAIR:
+            before = repr(token_text(draft.tokens[draft.parents[parent]])) if parent else "(the token before)"
+            key = f"{before}, {key}"
+        entry = rows.setdefault((origin.kind, parent), (key, origin.kind.value, []))
+        entry[2].append(f"#{draft.ranks[node]} {token_text(draft.tokens[node])!r}")
+    return list(rows.values())
+
+
+def rows_read_html(step: Step, token_text: Callable[[int], str]) -> str:
+    """A table of the rows the step's drafts came from, pair rows (keyed by two tokens) explained once."""
+    rows = rows_read(step, token_text)
+    if not rows:
         return ""
-    return (f". {pairs} of its {len(origins)} drafts came from <b>pair rows</b>: rows keyed by the two tokens "
-            "before the draft, not one, which the matrix keeps beside the one-token rows (hover a tree node for "
-            "its row); the table lists the one-token rows")
+    body = "".join(f"<tr>{_cell(key, HEAD_STYLE, tag='th')}{_cell(kind, WHEN_STYLE)}{_cell(', '.join(drafted))}</tr>"
+                   for key, kind, drafted in rows)
+    pairs = sum(1 for _, kind, _ in rows if kind == OriginKind.PAIR.value)
+    note = (f"Step {step.index} drafted from {len(rows)} rows" +
+            (f", {pairs} of them <b>pair rows</b>: keyed by the two tokens before the draft, not one, so they "
+             "know one more token of context; the matrix keeps them beside the one-token rows" if pairs else ""))
+    head = "".join(_cell(text, HEAD_STYLE, tag="th") for text in ("row of", "kind", "candidates drafted (rank, token)"))
+    return (f'<div class="tr-rows-read"><p style="{NOTE_STYLE}">{note}.</p><table style="{TABLE_STYLE.format(width=300)}'
+            f';table-layout:auto"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
 
 
-def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int = 40) -> str:
-    """An HTML table of the rows `step` overwrote: each token's row before the overwrite (dropped
-    candidates struck through) and after it (new candidates highlighted), the root's row first."""
+def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int | None = None) -> str:
+    """The rows `step` read its drafts from (`rows_read_html`), then a table of every row it overwrote
+    (or the first `max_rows`): each token's row before the overwrite (dropped candidates struck through)
+    and after it (new candidates highlighted), the root's row first."""
     writes = ordered_writes(step)
     if not writes:
         return f'<p style="{NOTE_STYLE}">Step {step.index} wrote no rows of the adjacency matrix.</p>'
     root = step.draft.tokens[0] if step.draft else None
     k = len(writes[0].new)
-    shown = writes[:max_rows]
+    shown = writes[:max_rows] if max_rows else writes
     changed = sum(len(changed_candidates(w)) for w in writes)
     note = (f"Step {step.index} overwrote {len(writes):,} rows, each shown before → after the overwrite "
             f"({changed:,} of {len(writes) * k:,} candidates new, <span style=\"{CHANGED_STYLE}\">highlighted</span>; "
             f"dropped ones <span style=\"{DROPPED_STYLE}\">struck through</span>; · is a space)")
-    if len(writes) > max_rows:
+    if len(shown) < len(writes):
         note += f"; showing the first {max_rows:,}"
-    note += pair_note(step)
     body = "".join(_row(w, token_text, w.token == root) for w in shown)
-    return (f'<div class="tr-rows"><p style="{NOTE_STYLE}">{note}.</p>'
+    return (f'{rows_read_html(step, token_text)}<div class="tr-rows"><p style="{NOTE_STYLE}">{note}.</p>'
             f'<table style="{_table_style(k + 2)}">{_header(k, when=True)}<tbody>{body}</tbody></table></div>')
 
 

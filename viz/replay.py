@@ -35,6 +35,7 @@ from .tree import most_accepted_step, tree_figure
 # Steps embedded: a 1,024-token run has several hundred. An 80-node step costs 0.1-0.3 s to draw on a
 # busy 2-core CPU and ~14 kB packed, so 200 steps stay under a minute and 3 MB beside plotly.js's 4.8 MB.
 MAX_STEPS = 200
+REPLAY_ROWS = 40  # rows written per step a replay keeps (the app shows them all): the file stays small
 APP_CSS = Path(__file__).resolve().parents[1] / "assets" / "app.css"  # the app's look for panes, stats, notes
 PAGE_CSS = """
 body { font-family: Inter, Segoe UI, Helvetica, Arial, sans-serif; color: #111827; max-width: 1400px;
@@ -171,7 +172,7 @@ def step_data(steps: list[Step], token_text: Callable[[int], str], limit: int) -
     """The embedded steps (label, tree figure, rows table) and the position the slider opens on."""
     shown = shown_steps(steps, limit)
     data = [{"label": step_label(steps[i], steps[-1]), "tree": figure_json(tree_figure(steps[i], token_text)),
-             "rows": rows_table_html(steps[i], token_text)} for i in shown]
+             "rows": rows_table_html(steps[i], token_text, max_rows=REPLAY_ROWS)} for i in shown]
     return data, shown.index(most_accepted_step(steps))
 
 
