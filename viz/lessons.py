@@ -46,6 +46,11 @@ class Lesson:
     presets: tuple[dict[str, Any], ...]  # settings by field name, over `BASE`; one per run, in order
     answer: Callable[[list[LessonRun]], str]
 
+    @property
+    def needs_primed(self) -> bool:
+        """Whether a run starts primed: only models with a primed matrix can play it."""
+        return any(p.get("start") == "primed" for p in self.presets)
+
 
 PROMPT = "Explain to a ten-year-old why the sky is blue, in three or four sentences."
 REPEAT = ("Repeat this sentence exactly, twice: The quick brown fox jumps over the lazy dog near the quiet "
@@ -151,7 +156,7 @@ LESSONS = (
            (dict(prompt=REPEAT, prompt_lookup=True), dict(prompt_lookup=True)), answer_lookup_vs_tr),
     Lesson(LessonKey.GOOD_FAILED, "A good step and a failed step",
            "Which step accepted the most, and which had every guess rejected? (Both get marked on the slider.)",
-           (dict(template="small-16", start="primed"),), answer_good_failed),
+           (dict(template="small-16", start="seeded"),), answer_good_failed),
     Lesson(LessonKey.SAMPLING, "Sampling: what does lossless mean?",
            "With sampling on, must the two texts be identical?",
            (dict(decoding="sampling"),), answer_sampling),

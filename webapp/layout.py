@@ -162,9 +162,9 @@ def settings_panel(lm: LoadedModel) -> dict[str, gr.components.Component]:
     return w
 
 
-def race_panel(w: dict[str, Any]) -> tuple[dict[str, Any], gr.Dropdown]:
-    """Prompt, buttons, an example to pick and a lesson to pick, in one row; returns the buttons by name and
-    the lesson's dropdown."""
+def race_panel(w: dict[str, Any], primed: bool) -> tuple[dict[str, Any], gr.Dropdown]:
+    """Prompt, buttons, an example to pick and a lesson to pick (those that start primed only where the
+    model has a primed matrix), in one row; returns the buttons by name and the lesson's dropdown."""
     examples = load_examples()
     with gr.Row(equal_height=False, elem_id="prompt-row"):
         w["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=6, value=examples[0][0][0], scale=5,
@@ -178,8 +178,9 @@ def race_panel(w: dict[str, Any]) -> tuple[dict[str, Any], gr.Dropdown]:
             with gr.Row(elem_id="picks"):
                 example = gr.Dropdown(list(zip(examples[1], (e[0] for e in examples[0]))), value=None,
                                       label="Example prompt", min_width=120, elem_id="example-pick")
-                lesson = gr.Dropdown([NO_LESSON, *viz.lessons.BY_TITLE], value=NO_LESSON, label="Lesson",
-                                     min_width=120, elem_id="lesson-pick")
+                playable = [lesson.title for lesson in viz.lessons.LESSONS if primed or not lesson.needs_primed]
+                lesson = gr.Dropdown([NO_LESSON, *playable], value=NO_LESSON, label="Lesson", min_width=120,
+                                     elem_id="lesson-pick")
     example.input(lambda text: text, example, w["prompt"], api_visibility="private", preprocess=False)
     return buttons, lesson
 
@@ -293,7 +294,7 @@ def build_demo(lm: LoadedModel, costs: LearnedCost | None, runner: Runner, model
             reset_button = gr.Button("Reset matrix", size="sm")
             with gr.Accordion("What these settings do", open=False):
                 gr.Markdown(HOWTO_CONTROLS, elem_classes="howto")
-        buttons, lesson_pick = race_panel(w)
+        buttons, lesson_pick = race_panel(w, find_primed(lm) is not None)
         v["lesson"] = gr.Markdown("", elem_id="lesson", elem_classes="lesson")
         v["message"] = gr.Markdown("Pick an example or a lesson, or press **Run race**. Settings: the ☰ at the left.",
                                    elem_classes="message", elem_id="message")
