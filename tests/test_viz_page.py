@@ -12,6 +12,7 @@ from tr.records import ROOT_ORIGIN, Draft, Origin, OriginKind, Step, speedup, su
 from viz.explain import run_summary
 from viz.lessons import LESSONS, LessonRun, figures
 from viz.matrix import rows_read, rows_read_html
+from viz.verify import caption_html
 from viz.race import MIN_STEPS, compare, stats_html
 from viz.style import Meaning, legend_html, legend_markdown, palette_css
 from viz.takeaways import rows_takeaway, runs_takeaway, size_takeaway, verify_takeaway
@@ -114,3 +115,11 @@ def test_the_rows_a_step_read_include_pair_rows_explained_where_they_appear():
     assert "1 of them <b>pair rows</b>: keyed by the two tokens before the draft" in page
     assert "&#x27;t5&#x27;, &#x27;&lt;b&gt;&#x27;" in page and "'<b>'" not in page
     assert rows_read_html(Step(0, [1]), str) == ""
+
+
+def test_the_tree_caption_is_the_steps_verdict_escaped():
+    step = Step(2, [6, 9], chain([5, 6, 7]), choices=[6, 9, 8], accepted=[0, 1])
+    caption = caption_html(step, lambda t: "<i>" if t == 7 else f"t{t}")
+    assert caption.startswith('<p class="caption"><b>Step 2:</b> drafted 2 tokens on 1 branch; the model agreed with 1')
+    assert "&lt;i&gt;" in caption and "<i>" not in caption and "2 tokens committed (1 accepted + 1 bonus)" in caption
+    assert caption_html(Step(0, [1]), str).startswith('<p class="caption">Step 0 drafted nothing')

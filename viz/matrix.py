@@ -134,7 +134,7 @@ def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int 
     k = len(writes[0].new)
     shown = writes[:max_rows] if max_rows else writes
     changed = sum(len(changed_candidates(w)) for w in writes)
-    note = (f"Step {step.index} overwrote {len(writes):,} rows, each shown before → after the overwrite "
+    note = (f"Step {step.index} overwrote {len(writes):,} row{'' if len(writes) == 1 else 's'}, each shown before → after the overwrite "
             f"({changed:,} of {len(writes) * k:,} candidates new, <span style=\"{CHANGED_STYLE}\">highlighted</span>; "
             f"dropped ones <span style=\"{DROPPED_STYLE}\">struck through</span>; · is a space)")
     if len(shown) < len(writes):

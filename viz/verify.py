@@ -147,6 +147,8 @@ def verification_summary(step: Step, token_text: Callable[[int], str], sampling:
 def caption_html(step: Step, token_text: Callable[[int], str], sampling: bool | None = None) -> str:
     """The step's verdict in one sentence, as the tree's caption (escaped: token text is anyone's)."""
     summary = verification_summary(step, token_text, sampling)
+    if not has_tree(step):  # the summary names the step itself
+        return f'<p class="caption">{html.escape(summary[:1].upper() + summary[1:])}.</p>'
     return f'<p class="caption"><b>Step {step.index}:</b> {html.escape(summary)}.</p>'
 
 

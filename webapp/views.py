@@ -17,7 +17,7 @@ from tr.records import token_ids
 from .session import NAMES, Run, Session
 
 NO_MATRIX = "Adjacency matrix: not created yet (it is made on this session's first run)."
-NO_RUN = "No run yet: press **Run race** or **Next step**."
+NO_RUN = "No run yet: press Run race or Next step."  # plain: shown as Markdown and as escaped HTML
 
 
 def stats_html(run: Run) -> str:
