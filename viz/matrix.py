@@ -119,8 +119,9 @@ def rows_read_html(step: Step, token_text: Callable[[int], str]) -> str:
             (f", {pairs} of them <b>pair rows</b>: keyed by the two tokens before the draft, not one, so they "
              "know one more token of context; the matrix keeps them beside the one-token rows" if pairs else ""))
     head = "".join(_cell(text, HEAD_STYLE, tag="th") for text in ("row of", "kind", "candidates drafted (rank, token)"))
-    return (f'<div class="tr-rows-read"><p style="{NOTE_STYLE}">{note}.</p><table style="{TABLE_STYLE.format(width=300)}'
-            f';table-layout:auto"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
+    style = TABLE_STYLE.format(width=300) + ";table-layout:auto"  # three columns of any width: let them size
+    return (f'<div class="tr-rows-read"><p style="{NOTE_STYLE}">{note}.</p><table style="{style}">'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
 def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int | None = None) -> str:
@@ -134,7 +135,8 @@ def rows_table_html(step: Step, token_text: Callable[[int], str], max_rows: int 
     k = len(writes[0].new)
     shown = writes[:max_rows] if max_rows else writes
     changed = sum(len(changed_candidates(w)) for w in writes)
-    note = (f"Step {step.index} overwrote {len(writes):,} row{'' if len(writes) == 1 else 's'}, each shown before → after the overwrite "
+    rows = f"{len(writes):,} row{'' if len(writes) == 1 else 's'}"
+    note = (f"Step {step.index} overwrote {rows}, each shown before → after the overwrite "
             f"({changed:,} of {len(writes) * k:,} candidates new, <span style=\"{CHANGED_STYLE}\">highlighted</span>; "
             f"dropped ones <span style=\"{DROPPED_STYLE}\">struck through</span>; · is a space)")
     if len(shown) < len(writes):
