@@ -206,7 +206,8 @@ def first_screen(costs: LearnedCost | None, v: dict[str, Any]) -> None:
 
 def detail_tabs(lm: LoadedModel, costs: LearnedCost | None, v: dict[str, Any]) -> gr.Textbox:
     """Everything else, one click away; each tab opens with its one-line takeaway. Returns the lookup box."""
-    with gr.Tabs(elem_id="details"):
+    # Opens on the tree size: a verification table of a large tree alone holds hundreds of words.
+    with gr.Tabs(elem_id="details", selected="why"):
         with gr.Tab("Verification", elem_id="tab-verify"):
             v["verify_note"] = gr.Markdown(views.NO_RUN, elem_classes="takeaway")
             with gr.Row(equal_height=False):
@@ -226,7 +227,7 @@ def detail_tabs(lm: LoadedModel, costs: LearnedCost | None, v: dict[str, Any]) -
             v["lookup"] = gr.HTML('<p class="howto">Type a word (or <code>#id</code>) to see its row.</p>')
             with gr.Accordion("How to read it", open=False):
                 gr.Markdown(HOWTO_MATRIX, elem_classes="howto")
-        with gr.Tab("Tree size", elem_id="tab-why"):
+        with gr.Tab("Tree size", id="why", elem_id="tab-why"):
             v["why_note"] = gr.Markdown(views.NO_RUN, elem_classes="takeaway")
             why = viz.tree_size_figure(costs.curve) if costs else viz.empty_figure(
                 "Verification cost", "Measured on the device during the first run.")
