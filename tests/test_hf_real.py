@@ -16,7 +16,7 @@ from tr.hf import TokenRecycling
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_NEW = 128  # as the benchmark
+MAX_NEW = 64  # as the benchmark run that BENCHMARKS.md reports for this
 
 
 def test_the_callable_equals_plain_generate_on_the_benchmark_prompts(real_lm):
