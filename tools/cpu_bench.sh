@@ -39,4 +39,8 @@ for dtype in ("bfloat16", "float32"):
     print(f"\n{dtype}: overall tokens/s on 1 / 2 threads (torch's threads; llama:N on N whatever the run), identical to ar")
     for method, by in rates.items():
         print(f"  {method:16s} " + "  ".join(f"{t}t {r:6.1f} ({i}/{c})" for t, (r, i, c) in sorted(by.items())))
+    best = {method: max(r for r, _, _ in by.values()) for method, by in rates.items()}
+    llama = max(v for m, v in best.items() if m.startswith("llama"))
+    print(f"  best of each: ar {best['ar'] / llama:.2f}x llama.cpp's best, tr:auto:primed "
+          f"{best['tr:auto:primed'] / llama:.2f}x llama.cpp's and {best['tr:auto:primed'] / best['ar']:.2f}x ar's")
 END
