@@ -191,6 +191,7 @@ def test_stop_strings_stop_where_plain_generate_stops(text_model):
     ({"num_return_sequences": 2, "do_sample": True}, "num_return_sequences=2"),
     ({"output_scores": True, "return_dict_in_generate": True}, "output_scores=True"),
     ({"max_new_tokens": 2000}, "max_new_tokens"),
+    ({"guidance_scale": 1.5}, "guidance_scale=1.5"),
 ])
 def test_what_it_cannot_honour_fails_with_one_line_naming_it(options, named):
     model, ids = tiny_model("llama", VOCAB), prompts(seed=7, count=1)[0]

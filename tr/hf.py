@@ -86,6 +86,10 @@ def check_options(model: torch.nn.Module, input_ids: torch.Tensor, config: Gener
         value = getattr(config, option, None) if option != "assistant_model" else type(assistant_model).__name__
         raise _refuse(f"{option}={value}", f"it is {mode.value.replace('_', ' ')}; Token Recycling decodes one "
                                             f"sequence, greedy or sampled (do_sample)")
+    if config.guidance_scale is not None and config.guidance_scale != 1:
+        # Its logits processor runs the model itself, one token after another over a cache of its own:
+        # drafted tokens come to it out of that order.
+        raise _refuse(f"guidance_scale={config.guidance_scale}", "its processor decodes alongside, token by token")
     if config.num_return_sequences and config.num_return_sequences > 1:
         raise _refuse(f"num_return_sequences={config.num_return_sequences}", "it decodes one sequence per call")
     if input_ids.shape[0] != 1:
