@@ -6,6 +6,7 @@ Each `Client` is its own browser-like session, which is what the isolation test 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -175,7 +176,18 @@ def test_changing_k_starts_a_fresh_matrix(app_url):
     assert rows_filled(result["matrix_info"]) == len(written_rows(record))
 
 
-def test_cli_help_and_load_failure(capsys):
+@pytest.fixture()
+def app_logger_kept():
+    """`app.main` configures the app's logger (a handler on this test's captured stderr, no propagation):
+    put it back afterwards, or later tests' log lines go to a closed stream instead of their capture."""
+    logger = logging.getLogger("token-recycling-app")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate, logger.level = propagate, level
+
+
+def test_cli_help_and_load_failure(capsys, app_logger_kept):
     # In process: a subprocess would spend most of a minute importing torch and gradio again.
     with pytest.raises(SystemExit) as exit_info:
         app.main(["--help"])
