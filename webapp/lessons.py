@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-import viz.lessons as taught
-from viz.lessons import BY_TITLE, LessonRun, preset
+from viz.lessons import BY_TITLE, Lesson, LessonRun, preset
 
 from .session import Run, Session
 from .settings import FIELDS
 
 
-def question_markdown(lesson: taught.Lesson) -> str:
+def question_markdown(lesson: Lesson) -> str:
+    """The lesson's question, and how many runs it takes."""
     runs = len(lesson.presets)
     how = "two runs, one after the other" if runs > 1 else "one run"
     return f"**Lesson: {lesson.title}.** {lesson.question} (Run or Next step: {how}.)"
@@ -55,6 +55,7 @@ def earlier_runs(session: Session, begin: Callable[[Session, dict[str, Any]], An
 
 
 def lesson_run(run: Run) -> LessonRun:
+    """What an answer reads of a finished run."""
     return LessonRun(run.number, run.steps, run.settings.sampled)
 
 
