@@ -159,28 +159,21 @@ def row_lookup_html(token: int, candidates: list[int] | None, token_text: Callab
             f"<tbody><tr>{cells}</tr></tbody></table></div>")
 
 
-def token_lookup_html(text: str | None, vocab_size: int, encode: Callable[[str], list[int]],
+def token_lookup_html(query: int | str, encode: Callable[[str], list[int]],
                       row_of: Callable[[int], list[int] | None], token_text: Callable[[int], str]) -> str:
-    """The row of the first token of `text`, or of token id `#id`: what a user types to look one up."""
-    text = (text or "").strip()
-    if not text:
+    """The row of token id `query`, or of the first token of the text `query`: what a user looks up (the
+    id already checked against the vocabulary where it was typed)."""
+    if isinstance(query, int):
+        return row_lookup_html(query, row_of(query), token_text)
+    if not query:
         return f'<p style="{NOTE_STYLE}">Type a word (or <code>#id</code> for a token id) to see its row.</p>'
-    note, text = "", text[:200]  # only the first token matters
-    if text.startswith("#"):
-        digits = text[1:]
-        # ASCII digits only (int() rejects some characters isdigit() accepts), and few of them.
-        if not (digits.isascii() and digits.isdigit()) or int(digits[:12]) >= vocab_size:
-            return (f'<p style="{NOTE_STYLE}">A token id is # followed by a whole number from 0 to '
-                    f'{vocab_size - 1}.</p>')
-        token = int(digits)
-    else:
-        ids = encode(text)
-        if not ids:
-            return f'<p style="{NOTE_STYLE}">That text has no tokens.</p>'
-        token = ids[0]
-        if len(ids) > 1:
-            note = (f'<p style="{NOTE_STYLE}">"{html.escape(text)}" is {len(ids)} tokens; showing the first, '
-                    f"<code>{html.escape(token_text(token))}</code>. (A leading space makes a different token.)</p>")
+    ids = encode(query)
+    if not ids:
+        return f'<p style="{NOTE_STYLE}">That text has no tokens.</p>'
+    token, note = ids[0], ""
+    if len(ids) > 1:
+        note = (f'<p style="{NOTE_STYLE}">"{html.escape(query)}" is {len(ids)} tokens; showing the first, '
+                f"<code>{html.escape(token_text(token))}</code>. (A leading space makes a different token.)</p>")
     return note + row_lookup_html(token, row_of(token), token_text)
 
 

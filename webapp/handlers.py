@@ -16,9 +16,7 @@ its traceback under a short id, and the visitor sees that id.
 
 from __future__ import annotations
 
-import logging
 import time
-import uuid
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -31,12 +29,11 @@ from tr.specs import check_prompt_tokens
 
 from . import lessons, views
 from .downloads import Downloads
+from .log import rejected, unexpected
 from .runner import CHUNK_S, Chunk, Runner
 from .session import Run, Session
-from .settings import parse_lookup, parse_settings, parse_step
+from .settings import Lookup, parse_lookup, parse_settings, parse_step
 from .stepping import PausedRaces, Stepper
-
-log = logging.getLogger("token-recycling-app")
 
 # Plotly figures are what costs the browser most (a slow machine can spend seconds per update on them and
 # stop responding, Stop button included): while running, redraw the tree less often and the charts rarely.
@@ -58,24 +55,10 @@ class Pacer:
         return True
 
 
-def rejected(err: ValueError) -> str:
-    """The visitor's message for rejected input, logged in one line."""
-    message = str(err)
-    log.info("rejected: %s", message.splitlines()[0][:300])
-    return message
-
-
-def unexpected(err: Exception, what: str) -> str:
-    """Log the traceback once under a new id; the visitor's message, with that id."""
-    error_id = uuid.uuid4().hex[:8]
-    log.error("error %s in %s", error_id, what, exc_info=err)
-    return f"something went wrong ({type(err).__name__}, error id {error_id}); the app is still running"
-
-
-def parse_lookup_or_none(text: Any) -> str:
+def parse_lookup_or_none(text: Any, vocab_size: int) -> Lookup:
     """The lookup box beside another action: a bad value only empties the lookup view."""
     try:
-        return parse_lookup(text)
+        return parse_lookup(text, vocab_size)
     except ValueError as err:
         rejected(err)
         return ""
@@ -91,11 +74,10 @@ class Handlers:
         self.lm, self.costs, self.runner, self.downloads = lm, costs, runner, downloads
         self.paused = paused or PausedRaces()
 
-    def begin(self, session: Session, values: dict[str, Any], lookup_text: Any, budget_s: float
-              ) -> tuple[Run, Iterator[Chunk]] | dict:
+    def begin(self, session: Session, values: dict[str, Any], budget_s: float) -> tuple[Run, Iterator[Chunk]] | dict:
         """Check a request and begin its race (ending a paused one); the views of a rejection instead."""
         try:
-            settings, _ = parse_settings(values), parse_lookup(lookup_text)
+            settings = parse_settings(values)
             prompt_ids = self.lm.encode(settings.prompt)
             check_prompt_tokens(len(prompt_ids))
             check_request(self.lm, prompt_ids, settings.max_new_tokens)
@@ -112,10 +94,10 @@ class Handlers:
     def run(self, session: Session | None, values: dict[str, Any], lookup_text: Any) -> Iterator[dict]:
         """The Run button: race both decoders, streaming throttled updates, then render everything."""
         session = session or Session()
-        live = partial(self.begin, lookup_text=lookup_text, budget_s=CHUNK_S)
+        live = partial(self.begin, budget_s=CHUNK_S)
         if not (yield from lessons.earlier_runs(session, live, self.stream, lookup_text)):
             return
-        begun = self.begin(session, values, lookup_text, CHUNK_S)
+        begun = self.begin(session, values, CHUNK_S)
         if isinstance(begun, dict):
             yield begun
             return
@@ -160,18 +142,19 @@ class Handlers:
         session.download_path = self.downloads.write(run.record(self.lm), replaces=session.download_path)
         facts = (f"Done: run {run.number}", f"{run.wall_s:.1f} s wall time{run.note}", run.tree_note())
         message = " · ".join(fact for fact in facts if fact)
-        return (views.final_views(self.lm, session, parse_lookup_or_none(lookup_text), message)
-                | lessons.answer_views(session, run) | {"session": session})
+        lookup = parse_lookup_or_none(lookup_text, self.lm.vocab_size)
+        return views.final_views(self.lm, session, lookup, message) | lessons.answer_views(session, run) | {
+            "session": session}
 
     def step(self, session: Session | None, values: dict[str, Any], lookup_text: Any) -> Iterator[dict]:
         """The Next step button: one more verification step of the session's paused race, or a new race
         paused after its first step."""
         session = session or Session()
         if session.stepper is None:
-            live = partial(self.begin, lookup_text=lookup_text, budget_s=CHUNK_S)  # a lesson's earlier runs go live
+            live = partial(self.begin, budget_s=CHUNK_S)  # a lesson's earlier runs go live, not step by step
             if not (yield from lessons.earlier_runs(session, live, self.stream, lookup_text)):
                 return
-            begun = self.begin(session, values, lookup_text, budget_s=0.0)
+            begun = self.begin(session, values, budget_s=0.0)
             if isinstance(begun, dict):
                 yield begun
                 return
@@ -227,7 +210,7 @@ class Handlers:
     def stop(self, session: Session | None, lookup_text: Any) -> dict:
         """The Stop button: flag the run to stop at its next step (gradio also cancels the event, but only
         between updates) and show at once what it got to."""
-        session, lookup_text = session or Session(), parse_lookup_or_none(lookup_text)
+        session, lookup_text = session or Session(), parse_lookup_or_none(lookup_text, self.lm.vocab_size)
         run = session.run
         if run is None or run.finished or run.stopped:
             return {"message": "Nothing is running.", "session": session}
@@ -238,7 +221,7 @@ class Handlers:
 
     def reset(self, session: Session | None, lookup_text: Any) -> dict:
         """Reset matrix: forget every row this session learned (the next run starts cold, or primed)."""
-        session, lookup_text = session or Session(), parse_lookup_or_none(lookup_text)
+        session, lookup_text = session or Session(), parse_lookup_or_none(lookup_text, self.lm.vocab_size)
         if session.matrix is not None:
             session.matrix.reset()
         primed = find_primed(self.lm) is not None
@@ -249,7 +232,8 @@ class Handlers:
 
     def lookup(self, session: Session | None, text: Any) -> dict:
         try:
-            return {"lookup": views.lookup_html(self.lm, session or Session(), parse_lookup(text))}
+            query = parse_lookup(text, self.lm.vocab_size)
+            return {"lookup": views.lookup_html(self.lm, session or Session(), query)}
         except ValueError as err:
             return {"lookup": views.note_html(rejected(err))}
 

@@ -15,6 +15,7 @@ from tr.device.model import LoadedModel
 from tr.records import token_ids
 
 from .session import NAMES, Run, Session
+from .settings import Lookup
 
 NO_MATRIX = "Adjacency matrix: not created yet (it is made on this session's first run)."
 NO_RUN = "No run yet: press Run race or Next step."  # plain: shown as Markdown and as escaped HTML
@@ -40,14 +41,10 @@ def matrix_info(session: Session) -> str:
                                                                       matrix.nbytes)
 
 
-def lookup_html(lm: LoadedModel, session: Session, text: str | None) -> str:
+def lookup_html(lm: LoadedModel, session: Session, query: Lookup) -> str:
     """A token's current row, from this session's matrix only."""
-
-    def encode(text: str) -> list[int]:
-        return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     row_of = session.matrix.row if session.matrix is not None else lambda token: None
-    return viz.token_lookup_html(text, lm.vocab_size, encode, row_of, lm.token_text)
+    return viz.token_lookup_html(query, lm.encode_text, row_of, lm.token_text)
 
 
 def step_views(lm: LoadedModel, session: Session, index: Any) -> dict[str, Any]:
@@ -120,14 +117,14 @@ def step_mode_views(lm: LoadedModel, session: Session, run: Run) -> dict[str, An
     return live_views(lm, session, run, tree=True, charts=True) | {"message": message}
 
 
-def final_views(lm: LoadedModel, session: Session, lookup_text: str | None, message: str) -> dict[str, Any]:
+def final_views(lm: LoadedModel, session: Session, lookup: Lookup, message: str) -> dict[str, Any]:
     """Every view, from the session's latest run (or empty placeholders before its first); the download
     offers `session.download_path`."""
     run = session.run
     views = {
         "message": message,
         "matrix_info": matrix_info(session),
-        "lookup": lookup_html(lm, session, lookup_text),
+        "lookup": lookup_html(lm, session, lookup),
         "history": viz.history_markdown(session.history),
         "runs_note": takeaways.runs_takeaway(session.history),
     }
@@ -160,8 +157,10 @@ def note_html(message: str) -> str:
 
 
 def failure(message: str) -> dict[str, Any]:
-    """A bad request: a toast plus the message in the page; every other view stays as it was."""
+    """A bad request: a toast plus the message in the page, both as plain text (a message may quote what a
+    visitor typed), and the message itself as `error` for callers that are not a page; every other view
+    stays as it was."""
     if len(message.split(" ", 1)[0]) > 1:  # tr's messages start lower-case, mid-sentence style; "k" stays
         message = message[:1].upper() + message[1:]
-    gr.Warning(message)
-    return {"message": f"⚠️ **{message}**"}
+    gr.Warning(html.escape(message))
+    return {"message": f"⚠️ **{viz.markdown_text(message)}**", "error": message}
