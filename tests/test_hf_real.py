@@ -33,4 +33,4 @@ def test_the_callable_equals_plain_generate_on_the_benchmark_prompts(real_lm):
         out = model.generate(ids, custom_generate=recycler, **options)
         assert torch.equal(out, expected), f"question {question.question_id} ({question.category})"
     matrix = recycler.matrix(model)
-    assert sum(sum(row) for row in matrix.stats.correct) > 20 * 20  # drafts accepted all along
+    assert sum(sum(row) for row in matrix.stats.correct) > len(questions) * 5  # drafts were accepted all along
