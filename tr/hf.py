@@ -202,7 +202,10 @@ class TokenRecycling:
         check_options(model, input_ids, config, model_kwargs, _from_generate("assistant_model"), synced_gpus)
         prompt = input_ids[0].tolist()
         state = self._state(model, tokenizer)
-        picker = ProcessorPicker(logits_processor or LogitsProcessorList(), bool(config.do_sample))
+        # Greedy with no processor to apply is the library's own greedy decoding: a pass's argmaxes decide
+        # the whole tree at once. Anything else reads each drafted node's text (`ProcessorPicker`).
+        processors, sample = logits_processor or LogitsProcessorList(), bool(config.do_sample)
+        picker = ProcessorPicker(processors, sample) if sample or processors else None
         steps = decode_steps(replace(state.target, eos=_eos_ids(config)), prompt, Method.TR,
                              config.max_length - len(prompt), matrix=self._matrix(state), tree=self.tree,
                              start=self._start(state), costs=state.costs, picker=picker)
