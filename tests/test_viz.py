@@ -27,7 +27,7 @@ from viz.race import MIN_STEPS, compare, history_markdown, stats_html, verdict_h
 from viz.style import LANE_COLORS, Meaning, lane_name, note_of
 from viz.text import step_pieces
 from viz.tree import (
-    ACCEPTED, BONUS_KIND, MAX_HEIGHT, MIN_ROW_PX, REJECTED, ROOT, ROW_GAP, ROW_PX, interesting_step, marks_for,
+    ACCEPTED, BONUS_KIND, MAX_HEIGHT, MIN_ROW_PX, REJECTED, ROOT, ROW_GAP, interesting_step, marks_for,
 )
 
 PROMPT = [1, 2, 3, 4, 5]

@@ -31,7 +31,7 @@ from tr.specs import MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, Start
 
 from .handlers import Handlers
 from .session import Run, Session
-from .settings import DECODING, TOP_TEMPERATURE, TEMPLATES
+from .settings import DECODING, TEMPLATES, TOP_TEMPERATURE
 
 TOOL_NAME = "token_recycling_race"
 LANES = {"ar": "plain_decoding", "tr": "token_recycling", "pld": "prompt_lookup_decoding"}  # names in the result

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import viz
 from viz.lessons import Lesson
 from tr.costs import CostCurve
 from tr.device.model import LoadedModel
