@@ -130,6 +130,8 @@ class EagerPasses:
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None = None, *,
                  last_only: bool = False, greedy: bool = False) -> torch.Tensor:
+        if ancestors is None and self.cache.length and len(ids) > 1:
+            ancestors = chain(len(ids))  # the model's own causal mask would not see the cache (sdpa's is_causal)
         mask = None if ancestors is None else pass_mask(ancestors, self.cache.length, self.dtype, self.device)
         return forward(self.model, self.cache, ids, positions, mask, last_only, greedy)
 

@@ -185,23 +185,32 @@ def _weighted_values(weights: torch.Tensor, values_t: torch.Tensor, plan: Plan, 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: Plan, scaling: float) -> torch.Tensor:
     """Attention of query (1, heads, n, d) over key and value (1, kv heads, keys, d) by `plan`, in fp32;
     returns (1, n, heads, d) in the query's dtype."""
-    _, heads, n, dim = query.shape
-    kv_heads, keys = key.shape[1], key.shape[2]
-    rows = heads // kv_heads * n
-    together = heads_together(rows)
-    q = query[0].reshape(kv_heads, rows, dim).float()
+    kv_heads, keys, dim = key.shape[1:]
     padded = key.new_zeros(kv_heads, plan.keys, dim, dtype=torch.float32)
     padded[:, :keys] = key[0]
-    scores = (_per_head(q, padded, together) * scaling).view(kv_heads, -1, n, plan.keys)
-    if plan.hidden is not None:
-        scores += plan.hidden
-    weights = (scores - scores.amax(-1, keepdim=True)).exp_().view(kv_heads, rows, plan.keys)
     values_t = key.new_zeros(kv_heads, dim + 1, plan.keys, dtype=torch.float32)
     values_t[:, :dim, :keys] = value[0].transpose(1, 2)
     values_t[:, dim] = 1.0
+    return attend_laid_out(query[0], padded, values_t, plan, scaling)[None]
+
+
+def attend_laid_out(query: torch.Tensor, keys: torch.Tensor, values_t: torch.Tensor, plan: Plan,
+                    scaling: float) -> torch.Tensor:
+    """`attend` over keys and values already laid out as it multiplies them, in fp32: query (heads, n, d),
+    keys (kv heads, plan.keys, d) zero past the pass's last key, values_t (kv heads, d + 1, plan.keys) the
+    values transposed over a row of ones. Returns (n, heads, d) in the query's dtype."""
+    heads, n, dim = query.shape
+    kv_heads = keys.shape[0]
+    rows = heads // kv_heads * n
+    together = heads_together(rows)
+    q = query.reshape(kv_heads, rows, dim).float()
+    scores = (_per_head(q, keys, together) * scaling).view(kv_heads, -1, n, plan.keys)
+    if plan.hidden is not None:
+        scores += plan.hidden
+    weights = (scores - scores.amax(-1, keepdim=True)).exp_().view(kv_heads, rows, plan.keys)
     total = _weighted_values(weights, values_t, plan, together)
     out = (total[..., :dim] / total[..., dim:]).view(heads, n, dim)
-    return out.transpose(0, 1)[None].to(query.dtype)
+    return out.transpose(0, 1).to(query.dtype)
 
 
 def invariant_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

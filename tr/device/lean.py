@@ -1,0 +1,167 @@
+"""A Llama forward pass of few operators for the CPU's invariant kernels: the same arithmetic as
+transformers' modules with `tr.device.kernels` installed, in the same order, so the same bits; without
+their Python around each operator.
+
+A one-token pass of a small model is bound by the cost of each operator call, not by its arithmetic
+(`python -m tools.profile`): transformers' modules make about 270 calls per layer, this forward about 70.
+What it drops: masks built per layer, cache objects, keyword plumbing, module hooks, and the copies that
+lay the keys and values out for the invariant attention at every layer of every pass. Its cache holds them
+already laid out (`Cache`), written once per token, in float32 (bf16 widens exactly).
+
+Why the bits are the same: every step is the code transformers runs, called on the same values: the
+model's own norm, embedding, rotary and activation modules, `invariant.product` with the fused modules'
+packed weights, and `invariant.attend_laid_out`, the arithmetic of `invariant.attend` over its own layout
+(a prompt's causal pass runs `invariant.invariant_attention` itself, as transformers does).
+`tests/test_lean.py` checks the logits bit for bit against the model's forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import torch
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaForCausalLM, rotate_half
+
+from ..kv_cache import CacheFullError
+from ..passes import argmax_only, chain
+from . import invariant
+from .fused import FusedAttention, FusedMLP
+
+
+def supports(model: torch.nn.Module) -> bool:
+    """Whether this forward computes `model` as its own forward does: a transformers Llama on the CPU with
+    the invariant kernels and fused layers installed, and no biases."""
+    if type(model) is not LlamaForCausalLM or not invariant.installed(model):
+        return False
+    if next(model.parameters()).device.type != "cpu":
+        return False
+    return all(type(layer) is LlamaDecoderLayer and type(layer.self_attn) is FusedAttention
+               and type(layer.mlp) is FusedMLP and layer.self_attn.qkv.bias is None
+               and layer.self_attn.o_proj.bias is None and layer.mlp.gate_up.bias is None
+               and layer.mlp.down_proj.bias is None for layer in model.model.layers)
+
+
+class Cache:
+    """Every layer's keys and values for one request, laid out as `invariant.attend_laid_out` multiplies
+    them: keys (layers, kv heads, positions, d) and values transposed over a row of ones (layers, kv heads,
+    d + 1, positions), float32. Positions past `length` hold zeros, as attention's padding must."""
+
+    def __init__(self, layers: int, kv_heads: int, dim: int, capacity: int):
+        self.capacity, self.dim, self.length = capacity, dim, 0
+        positions = invariant.padded_keys(capacity)
+        self.keys = torch.zeros(layers, kv_heads, positions, dim)
+        self.values_t = torch.zeros(layers, kv_heads, dim + 1, positions)
+        self.values_t[:, :, dim] = 1.0
+
+    def write(self, layer: int, start: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        """A pass's keys and values (n, kv heads, d) at positions start .. start + n."""
+        end = start + key.shape[0]
+        self.keys[layer, :, start:end] = key.transpose(0, 1)
+        self.values_t[layer, :, :self.dim, start:end] = value.permute(1, 2, 0)
+
+    def keep(self, start: int, offsets: Sequence[int]) -> None:
+        """After a tree pass written at `start`: keep the entries at the given node offsets (increasing)."""
+        kept, end = len(offsets), self.length
+        if list(offsets) != list(range(kept)):
+            # offsets[i] >= i, so gathering first and writing after never reads an overwritten slot.
+            positions = torch.tensor(offsets) + start
+            self.keys[:, :, start:start + kept] = self.keys.index_select(2, positions)
+            self.values_t[:, :, :, start:start + kept] = self.values_t.index_select(3, positions)
+        self.length = start + kept
+        self._clear(end)
+
+    def truncate(self, length: int) -> None:
+        end, self.length = self.length, min(self.length, length)
+        self._clear(end)
+
+    def _clear(self, end: int) -> None:
+        """Zeros from `length` to `end`, where a pass wrote what is no longer kept."""
+        self.keys[:, :, self.length:end] = 0.0
+        self.values_t[:, :, :self.dim, self.length:end] = 0.0
+
+
+class LeanPasses:
+    """`tr.passes.Passes` by this module's forward, over a `Cache` (see `supports` for the models it runs)."""
+
+    def __init__(self, model: LlamaForCausalLM, capacity: int):
+        config = model.config
+        self.model, self.layers = model, model.model.layers
+        attention = self.layers[0].self_attn
+        self.dim, self.scaling = attention.head_dim, attention.scaling
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.cache = Cache(len(self.layers), self.kv_heads, self.dim, capacity)
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None = None, *,
+                 last_only: bool = False, greedy: bool = False) -> torch.Tensor:
+        start, n = self.cache.length, len(ids)
+        if start + n > self.cache.capacity:
+            raise CacheFullError(f"KV cache holds {self.cache.capacity} positions, {start + n} needed")
+        plan = self._plan(start, n, ancestors)
+        hidden = self.model.model.embed_tokens(ids)
+        cos, sin = self.model.model.rotary_emb(hidden, positions[None])
+        rotary = cos[0, :, None], sin[0, :, None]  # (n, 1, d): one row per token, for every head
+        for index, layer in enumerate(self.layers):
+            hidden = self._layer(index, layer, hidden, rotary, start, plan)
+        self.cache.length = start + n
+        hidden = self.model.model.norm(hidden[-1:] if last_only else hidden)
+        with argmax_only(self.model) if greedy else nullcontext():
+            return self.model.lm_head(hidden)
+
+    def _plan(self, start: int, n: int, ancestors: torch.Tensor | None) -> invariant.Plan | None:
+        """The attention plan of the pass (None: a prompt's causal pass, which runs torch's fused attention
+        as transformers runs it): transformers' own masks, as booleans."""
+        if n > 1 and ancestors is None:
+            if start == 0:
+                return None
+            ancestors = chain(n)
+        mask = None
+        if n > 1:
+            mask = torch.ones(1, 1, n, start + n, dtype=torch.bool)
+            mask[0, 0, :, start:] = ancestors
+        return invariant.plan_for(mask, start + n, n)
+
+    def _layer(self, index: int, layer: LlamaDecoderLayer, hidden: torch.Tensor,
+               rotary: tuple[torch.Tensor, torch.Tensor], start: int, plan: invariant.Plan | None) -> torch.Tensor:
+        attention, mlp, n = layer.self_attn, layer.mlp, hidden.shape[0]
+        qkv = invariant.product(layer.input_layernorm(hidden), attention.qkv.packed)
+        rotated = self.heads + self.kv_heads
+        qk = qkv[:, :rotated * self.dim].view(n, rotated, self.dim)
+        cos, sin = rotary
+        qk = qk * cos + rotate_half(qk) * sin  # transformers' apply_rotary_pos_emb, queries and keys at once
+        query, key = qk[:, :self.heads], qk[:, self.heads:]
+        value = qkv[:, rotated * self.dim:].view(n, self.kv_heads, self.dim)
+        self.cache.write(index, start, key, value)
+        if plan is None:
+            out = self._causal(attention, query, key, value)
+        else:
+            keys = self.cache.keys[index, :, :plan.keys]
+            values_t = self.cache.values_t[index, :, :, :plan.keys]
+            out = invariant.attend_laid_out(query.transpose(0, 1), keys, values_t, plan, self.scaling)
+        hidden = hidden + invariant.product(out.reshape(n, -1), attention.o_proj.packed)
+        gate, up = invariant.product(layer.post_attention_layernorm(hidden), mlp.gate_up.packed).split(
+            mlp.intermediate, dim=-1)
+        return hidden + invariant.product(mlp.act_fn(gate) * up, mlp.down_proj.packed)
+
+    def _causal(self, attention: FusedAttention, query: torch.Tensor, key: torch.Tensor,
+                value: torch.Tensor) -> torch.Tensor:
+        """A prompt's causal pass over no cache, by `invariant.invariant_attention` as transformers calls it."""
+        def heads_first(part: torch.Tensor) -> torch.Tensor:
+            return part.transpose(0, 1)[None].contiguous()
+
+        out, _ = invariant.invariant_attention(attention, heads_first(query), heads_first(key), heads_first(value),
+                                               None, scaling=self.scaling)
+        return out[0]
+
+    def keep(self, start: int, offsets: Sequence[int]) -> None:
+        self.cache.keep(start, offsets)
+
+    def truncate(self, length: int) -> None:
+        self.cache.truncate(length)
+
+    def close(self) -> None:
+        pass
