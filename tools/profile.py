@@ -5,7 +5,8 @@
     python -m tools.profile --levers 1 2             # also each lever on and off, interleaved, on 1 and 2 threads
 
 For a plain step (one token) and a Token Recycling step (a verification pass over a `--tree`-token chain)
-behind `--context` cached tokens, it prints:
+behind `--context` cached tokens, through the model's own forward (whose modules the hooks below can see),
+it prints:
 
 - the host: CPU flags, threads, and its memory bandwidth measured in the same run (a large sum: reading;
   a large copy: reading and writing), and the step time the weights' bytes would take at that bandwidth;
@@ -15,8 +16,10 @@ behind `--context` cached tokens, it prints:
 - dispatch against kernel time, from torch.profiler: each operator's self time, the matrix kernel's apart,
   the rest of the step (Python, transformers' glue, the operators' own dispatch) by subtraction;
 - the invariant kernels' overhead: each weight product timed as the model calls it against oneDNN's bare
-  kernel on a ready input (a one-row pass padded to two rows, the copies around it), and the invariant
+  kernel on a ready input (a one-row pass padded to `invariant.MIN_ROWS` rows, the copies around it), and the invariant
   attention against torch's fused attention on the same shapes.
+
+- the same steps as the decoders run them (`LoadedModel.passes`: the lean forward, `tr.device.lean`).
 
 All figures are medians over `--steps` interleaved repeats (microseconds or milliseconds per step).
 """
@@ -38,7 +41,7 @@ from transformers import AutoModelForCausalLM
 from tr.device import invariant
 from tr.device.kernels import cpu_flags, cpu_name, install_kernels
 from tr.device.model import BUNDLED, LoadedModel, load_model
-from tr.passes import EagerPasses, chain
+from tr.passes import EagerPasses, PassesFactory, chain
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the flags that decide which kernels run
 PROJECTIONS = ("qkv", "q_proj", "k_proj", "v_proj", "o_proj")  # qkv, gate_up: fused (tr.device.fused)
@@ -69,20 +72,27 @@ def bandwidth(megabytes: int = 512, repeats: int = 5) -> dict[str, float]:
 
 class Step:
     """One kind of step, repeatable: `n` new tokens (a chain; one: a plain decoding step) behind `context`
-    cached tokens of random ids, the cache cut back after each call."""
+    cached tokens of random ids, the cache cut back after each call; by the model's own forward unless
+    `passes` says otherwise, with products padded to `min_rows` rows (`invariant.MIN_ROWS`) unless None."""
 
-    def __init__(self, lm: LoadedModel, context: int, n: int):
-        self.n, self.context = n, context
+    def __init__(self, lm: LoadedModel, context: int, n: int, passes: PassesFactory = EagerPasses,
+                 min_rows: int | None = None):
+        self.n, self.context, self.min_rows = n, context, min_rows
         ids = torch.randint(0, lm.vocab_size, (context + n,), generator=torch.Generator().manual_seed(0))
         self.ids, self.positions = ids[context:], torch.arange(context, context + n)
         self.ancestors = chain(n) if n > 1 else None
-        self.passes = EagerPasses(lm.model, context + n)
+        self.passes = passes(lm.model, context + n)
         with torch.inference_mode():
             self.passes(ids[:context], torch.arange(context), last_only=True)
 
     def __call__(self) -> torch.Tensor:
-        with torch.inference_mode():
-            logits = self.passes(self.ids, self.positions, self.ancestors, greedy=True)
+        before = invariant.MIN_ROWS
+        invariant.MIN_ROWS = self.min_rows or before
+        try:
+            with torch.inference_mode():
+                logits = self.passes(self.ids, self.positions, self.ancestors, greedy=True)
+        finally:
+            invariant.MIN_ROWS = before
         self.passes.truncate(self.context)
         return logits
 
@@ -157,7 +167,7 @@ def products(model: torch.nn.Module, rows: int, repeats: int) -> dict[str, float
     linears = [m for m in model.modules() if isinstance(m, invariant.InvariantLinear)]
     dtype = linears[0].weight.dtype
     inputs = [torch.randn(1, rows, m.weight.shape[1]).to(dtype) for m in linears]
-    ready = [torch.randn(max(rows, 2), m.weight.shape[1]).to(dtype) for m in linears]
+    ready = [torch.randn(max(rows, invariant.MIN_ROWS), m.weight.shape[1]).to(dtype) for m in linears]
     bare = torch.ops.mkldnn._linear_pointwise
 
     def as_called() -> None:
@@ -210,13 +220,19 @@ def hook_cost(repeats: int = 2000) -> float:
 
 
 def levers(lm: LoadedModel, context: int, n: int, threads: list[int], repeats: int) -> dict[str, dict[str, float]]:
-    """Each lever on and off, interleaved step by step so that the host's drift hits all alike: the fused
-    projections (`tr.device.fused`) against separate ones, and each thread count. Milliseconds per step,
-    the minimum and the median over `repeats` rounds."""
+    """Each lever on and off, interleaved step by step so that the host's drift hits all alike: the lean
+    forward (`tr.device.lean`) against the model's own, one-token products padded to 4 rows against 2
+    (`invariant.MIN_ROWS`), the fused projections (`tr.device.fused`) against separate ones, and each thread
+    count. Milliseconds per step, the minimum and the median over `repeats` rounds."""
     separate = AutoModelForCausalLM.from_pretrained(lm.source, dtype=lm.dtype).eval()
     install_kernels(separate, fuse=False)
-    models = {"fused": lm, "separate": LoadedModel(separate, lm.tokenizer, lm.name, lm.device, lm.dtype, lm.source)}
-    steps = {(form, size): Step(models[form], context, size) for form in models for size in (1, n)}
+    unfused = LoadedModel(separate, lm.tokenizer, lm.name, lm.device, lm.dtype, lm.source)
+    forms: dict[str, Callable[[int], Step]] = {
+        "lean": lambda size: Step(lm, context, size, lm.passes),
+        "lean, rows padded to 2": lambda size: Step(lm, context, size, lm.passes, min_rows=2),
+        "model's forward, fused": lambda size: Step(lm, context, size),
+        "model's forward, separate": lambda size: Step(unfused, context, size)}
+    steps = {(form, size): make(size) for form, make in forms.items() for size in (1, n)}
     times: dict[str, list[float]] = defaultdict(list)
     before = torch.get_num_threads()
     try:
@@ -234,11 +250,13 @@ def levers(lm: LoadedModel, context: int, n: int, threads: list[int], repeats: i
 
 
 def profile_step(lm: LoadedModel, context: int, n: int, repeats: int) -> dict[str, object]:
-    step = Step(lm, context, n)
-    step()  # oneDNN compiles its kernels for these shapes on first use
+    step, decoders = Step(lm, context, n), Step(lm, context, n, lm.passes)
+    step(), decoders()  # oneDNN compiles its kernels for these shapes on first use
     wall = median_seconds(step, repeats) * 1e3
     weights = products(lm.model, n, repeats)
-    return {"tokens": n, "context": context, "step ms": wall, "parts ms": parts(step, lm.model, repeats),
+    return {"tokens": n, "context": context, "step ms": wall,
+            "step ms as decoders run it": median_seconds(decoders, repeats) * 1e3,
+            "parts ms": parts(step, lm.model, repeats),
             "dispatch": dispatch(step, max(repeats // 2, 3)), "products": weights,
             "attention": attention(lm.model, context, n, repeats)}
 
@@ -252,8 +270,9 @@ def report(result: dict) -> str:
         weights = step["products"]
         floor = weights["weight MB"] / 1e3 / host["read_gb_s"] * 1e3
         lines += ["", f"{'plain' if step['tokens'] == 1 else 'tree'} step, {step['tokens']} token(s) behind "
-                  f"{step['context']}: {step['step ms']:.2f} ms ({step['tokens'] / step['step ms'] * 1e3:.1f} passes "
-                  f"of this size/s); weights {weights['weight MB']:.0f} MB, {floor:.2f} ms at the read bandwidth"]
+                  f"{step['context']}: {step['step ms']:.2f} ms by the model's forward, "
+                  f"{step['step ms as decoders run it']:.2f} ms as the decoders run it; weights "
+                  f"{weights['weight MB']:.0f} MB, {floor:.2f} ms at the read bandwidth"]
         lines += [f"  {name:34s} {ms:8.2f} ms" for name, ms in step["parts ms"].items()]
         lines += [f"  products: {weights['as called ms']:.2f} ms as called, {weights['bare kernel ms']:.2f} ms bare "
                   f"kernel (overhead {weights['as called ms'] - weights['bare kernel ms']:.2f} ms)",
@@ -275,8 +294,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="repeats per figure (medians)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--levers", type=int, nargs="*", default=None, metavar="THREADS",
-                        help="also time each lever on and off, interleaved: fused projections against separate, on "
-                             "each of these thread counts (default 1 and torch's)")
+                        help="also time each lever on and off, interleaved: the lean forward against the model's, "
+                             "rows padded to 4 against 2, fused projections against separate, on each of these "
+                             "thread counts (default 1 and torch's)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.threads:

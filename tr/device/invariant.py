@@ -49,6 +49,9 @@ TOGETHER_ROWS = 64
 # kernel sums a row in another order once a call has more than 32 rows (more than 63 for some shapes), so
 # a tree of 33 or more tokens gave other bits than the same tokens alone (BENCHMARKS.md, 2026-12-07).
 BF16_ROWS = 32
+# Fewer rows than this are padded with zero rows: one row would take oneDNN's vector path (another order),
+# and its matrix kernel reads a layer's weights faster for 4 rows than for 2 or 3 (BENCHMARKS.md, 2026-12-07).
+MIN_ROWS = 4
 
 
 def padded_keys(count: int) -> int:
@@ -133,13 +136,14 @@ def product(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """rows @ weight.T ((m, k) and (n, k), fp32 or bf16; the weight as it is or `packed`), always by oneDNN's
     matrix kernel, which gives each output the same bits whatever the other rows and columns, and sums over
     k one term after another (so zeros anywhere in a row change nothing). One row or one column would take
-    its vector path, which sums in another order: a row or column of zeros is added (and dropped). bf16 rows
-    go in blocks of `BF16_ROWS`, a count every such kernel keeps a row's bits at."""
+    its vector path, which sums in another order: rows of zeros make up `MIN_ROWS`, a column of zeros a
+    second column (both dropped). bf16 rows go in blocks of `BF16_ROWS`, a count every such kernel keeps a
+    row's bits at."""
     m, n = rows.shape[0], weight.shape[0]
     if m > BF16_ROWS and rows.dtype == torch.bfloat16:
         return torch.cat([product(rows[i:i + BF16_ROWS], weight) for i in range(0, m, BF16_ROWS)])
-    if m < 2:
-        rows = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+    if m < MIN_ROWS:
+        rows = torch.cat([rows, rows.new_zeros(MIN_ROWS - m, rows.shape[1])])
     if weight.layout == torch.strided:  # a packed weight is oneDNN's own (and has many rows)
         # A view with gaps between its rows takes a slow kernel that sums in another order: copy it.
         weight = torch.cat([weight, weight.new_zeros(1, weight.shape[1])]) if n < 2 else weight.contiguous()
