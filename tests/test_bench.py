@@ -207,7 +207,7 @@ def test_dtype_auto_is_accepted_and_recorded(tiny_model_dir, tmp_path, monkeypat
     assert machine["cpu_flags"] == ["avx2", "avx512f", "fpu"]
     assert machine["dtype_note"].startswith("float32 (this CPU has no native bf16")
     assert "dtype float32 (this CPU has no native bf16" in stdout
-    assert machine["passes"] == "EagerPasses" and "CUDA graphs" not in stdout  # graphs are for GPUs only
+    assert machine["passes"] == "LeanPasses" and "CUDA graphs" not in stdout  # the lean forward; graphs: GPUs only
     assert machine["resident_steps"] is False and "steps on the device" not in stdout  # by default, with graphs only
 
 

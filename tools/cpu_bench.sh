@@ -1,37 +1,42 @@
 #!/usr/bin/env bash
 # Our decoders against llama.cpp on this CPU: the 20-prompt Spec-Bench set (one prompt per category plus the
-# project's seven), 128 new tokens, bf16 then fp32, each on 1 and on 2 threads, so each decoder is read at
-# its best thread count. Run it on a quiet machine (about 40 minutes on a 2-core host):
+# project's seven), 128 new tokens, bf16, fp32 and int4 (4-bit layer weights, as llama.cpp's Q4_1), each on 1
+# and on 2 threads, so each decoder is read at its best thread count. Run it on a quiet machine (about an
+# hour on a 2-core host):
 #
 #   bash tools/cpu_bench.sh              # JSON under benchmarks/, named with today's date and the host's flags
-#   STAMP=2026-12-07 bash tools/cpu_bench.sh
+#   STAMP=2026-12-07 DTYPES="bfloat16 int4" THREADS=2 bash tools/cpu_bench.sh
 #
 # Per run: ar (our plain decoding), hf (transformers' generate on our model), stock (generate on the model as
-# transformers ships it), llama:1 and llama:2 (llama.cpp on the bundled GGUF, tools/bench/llama.py, installed
-# here into .llama/ if missing), tr:auto:primed. First the profile (python -m tools.profile, which also
-# measures the memory bandwidth); last a table of every method's overall tokens/s at each thread count.
+# transformers ships it; not in int4), llama:1 and llama:2 (llama.cpp on the bundled GGUF,
+# tools/bench/llama.py, installed here into .llama/ if missing), tr:auto:primed. First the profile (python -m
+# tools.profile, which also measures the memory bandwidth); last a table of every method's overall tokens/s at
+# each thread count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAMP=${STAMP:-$(date -u +%F)}
+DTYPES=${DTYPES:-bfloat16 float32 int4}
+THREADS=${THREADS:-1 2}
 FLAGS=$(lscpu | grep -o -E 'avx2|avx512f|avx512_bf16|amx_bf16' | sort -u | paste -sd' ')
 TAG=$(echo "$FLAGS" | grep -q amx_bf16 && echo amx || echo avx512bf16)
 echo "host flags: $FLAGS"
 [ -d .llama/node_modules/node-llama-cpp ] || npm install --prefix .llama --no-audit --no-fund node-llama-cpp@3.22.1
 python -m tools.profile --steps 30 --levers 1 2 --json "benchmarks/profile-cpu-$TAG-$STAMP.json"
-for dtype in bfloat16 float32; do
-    for threads in 1 2; do
+for dtype in $DTYPES; do
+    stock=$([ "$dtype" = int4 ] || echo stock,)
+    for threads in $THREADS; do
         OMP_NUM_THREADS=$threads python -m tools.bench --prompts ../shared/spec_bench/question.jsonl \
             assets/prompts.jsonl --per-category 1 --max-new-tokens 128 --dtype $dtype \
-            --methods ar,hf,stock,llama:1,llama:2,tr:auto:primed \
+            --methods ar,hf,${stock}llama:1,llama:2,tr:auto:primed \
             --out "benchmarks/spec-bench-$dtype-cpu-$TAG-${threads}t-llama-$STAMP.json"
     done
 done
-python - "$TAG" "$STAMP" <<'END'
+python - "$TAG" "$STAMP" "$DTYPES" "$THREADS" <<'END'
 import json, sys
-tag, stamp = sys.argv[1:]
-for dtype in ("bfloat16", "float32"):
+tag, stamp, dtypes, thread_counts = sys.argv[1:]
+for dtype in dtypes.split():
     rates = {}
-    for threads in (1, 2):
+    for threads in map(int, thread_counts.split()):
         data = json.load(open(f"benchmarks/spec-bench-{dtype}-cpu-{tag}-{threads}t-llama-{stamp}.json"))
         for row in data["table"]:
             if row["category"] == "overall":

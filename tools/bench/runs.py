@@ -23,6 +23,7 @@ from transformers import GenerationConfig
 
 from tr.costs import LearnedCost
 from tr.passes import argmax_only
+from tr.device import quantized
 from tr.device.calibrate import device_curve
 from tr.device.model import DTYPES, LoadedModel
 from tr.generate import check_request, decode_steps
@@ -159,6 +160,9 @@ def worker_runner(worker: StockWorker, max_new_tokens: int, eos_ids: list[int]) 
 
 def stock_runner(lm: LoadedModel, max_new_tokens: int, stack: ExitStack) -> Runner:
     """A runner that asks a `StockWorker` (closed with `stack`) for each generation."""
+    if quantized.installed(lm.model):
+        raise ValueError("stock loads transformers' own model, which has no int4 form: leave stock out with "
+                         "--dtype int4 (hf runs the int4 model through transformers' generate)")
     dtype = next(name for name, value in DTYPES.items() if value == lm.dtype)
     return worker_runner(stack.enter_context(closing(StockWorker(lm.source, str(lm.device), dtype))),
                          max_new_tokens, lm.eos_ids)

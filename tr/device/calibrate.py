@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import fused, invariant, kernels
+from . import fused, invariant, kernels, lean, quantized
 from ..costs import CostCurve, monotone
 from ..decoding import Clock
 from ..passes import EagerPasses, PassesFactory, chain
@@ -57,7 +57,7 @@ def _measure(model: torch.nn.Module, sizes: tuple[int, ...], context: int, repea
 @functools.cache
 def kernels_version() -> str:
     """A hash of the CPU kernels' source: a curve measured with other kernel code is not this code's."""
-    sources = (Path(invariant.__file__), Path(kernels.__file__), Path(fused.__file__))
+    sources = [Path(module.__file__) for module in (invariant, kernels, fused, lean, quantized)]
     return hashlib.sha1(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
 
 
@@ -73,7 +73,7 @@ def calibrate(
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     key = (f"{name}|{device}|{dtype}|{torch.get_num_threads()}|{sizes}|{context}|{torch.__version__}|"
-           f"{invariant.installed(model)}|{kernels_version()}|{passes.__name__}|greedy|monotone")
+           f"{invariant.installed(model)}|{quantized.installed(model)}|{kernels_version()}|{passes.__name__}|greedy|monotone")
     file = _cache_file(key)
     if use_cache and name and file.is_file():
         return CostCurve(**json.loads(file.read_text()))

