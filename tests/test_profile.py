@@ -8,7 +8,7 @@ import torch
 
 from tiny_models import tiny_model
 from tools import profile
-from tr.device import invariant, kernels
+from tr.device import invariant, kernels, quantized
 from tr.device.model import LoadedModel
 
 
@@ -48,3 +48,12 @@ def test_levers_time_each_form_and_thread_count(tiny_lm, monkeypatch):
     forms = ("lean", "lean, rows padded to 2", "model's forward, fused", "model's forward, separate")
     assert set(figures) == {f"{n} token(s), {form}, 1 thread(s)" for n in (1, 3) for form in forms}
     assert all(t["min ms"] <= t["median ms"] for t in figures.values())
+
+
+def test_products_by_rows_time_each_kernel_and_check_its_rows(tiny_lm):
+    figures = profile.products_by_rows(tiny_lm.model, rows=[1, 2, 4], repeats=2)
+    expected = {"model's own"} | ({"int4 (bf16 rows)", "int8 (bf16 rows)"} if quantized.supported() else set())
+    assert set(figures) == expected
+    for name, kernel in figures.items():
+        assert set(kernel["ms by rows"]) == {1, 2, 4} and all(ms > 0 for ms in kernel["ms by rows"].values())
+        assert kernel["calls"] == 2 * 4 + 1 and kernel["rows keep their bits"] is True, name

@@ -57,7 +57,13 @@ def test_int4_where_it_cannot_run_says_so(tiny_model_dir, monkeypatch):
 
 @pytest.mark.slow
 def test_the_bundled_model_in_int4_is_lossless():
-    lm = load_model(dtype=INT4)
+    """And its 4-bit weights are the bf16 model's up to rounding: the GGUF's Q4_1 levels found again."""
+    lm, bf16 = load_model(dtype=INT4), load_model(dtype="bfloat16")
+    for mine, theirs in zip(lm.model.model.layers, bf16.model.model.layers):
+        for part, name in (("self_attn", "qkv"), ("self_attn", "o_proj"), ("mlp", "gate_up"), ("mlp", "down_proj")):
+            weight = getattr(getattr(theirs, part), name).weight.float()
+            gap = (getattr(getattr(mine, part), name).dequantized().float() - weight).abs().max()
+            assert gap <= 2**-7 * weight.abs().max(), name
     prompt = "Write a Python function that reverses a string."
     plain = generate(lm, prompt, Method.AR, max_new_tokens=48)
     recycled = generate(lm, prompt, Method.TR, max_new_tokens=48, tree=parse_tree("auto", 8, "tree"),

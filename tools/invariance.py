@@ -26,7 +26,7 @@ import torch
 from tr.passes import forward, tree_mask
 from tr.device import invariant
 from tr.device.kernels import cpu_flags
-from tr.device.model import BUNDLED, DTYPES, LoadedModel, load_model
+from tr.device.model import BUNDLED, DTYPES, INT4, LoadedModel, load_model
 from tr.kv_cache import PreallocatedCache
 from tr.trees import DraftTree, ancestor_mask, best_first_template
 
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.invariance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=BUNDLED)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=[*DTYPES, INT4])
     parser.add_argument("--sizes", nargs="+", type=int, default=[2, 4, 8, 16, 32, 81])
     parser.add_argument("--contexts", nargs="+", type=int, default=[0, 250],
                         help="tokens cached before each pass (0: the prompt as it is)")

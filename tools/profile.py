@@ -3,6 +3,7 @@
     python -m tools.profile                        # bundled model, bf16 where native, a 6-node tree step
     python -m tools.profile --dtype float32 --tree 8 --context 300 --json /tmp/profile.json
     python -m tools.profile --levers 1 2             # also each lever on and off, interleaved, on 1 and 2 threads
+    python -m tools.profile --rows 1 2 4 6 8 16      # also every weight product by row count, three kernels
 
 For a plain step (one token) and a Token Recycling step (a verification pass over a `--tree`-token chain)
 behind `--context` cached tokens, through the model's own forward (whose modules the hooks below can see),
@@ -19,7 +20,10 @@ it prints:
   kernel on a ready input (a one-row pass padded to `invariant.MIN_ROWS` rows, the copies around it), and the invariant
   attention against torch's fused attention on the same shapes.
 
-- the same steps as the decoders run them (`LoadedModel.passes`: the lean forward, `tr.device.lean`).
+- the same steps as the decoders run them (`LoadedModel.passes`: the lean forward, `tr.device.lean`);
+- with `--rows`, a step's weight products at each row count by three kernels on the same weights: the
+  model's own (oneDNN's, or 4-bit with `--dtype int4`), torch's 4-bit and its 8-bit weight-only kernels
+  (bf16 rows), and whether each kept every row's bits at every row count.
 
 All figures are medians over `--steps` interleaved repeats (microseconds or milliseconds per step).
 """
@@ -38,7 +42,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM
 
-from tr.device import invariant
+from tr.device import invariant, quantized
 from tr.device.kernels import cpu_flags, cpu_name, install_kernels
 from tr.device.model import BUNDLED, LoadedModel, load_model
 from tr.passes import EagerPasses, PassesFactory, chain
@@ -162,12 +166,13 @@ def dispatch(step: Step, repeats: int) -> dict[str, object]:
 
 def products(model: torch.nn.Module, rows: int, repeats: int) -> dict[str, float]:
     """Milliseconds per step of every weight product, each called once per round as in a step (so that the
-    weights stream from memory, not from a cache): as the model calls it (`InvariantLinear`), and as
-    oneDNN's bare kernel on an input already padded and contiguous; and the weights' bytes."""
-    linears = [m for m in model.modules() if isinstance(m, invariant.InvariantLinear)]
-    dtype = linears[0].weight.dtype
-    inputs = [torch.randn(1, rows, m.weight.shape[1]).to(dtype) for m in linears]
-    ready = [torch.randn(max(rows, invariant.MIN_ROWS), m.weight.shape[1]).to(dtype) for m in linears]
+    weights stream from memory, not from a cache): as the model calls it, and as the bare kernel on an input
+    already padded and contiguous (oneDNN's; a 4-bit layer is its kernel already); and the weights' bytes."""
+    linears = [m for m in model.modules() if isinstance(m, (invariant.InvariantLinear, quantized.Int4Linear))]
+    dtype = next(model.parameters()).dtype
+    widths = [m.in_features if isinstance(m, quantized.Int4Linear) else m.weight.shape[1] for m in linears]
+    inputs = [torch.randn(1, rows, width).to(dtype) for width in widths]
+    ready = [torch.randn(max(rows, invariant.MIN_ROWS), width).to(dtype) for width in widths]
     bare = torch.ops.mkldnn._linear_pointwise
 
     def as_called() -> None:
@@ -175,13 +180,57 @@ def products(model: torch.nn.Module, rows: int, repeats: int) -> dict[str, float
             linear(x)
 
     def kernels_only() -> None:
-        for linear, x in zip(linears, ready):
-            bare(x, linear.packed, None, "none", [], "")
+        for linear, x, x1 in zip(linears, ready, inputs):
+            if isinstance(linear, quantized.Int4Linear):
+                linear(x1[0])
+            else:
+                bare(x, linear.packed, None, "none", [], "")
     with torch.inference_mode():
         called, kernel = median_seconds(as_called, repeats), median_seconds(kernels_only, repeats)
-    weights = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+    weights = sum(_bytes(m) for m in linears)
     return {"as called ms": called * 1e3, "bare kernel ms": kernel * 1e3, "calls": len(linears),
             "weight MB": weights / 1e6}
+
+
+def _bytes(linear: torch.nn.Module) -> int:
+    """The bytes a product reads of its weights (4-bit levels and their steps and zeros, or the weight)."""
+    parts = (linear.packed, linear.steps_zeros) if isinstance(linear, quantized.Int4Linear) else (linear.weight,)
+    return sum(part.numel() * part.element_size() for part in parts)
+
+
+def _int8(linear: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch's 8-bit weight-only product on `linear`'s weight, one scale per output (bf16 rows)."""
+    weight = linear.weight.detach().float()
+    scale = weight.abs().amax(1).clamp_min(1e-12) / 127
+    levels = torch.round(weight / scale[:, None]).to(torch.int8)
+    scale = scale.bfloat16()
+    return lambda rows: torch._weight_int8pack_mm(rows, levels, scale)
+
+
+def products_by_rows(model: torch.nn.Module, rows: list[int], repeats: int) -> dict[str, dict]:
+    """Milliseconds per step of every weight product (each called once per round, the weights streaming from
+    memory) at each row count, by kernel: the model's own, and (where its weights are at hand) torch's 4-bit
+    and 8-bit weight-only kernels on the same weights, bf16 rows; and whether each gave the first product's
+    rows the same bits at every row count as alone."""
+    own = [m for m in model.modules() if isinstance(m, (invariant.InvariantLinear, quantized.Int4Linear))]
+    widths = [m.in_features if isinstance(m, quantized.Int4Linear) else m.weight.shape[1] for m in own]
+    kernels = {"model's own": (own, next(model.parameters()).dtype)}
+    if quantized.supported() and all(isinstance(m, invariant.InvariantLinear) and quantized.fits(m) for m in own):
+        kernels["int4 (bf16 rows)"] = ([quantized.Int4Linear(m) for m in own], torch.bfloat16)
+        kernels["int8 (bf16 rows)"] = ([_int8(m) for m in own], torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    result = {}
+    for name, (calls, dtype) in kernels.items():
+        inputs = {count: [torch.randn(count, width, generator=generator).to(dtype) for width in widths]
+                  for count in rows}
+        with torch.inference_mode():
+            ms = {count: median_seconds(lambda: [call(x) for call, x in zip(calls, inputs[count])], repeats) * 1e3
+                  for count in rows}
+            first = inputs[max(rows)][0]
+            alone = torch.cat([calls[0](first[i:i + 1]) for i in range(len(first))])
+            same = all(torch.equal(calls[0](first[:count]), alone[:count]) for count in rows)
+        result[name] = {"ms by rows": ms, "calls": len(calls), "rows keep their bits": same}
+    return result
 
 
 def attention(model: torch.nn.Module, context: int, n: int, repeats: int) -> dict[str, float]:
@@ -297,6 +346,9 @@ def main() -> None:
                         help="also time each lever on and off, interleaved: the lean forward against the model's, "
                              "rows padded to 4 against 2, fused projections against separate, on each of these "
                              "thread counts (default 1 and torch's)")
+    parser.add_argument("--rows", type=int, nargs="+", default=None, metavar="ROWS",
+                        help="also time every weight product at these row counts, by the model's kernel and by "
+                             "torch's 4-bit and 8-bit weight-only kernels, and check each keeps a row's bits")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.threads:
@@ -311,6 +363,12 @@ def main() -> None:
         result["levers"] = levers(lm, args.context, args.tree, threads, args.steps)
         print("\nlevers, interleaved (min / median ms per step):")
         print("\n".join(f"  {key:40s} {t['min ms']:7.2f} / {t['median ms']:7.2f}" for key, t in result["levers"].items()))
+    if args.rows:
+        result["products by rows"] = products_by_rows(lm.model, args.rows, args.steps)
+        print("\nevery weight product of a step, by rows (ms; rows keep their bits at every count):")
+        for name, figures in result["products by rows"].items():
+            times = "  ".join(f"{count}: {ms:6.2f}" for count, ms in figures["ms by rows"].items())
+            print(f"  {name:18s} {times}  ({figures['calls']} calls; {figures['rows keep their bits']})")
     if args.json:
         with open(args.json, "w") as file:
             json.dump(result, file, indent=1)
