@@ -115,25 +115,14 @@ def pass_mask(ancestors: torch.Tensor, start: int, dtype: torch.dtype, device: t
     return tree_mask(ancestors, start, dtype, device) if len(ancestors) > 1 else None
 
 
-class EagerPasses:
-    """The model called on each pass as it comes, over the filled prefix of a `PreallocatedCache`. A pass
-    with `ancestors` gets `pass_mask`; one without, the model's own causal attention."""
-
-    def __init__(self, model: torch.nn.Module, capacity: int):
-        parameter = next(model.parameters())
-        self.model, self.dtype, self.device = model, parameter.dtype, parameter.device
-        self.cache = PreallocatedCache(capacity)
+class OwnCache:
+    """The part every `Passes` over a cache of its own (`self.cache`, with `length`, `keep` and `truncate`)
+    shares: the cache answers for its length, what is kept and truncated; closing frees nothing another
+    request could take."""
 
     @property
     def length(self) -> int:
         return self.cache.length
-
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None = None, *,
-                 last_only: bool = False, greedy: bool = False) -> torch.Tensor:
-        if ancestors is None and self.cache.length and len(ids) > 1:
-            ancestors = chain(len(ids))  # the model's own causal mask would not see the cache (sdpa's is_causal)
-        mask = None if ancestors is None else pass_mask(ancestors, self.cache.length, self.dtype, self.device)
-        return forward(self.model, self.cache, ids, positions, mask, last_only, greedy)
 
     def keep(self, start: int, offsets: Sequence[int]) -> None:
         self.cache.keep(start, offsets)
@@ -143,3 +132,20 @@ class EagerPasses:
 
     def close(self) -> None:
         pass
+
+
+class EagerPasses(OwnCache):
+    """The model called on each pass as it comes, over the filled prefix of a `PreallocatedCache`. A pass
+    with `ancestors` gets `pass_mask`; one without, the model's own causal attention."""
+
+    def __init__(self, model: torch.nn.Module, capacity: int):
+        parameter = next(model.parameters())
+        self.model, self.dtype, self.device = model, parameter.dtype, parameter.device
+        self.cache = PreallocatedCache(capacity)
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None = None, *,
+                 last_only: bool = False, greedy: bool = False) -> torch.Tensor:
+        if ancestors is None and self.cache.length and len(ids) > 1:
+            ancestors = chain(len(ids))  # the model's own causal mask would not see the cache (sdpa's is_causal)
+        mask = None if ancestors is None else pass_mask(ancestors, self.cache.length, self.dtype, self.device)
+        return forward(self.model, self.cache, ids, positions, mask, last_only, greedy)

@@ -24,7 +24,7 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaForCausalLM, rotate_half
 
 from ..kv_cache import CacheFullError
-from ..passes import argmax_only, chain
+from ..passes import OwnCache, argmax_only, chain
 from . import invariant
 from .fused import FusedAttention, FusedMLP
 from .quantized import Int4Linear
@@ -86,7 +86,7 @@ class Cache:
         self.values_t[:, :, :self.dim, self.length:end] = 0.0
 
 
-class LeanPasses:
+class LeanPasses(OwnCache):
     """`tr.passes.Passes` by this module's forward, over a `Cache` (see `supports` for the models it runs)."""
 
     def __init__(self, model: LlamaForCausalLM, capacity: int):
@@ -96,10 +96,6 @@ class LeanPasses:
         self.dim, self.scaling = attention.head_dim, attention.scaling
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.cache = Cache(len(self.layers), self.kv_heads, self.dim, capacity)
-
-    @property
-    def length(self) -> int:
-        return self.cache.length
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None = None, *,
                  last_only: bool = False, greedy: bool = False) -> torch.Tensor:
@@ -161,11 +157,3 @@ class LeanPasses:
                                                None, scaling=self.scaling)
         return out[0]
 
-    def keep(self, start: int, offsets: Sequence[int]) -> None:
-        self.cache.keep(start, offsets)
-
-    def truncate(self, length: int) -> None:
-        self.cache.truncate(length)
-
-    def close(self) -> None:
-        pass
