@@ -305,6 +305,7 @@ def profile_step(lm: LoadedModel, context: int, n: int, repeats: int) -> dict[st
     weights = products(lm.model, n, repeats)
     return {"tokens": n, "context": context, "step ms": wall,
             "step ms as decoders run it": median_seconds(decoders, repeats) * 1e3,
+            "operator calls as decoders run it": dispatch(decoders, 3)["operator calls"],
             "parts ms": parts(step, lm.model, repeats),
             "dispatch": dispatch(step, max(repeats // 2, 3)), "products": weights,
             "attention": attention(lm.model, context, n, repeats)}
@@ -320,7 +321,8 @@ def report(result: dict) -> str:
         floor = weights["weight MB"] / 1e3 / host["read_gb_s"] * 1e3
         lines += ["", f"{'plain' if step['tokens'] == 1 else 'tree'} step, {step['tokens']} token(s) behind "
                   f"{step['context']}: {step['step ms']:.2f} ms by the model's forward, "
-                  f"{step['step ms as decoders run it']:.2f} ms as the decoders run it; weights "
+                  f"{step['step ms as decoders run it']:.2f} ms as the decoders run it "
+                  f"({step['operator calls as decoders run it']} operator calls); weights "
                   f"{weights['weight MB']:.0f} MB, {floor:.2f} ms at the read bandwidth"]
         lines += [f"  {name:34s} {ms:8.2f} ms" for name, ms in step["parts ms"].items()]
         lines += [f"  products: {weights['as called ms']:.2f} ms as called, {weights['bare kernel ms']:.2f} ms bare "

@@ -2,11 +2,12 @@
 transformers' modules with `tr.device.kernels` installed, in the same order, so the same bits; without
 their Python around each operator.
 
-A one-token pass of a small model is bound by the cost of each operator call, not by its arithmetic
-(`python -m tools.profile`): transformers' modules make about 270 calls per layer, this forward about 70.
-What it drops: masks built per layer, cache objects, keyword plumbing, module hooks, and the copies that
-lay the keys and values out for the invariant attention at every layer of every pass. Its cache holds them
-already laid out (`Cache`), written once per token, in float32 (bf16 widens exactly).
+A one-token pass of a small model is bound by the cost of each call, not by its arithmetic (`python -m
+tools.profile`), and transformers' modules spend about as long in Python around their operators as in
+them. This forward runs nearly the same operators with little Python around them. What it drops: masks
+built per layer, cache objects, keyword plumbing, module hooks, and the copies that lay the keys and
+values out for the invariant attention at every layer of every pass: its cache holds them already laid out
+(`Cache`), written once per token, in float32 (bf16 widens exactly).
 
 Why the bits are the same: every step is the code transformers runs, called on the same values: the
 model's own norm, embedding, rotary, activation and product modules (`tr.device.fused`'s, made invariant
