@@ -19,6 +19,17 @@ class CacheFullError(RuntimeError):
     """The prompt plus the requested new tokens do not fit in the cache."""
 
 
+def in_place(offsets: Sequence[int]) -> bool:
+    """Whether a tree pass's kept node offsets are its first nodes (often: the first children): nothing moves."""
+    return list(offsets) == list(range(len(offsets)))
+
+
+def move_kept(buffer: torch.Tensor, dim: int, start: int, positions: torch.Tensor) -> None:
+    """Move `buffer`'s entries at `positions` along `dim` to start, start + 1, ... . The positions increase and
+    the i-th is at least start + i, so gathering first and writing after never reads an overwritten slot."""
+    buffer.narrow(dim, start, len(positions)).copy_(buffer.index_select(dim, positions))
+
+
 class _PreallocatedLayer(CacheLayerMixin):
     is_sliding = False
 
@@ -61,10 +72,9 @@ class _PreallocatedLayer(CacheLayerMixin):
         """Keep positions `start + offsets` (increasing) as `start, start + 1, ...`; drop the rest."""
         kept = offsets.numel()
         if self.is_initialized and kept:
-            # offsets[i] >= i, so gathering first and writing after never reads an overwritten slot.
             positions = offsets + start
-            self.keys[:, :, start : start + kept] = self.keys.index_select(2, positions)
-            self.values[:, :, start : start + kept] = self.values.index_select(2, positions)
+            move_kept(self.keys, 2, start, positions)
+            move_kept(self.values, 2, start, positions)
         self.length = start + kept
 
 
@@ -81,7 +91,7 @@ class PreallocatedCache(Cache):
 
     def keep(self, start: int, offsets: Sequence[int]) -> None:
         """After a tree pass written at `start`: keep the entries at the given node offsets (increasing)."""
-        if list(offsets) == list(range(len(offsets))):  # already in place (often: the first children)
+        if in_place(offsets):
             self.truncate(start + len(offsets))
             return
         positions = torch.tensor(offsets, device=self.layers[0].keys.device)

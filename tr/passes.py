@@ -109,6 +109,13 @@ def chain(n: int) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool).tril()
 
 
+def seen_among(ancestors: torch.Tensor | None, start: int, n: int) -> torch.Tensor | None:
+    """Which of a pass's `n` tokens, behind `start` cached ones, each sees: `ancestors` as given; where none
+    are given, a chain once a cache lies before them (the model's causal attention would not see the
+    cache); None for a prompt's own pass, which runs the model's causal attention."""
+    return chain(n) if ancestors is None and start and n > 1 else ancestors
+
+
 def pass_mask(ancestors: torch.Tensor, start: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
     """The mask eager passes give attention: the tree mask, and none for one token, which then runs as a
     plain decoding step (attention kernels differ with a mask)."""
@@ -145,7 +152,6 @@ class EagerPasses(OwnCache):
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None = None, *,
                  last_only: bool = False, greedy: bool = False) -> torch.Tensor:
-        if ancestors is None and self.cache.length and len(ids) > 1:
-            ancestors = chain(len(ids))  # the model's own causal mask would not see the cache (sdpa's is_causal)
+        ancestors = seen_among(ancestors, self.cache.length, len(ids))
         mask = None if ancestors is None else pass_mask(ancestors, self.cache.length, self.dtype, self.device)
         return forward(self.model, self.cache, ids, positions, mask, last_only, greedy)

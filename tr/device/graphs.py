@@ -26,7 +26,7 @@ from typing import TypeVar
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from ..kv_cache import CacheFullError
+from ..kv_cache import CacheFullError, in_place, move_kept
 from ..passes import additive, chain, forward
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,8 @@ class SlotCache(Cache):
 
     def keep(self, start: int, offsets: Sequence[int]) -> None:
         """Keep positions `start + offsets` (increasing) as `start, start + 1, ...`; drop the rest."""
-        offsets = list(offsets)
-        if offsets != list(range(len(offsets))):
-            # offsets[i] >= i, so gathering first and writing after never reads an overwritten slot.
-            positions = torch.tensor(offsets, device=self.kv.device) + start
-            self.kv[..., start : start + len(offsets), :] = self.kv.index_select(4, positions)
+        if not in_place(offsets):
+            move_kept(self.kv, 4, start, torch.tensor(offsets, device=self.kv.device) + start)
         self.length = start + len(offsets)
 
     def truncate(self, length: int) -> None:

@@ -24,8 +24,8 @@ from contextlib import nullcontext
 import torch
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaForCausalLM, rotate_half
 
-from ..kv_cache import CacheFullError
-from ..passes import OwnCache, argmax_only, chain
+from ..kv_cache import CacheFullError, in_place, move_kept
+from ..passes import OwnCache, argmax_only, seen_among
 from . import invariant
 from .fused import FusedAttention, FusedMLP
 from .quantized import Int4Linear
@@ -68,13 +68,12 @@ class Cache:
 
     def keep(self, start: int, offsets: Sequence[int]) -> None:
         """After a tree pass written at `start`: keep the entries at the given node offsets (increasing)."""
-        kept, end = len(offsets), self.length
-        if list(offsets) != list(range(kept)):
-            # offsets[i] >= i, so gathering first and writing after never reads an overwritten slot.
+        end = self.length
+        if not in_place(offsets):
             positions = torch.tensor(offsets) + start
-            self.keys[:, :, start:start + kept] = self.keys.index_select(2, positions)
-            self.values_t[:, :, :, start:start + kept] = self.values_t.index_select(3, positions)
-        self.length = start + kept
+            move_kept(self.keys, 2, start, positions)
+            move_kept(self.values_t, 3, start, positions)
+        self.length = start + len(offsets)
         self._clear(end)
 
     def truncate(self, length: int) -> None:
@@ -117,14 +116,13 @@ class LeanPasses(OwnCache):
     def _plan(self, start: int, n: int, ancestors: torch.Tensor | None) -> invariant.Plan | None:
         """The attention plan of the pass (None: a prompt's causal pass, which runs torch's fused attention
         as transformers runs it): transformers' own masks, as booleans."""
-        if n > 1 and ancestors is None:
-            if start == 0:
-                return None
-            ancestors = chain(n)
-        mask = None
-        if n > 1:
-            mask = torch.ones(1, 1, n, start + n, dtype=torch.bool)
-            mask[0, 0, :, start:] = ancestors
+        if n == 1:
+            return invariant.plan_for(None, start + 1, 1)
+        ancestors = seen_among(ancestors, start, n)
+        if ancestors is None:
+            return None
+        mask = torch.ones(1, 1, n, start + n, dtype=torch.bool)
+        mask[0, 0, :, start:] = ancestors
         return invariant.plan_for(mask, start + n, n)
 
     def _layer(self, index: int, layer: LlamaDecoderLayer, hidden: torch.Tensor,
