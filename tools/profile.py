@@ -45,7 +45,7 @@ from transformers import AutoModelForCausalLM
 from tr.device import invariant, quantized
 from tr.device.kernels import cpu_flags, cpu_name, install_kernels
 from tr.device.model import BUNDLED, LoadedModel, load_model
-from tr.passes import EagerPasses, PassesFactory, chain
+from tr.passes import EagerPasses, PassesFactory, chain, pass_mask
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the flags that decide which kernels run
 PROJECTIONS = ("qkv", "q_proj", "k_proj", "v_proj", "o_proj")  # qkv, gate_up: fused (tr.device.fused)
@@ -168,11 +168,12 @@ def products(model: torch.nn.Module, rows: int, repeats: int) -> dict[str, float
     """Milliseconds per step of every weight product, each called once per round as in a step (so that the
     weights stream from memory, not from a cache): as the model calls it, and as the bare kernel on an input
     already padded and contiguous (oneDNN's; a 4-bit layer is its kernel already); and the weights' bytes."""
-    linears = [m for m in model.modules() if isinstance(m, (invariant.InvariantLinear, quantized.Int4Linear))]
+    linears, widths = weight_products(model)
     dtype = next(model.parameters()).dtype
-    widths = [m.in_features if isinstance(m, quantized.Int4Linear) else m.weight.shape[1] for m in linears]
     inputs = [torch.randn(1, rows, width).to(dtype) for width in widths]
-    ready = [torch.randn(max(rows, invariant.MIN_ROWS), width).to(dtype) for width in widths]
+    # What the bare kernel takes: oneDNN's rows padded (`invariant.product`); a 4-bit layer's as they are.
+    ready = [torch.randn(rows if isinstance(linear, quantized.Int4Linear) else max(rows, invariant.MIN_ROWS),
+                         width).to(dtype) for linear, width in zip(linears, widths)]
     bare = torch.ops.mkldnn._linear_pointwise
 
     def as_called() -> None:
@@ -180,9 +181,9 @@ def products(model: torch.nn.Module, rows: int, repeats: int) -> dict[str, float
             linear(x)
 
     def kernels_only() -> None:
-        for linear, x, x1 in zip(linears, ready, inputs):
+        for linear, x in zip(linears, ready):
             if isinstance(linear, quantized.Int4Linear):
-                linear(x1[0])
+                linear(x)
             else:
                 bare(x, linear.packed, None, "none", [], "")
     with torch.inference_mode():
@@ -190,6 +191,12 @@ def products(model: torch.nn.Module, rows: int, repeats: int) -> dict[str, float
     weights = sum(_bytes(m) for m in linears)
     return {"as called ms": called * 1e3, "bare kernel ms": kernel * 1e3, "calls": len(linears),
             "weight MB": weights / 1e6}
+
+
+def weight_products(model: torch.nn.Module) -> tuple[list[torch.nn.Module], list[int]]:
+    """Every weight product of a step (invariant or 4-bit), in the model's order, and each one's input width."""
+    linears = [m for m in model.modules() if isinstance(m, (invariant.InvariantLinear, quantized.Int4Linear))]
+    return linears, [m.in_features if isinstance(m, quantized.Int4Linear) else m.weight.shape[1] for m in linears]
 
 
 def _bytes(linear: torch.nn.Module) -> int:
@@ -212,8 +219,7 @@ def products_by_rows(model: torch.nn.Module, rows: list[int], repeats: int) -> d
     memory) at each row count, by kernel: the model's own, and (where its weights are at hand) torch's 4-bit
     and 8-bit weight-only kernels on the same weights, bf16 rows; and whether each gave the first product's
     rows the same bits at every row count as alone."""
-    own = [m for m in model.modules() if isinstance(m, (invariant.InvariantLinear, quantized.Int4Linear))]
-    widths = [m.in_features if isinstance(m, quantized.Int4Linear) else m.weight.shape[1] for m in own]
+    own, widths = weight_products(model)
     kernels = {"model's own": (own, next(model.parameters()).dtype)}
     if quantized.supported() and all(isinstance(m, invariant.InvariantLinear) and quantized.fits(m) for m in own):
         kernels["int4 (bf16 rows)"] = ([quantized.Int4Linear(m) for m in own], torch.bfloat16)
@@ -237,7 +243,8 @@ def attention(model: torch.nn.Module, context: int, n: int, repeats: int) -> dic
     """Milliseconds per step (all layers) of the invariant attention and of torch's fused attention on the
     same shapes (not batch-invariant: the reference for its cost)."""
     config, dtype = model.config, next(model.parameters()).dtype
-    heads, kv, dim = config.num_attention_heads, config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    dim = config.hidden_size // heads
     generator = torch.Generator().manual_seed(n)
     query = torch.randn(1, heads, n, dim, generator=generator).to(dtype)
     key, value = (torch.randn(1, kv, context + n, dim, generator=generator).to(dtype) for _ in range(2))
@@ -253,7 +260,6 @@ def attention(model: torch.nn.Module, context: int, n: int, repeats: int) -> dic
 
 
 def tree_mask_for(n: int, context: int, dtype: torch.dtype) -> torch.Tensor:
-    from tr.passes import pass_mask
     return pass_mask(chain(n), context, dtype, torch.device("cpu"))
 
 
@@ -364,7 +370,8 @@ def main() -> None:
         threads = args.levers or sorted({1, torch.get_num_threads()})
         result["levers"] = levers(lm, args.context, args.tree, threads, args.steps)
         print("\nlevers, interleaved (min / median ms per step):")
-        print("\n".join(f"  {key:40s} {t['min ms']:7.2f} / {t['median ms']:7.2f}" for key, t in result["levers"].items()))
+        print("\n".join(f"  {key:40s} {t['min ms']:7.2f} / {t['median ms']:7.2f}"
+                        for key, t in result["levers"].items()))
     if args.rows:
         result["products by rows"] = products_by_rows(lm.model, args.rows, args.steps)
         print("\nevery weight product of a step, by rows (ms; rows keep their bits at every count):")

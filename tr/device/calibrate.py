@@ -73,7 +73,8 @@ def calibrate(
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     key = (f"{name}|{device}|{dtype}|{torch.get_num_threads()}|{sizes}|{context}|{torch.__version__}|"
-           f"{invariant.installed(model)}|{quantized.installed(model)}|{kernels_version()}|{passes.__name__}|greedy|monotone")
+           f"{invariant.installed(model)}|{quantized.installed(model)}|{kernels_version()}|{passes.__name__}|"
+           "greedy|monotone")
     file = _cache_file(key)
     if use_cache and name and file.is_file():
         return CostCurve(**json.loads(file.read_text()))

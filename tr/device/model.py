@@ -226,8 +226,9 @@ def load_model(name: str = BUNDLED, device: str = "auto", dtype: str = "float32"
                cuda_graphs: bool = True, resident_steps: bool | None = None,
                fixed_shapes: bool | None = None) -> LoadedModel:
     """Load a causal LM for decoding, with this machine's kernels (`kernels.install_kernels`); raise
-    `ModelLoadError` with a readable reason on failure. `dtype` is one of `DTYPE_CHOICES` (`choose_dtype`);
-    the result's `dtype_note` says which dtype and why (`int4`: `tr.device.quantized`, on the CPU). `cuda_graphs`: on a GPU, decode with CUDA graphs;
+    `ModelLoadError` with a readable reason on failure. `dtype` is one of `DTYPE_CHOICES` (`choose_dtype`;
+    `int4`: `tr.device.quantized`, on the CPU); the result's `dtype_note` says which dtype and why.
+    `cuda_graphs`: on a GPU, decode with CUDA graphs;
     `resident_steps`: run greedy decoding's steps on the device (`LoadedModel.resident`; None: with graphs);
     `fixed_shapes`: those steps in fixed shapes (`LoadedModel.fixed`; None: without the CPU's invariant kernels)."""
     torch_device = pick_device(device)
